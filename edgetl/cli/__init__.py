@@ -1,0 +1,1 @@
+"""The ``edgetl`` command line: one thin module per verb over the library."""

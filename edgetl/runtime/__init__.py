@@ -1,0 +1,1 @@
+"""The device runtime: bundle + backend + pre/post-processing. Never imports torch."""

@@ -1,0 +1,157 @@
+"""ONNX Runtime backend, with execution providers chosen from what the machine really has.
+
+Provider order: TensorRT EP -> CUDA EP -> CPU. A provider is only requested when ONNX Runtime reports it
+*and* its libraries load, so a CPU-only machine gets no CUDA warning spam.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.errors import BadInputError, optional_import
+from edgetl.runtime.backends.base import Backend
+
+_ORT_LOG_ERROR = 3
+
+
+def _ort():
+    return optional_import("onnxruntime", "runtime", purpose="running ONNX models")
+
+
+def available_providers() -> list[str]:
+    """Providers ONNX Runtime can actually use here (a GPU build on a CPU-only host reports only CPU)."""
+    ort = _ort()
+    reported = ort.get_available_providers()
+    usable = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in reported and _cuda_device_present():
+        usable.insert(0, "CUDAExecutionProvider")
+        if "TensorrtExecutionProvider" in reported and _tensorrt_libs_present():
+            usable.insert(0, "TensorrtExecutionProvider")
+    return usable
+
+
+def _cuda_device_present() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    import ctypes
+
+    for lib in ("libcuda.so.1", "libcuda.so"):
+        try:
+            cuda = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0:
+            return count.value > 0
+    return False
+
+
+def _tensorrt_libs_present() -> bool:
+    import ctypes
+
+    for lib in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(lib)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def resolve_providers(device: str = "auto", trt_cache_dir: str | Path | None = None) -> list[Any]:
+    """Provider list for ``device`` in ``auto|cpu|cuda|tensorrt``; errors name what is missing."""
+    usable = available_providers()
+    if device == "cpu":
+        chosen = ["CPUExecutionProvider"]
+    elif device == "auto":
+        chosen = usable
+    else:
+        wanted = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}.get(device)
+        if wanted is None:
+            raise BadInputError(f"unknown device {device!r}; expected auto, cpu, cuda or tensorrt")
+        if wanted not in usable:
+            from edgetl.errors import EnvironmentMissingError
+
+            raise EnvironmentMissingError(
+                f"ONNX Runtime cannot use {wanted} on this machine (usable: {', '.join(usable)})",
+                hint="install onnxruntime-gpu with a matching CUDA, or use --device cpu",
+            )
+        chosen = usable[usable.index(wanted):]
+    providers: list[Any] = []
+    for name in chosen:
+        if name == "TensorrtExecutionProvider" and trt_cache_dir is not None:
+            providers.append((name, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir),
+                                     "trt_timing_cache_enable": True}))
+        else:
+            providers.append(name)
+    return providers
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX Runtime session over one ``.onnx`` file.
+
+    Args:
+        artifact: path of the ONNX model.
+        device: ``auto`` (best usable provider), ``cpu``, ``cuda`` or ``tensorrt``.
+        threads: intra-op threads (0: ONNX Runtime's default, all cores).
+        trt_cache_dir: engine cache directory for the TensorRT EP (kept in the bundle).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        artifact: str | Path,
+        *,
+        device: str = "auto",
+        threads: int = 0,
+        trt_cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__(artifact)
+        ort = _ort()
+        if not self.artifact.is_file():
+            raise BadInputError(f"ONNX model not found: {self.artifact}")
+        options = ort.SessionOptions()
+        options.log_severity_level = _ORT_LOG_ERROR
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.providers = resolve_providers(device, trt_cache_dir)
+        try:
+            self.session = ort.InferenceSession(str(self.artifact), options, providers=self.providers)
+        except Exception as exc:  # ORT raises its own exception types
+            raise BadInputError(f"{self.artifact}: ONNX Runtime cannot load the model ({exc})") from exc
+        inputs = self.session.get_inputs()
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise RuntimeError("backend is closed")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        # InferenceSession.run is thread-safe; no lock needed on the hot path.
+        outputs = self.session.run(self.output_names, {self.input_name: batch})
+        return dict(zip(self.output_names, outputs))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "artifact": str(self.artifact),
+            "providers": self.session.get_providers() if not self._closed else [],
+            "input": {"name": self.input_name, "shape": self.input_shape},
+            "outputs": self.output_names,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                del self.session
