@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl import __version__
+from edgetl.bundle.schema import validate_manifest
 from edgetl.errors import BundleError
 from edgetl.fileio import sha256_file, write_json
 from edgetl.preprocess import PreprocessSpec
@@ -239,9 +240,13 @@ def open_bundle(root: str | Path, *, verify: bool = True) -> Bundle:
             f"{path}: manifest schema version {version} is newer than this edgetl supports ({SCHEMA_VERSION})",
             hint="upgrade edgetl on this device: pip install -U edgetl",
         )
-    for key in ("task", "labels", "input", "preprocess", "artifacts"):
-        if key not in manifest:
-            raise BundleError(f"{path}: manifest lacks required field {key!r}")
+    problems = validate_manifest(manifest)
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems) - 8} more)" if len(problems) > 8 else "")
+        raise BundleError(
+            f"{path}: manifest does not follow schema v{SCHEMA_VERSION}: {shown}",
+            hint="the schema is edgetl/bundle/manifest.schema.json (docs/bundle.md); re-export the bundle",
+        )
     bundle = Bundle(root, manifest)
     if verify:
         bundle.verify()

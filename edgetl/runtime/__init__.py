@@ -1,1 +1,12 @@
-"""The device runtime: bundle + backend + pre/post-processing. Never imports torch."""
+"""The device runtime: bundle + backend + pre/post-processing. Never imports torch.
+
+    >>> import edgetl.runtime
+    >>> predictor = edgetl.runtime.load("my-bundle")          # auto: TensorRT -> ORT GPU -> ORT CPU
+    >>> predictor.predict("cat.jpg").label
+    >>> predictor.describe()["why"]
+"""
+
+from edgetl.runtime.predictor import Predictor, load
+from edgetl.runtime.results import ClassificationResult, PredictionError
+
+__all__ = ["ClassificationResult", "PredictionError", "Predictor", "load"]

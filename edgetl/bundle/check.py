@@ -1,0 +1,139 @@
+"""Golden smoke test: run a bundle's saved inputs through a backend and compare with the reference.
+
+Export saves a few preprocessed inputs and the FP32 model's outputs (manifest ``golden``). After a
+copy to a device, an engine build or a hot swap, `check` proves the artifact still computes what the
+reference computed, with a tolerance per precision:
+
+* ``max_abs``: the largest absolute difference of any output element (FP32, FP16);
+* ``top1_agreement``: the fraction of samples whose arg-max class agrees (INT8, where element-wise
+  differences are expected but decisions must not change).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.bundle.manifest import Artifact, Bundle, open_bundle
+from edgetl.errors import BundleError
+
+DEFAULT_TOLERANCE: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs": 1e-3},
+    "fp16": {"max_abs": 5e-2},
+    "int8": {"top1_agreement": 0.85},
+}
+
+
+def tolerance_for(bundle: Bundle, precision: str) -> dict[str, float]:
+    """The tolerance the bundle records for ``precision`` (``mixed`` uses INT8's), else the default."""
+    key = "int8" if precision == "mixed" else precision
+    recorded = (bundle.manifest.get("golden") or {}).get("tolerance") or {}
+    return dict(recorded.get(key) or DEFAULT_TOLERANCE.get(key, DEFAULT_TOLERANCE["fp32"]))
+
+
+def load_golden(bundle: Bundle) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The golden input batch and reference outputs recorded in the manifest."""
+    section = bundle.manifest.get("golden")
+    if not section:
+        raise BundleError(f"{bundle.root}: the bundle has no golden samples",
+                          hint="re-export it with `edgetl export` (golden samples are written by default)")
+    try:
+        x = np.load(bundle.root / section["input"], allow_pickle=False)
+        ref = {name: np.load(bundle.root / rel, allow_pickle=False) for name, rel in section["outputs"].items()}
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{bundle.root}: unreadable golden samples ({exc})") from exc
+    return x.astype(np.float32, copy=False), ref
+
+
+def compare_outputs(
+    outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: dict[str, float]
+) -> dict[str, Any]:
+    """Compare outputs with the reference under ``tolerance``; returns stats and ``passed``."""
+    stats: dict[str, Any] = {}
+    failures: list[str] = []
+    for name, ref in reference.items():
+        if name not in outputs:
+            failures.append(f"output {name!r} missing")
+            continue
+        out = np.asarray(outputs[name], dtype=np.float32)
+        ref = np.asarray(ref, dtype=np.float32)
+        if out.shape != ref.shape:
+            failures.append(f"output {name!r} has shape {out.shape}, reference {ref.shape}")
+            continue
+        diff = np.abs(out - ref)
+        entry: dict[str, Any] = {"max_abs": float(diff.max(initial=0.0)),
+                                 "mean_abs": float(diff.mean()) if diff.size else 0.0}
+        if ref.ndim >= 2 and ref.shape[-1] > 1:
+            entry["top1_agreement"] = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
+        stats[name] = entry
+        if "max_abs" in tolerance and entry["max_abs"] > tolerance["max_abs"]:
+            failures.append(f"{name}: max |diff| {entry['max_abs']:.3g} > {tolerance['max_abs']:.3g}")
+        # Agreement gates class-like outputs only (boxes have no arg-max meaning).
+        if "top1_agreement" in tolerance and "top1_agreement" in entry and name not in ("boxes", "det_boxes") \
+                and entry["top1_agreement"] < tolerance["top1_agreement"]:
+            failures.append(f"{name}: top-1 agreement {entry['top1_agreement']:.3f} < {tolerance['top1_agreement']}")
+    return {"outputs": stats, "failures": failures, "passed": not failures}
+
+
+def _candidates(bundle: Bundle, backend: str, precision: str) -> list[Artifact]:
+    kinds = {"auto": ("onnx", "engine"), "onnxruntime": ("onnx",), "tensorrt": ("engine",),
+             "torch": ("checkpoint",)}.get(backend, ("onnx",))
+    wanted = None if precision in ("all", "best") else (("int8", "mixed") if precision == "int8" else (precision,))
+    return [a for a in bundle.artifacts if a.kind in kinds and (wanted is None or a.precision in wanted)]
+
+
+def check(
+    bundle_dir: str | Path | Bundle,
+    backend: str = "auto",
+    precision: str = "all",
+    *,
+    device: str = "auto",
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Smoke-test runnable artifacts of a bundle against its golden samples.
+
+    Args:
+        bundle_dir: a bundle directory or an open `Bundle`.
+        backend: ``auto`` (every ONNX model, and engines when TensorRT is usable), ``onnxruntime``,
+            ``tensorrt`` or ``torch``.
+        precision: ``all`` or one of ``fp32``, ``fp16``, ``int8``.
+        device: device for the backends (``auto``, ``cpu``, ``cuda``).
+        verify: check artifact hashes first.
+
+    Returns:
+        ``{"bundle", "passed", "results": [{artifact, precision, backend, tolerance, outputs, passed,
+        failures | skipped}]}``. An engine that cannot run here (no TensorRT/GPU) is reported as
+        skipped, not failed.
+    """
+    from edgetl.errors import EnvironmentMissingError
+    from edgetl.runtime import load
+
+    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else open_bundle(bundle_dir, verify=verify)
+    x, reference = load_golden(bundle)
+    results: list[dict[str, Any]] = []
+    candidates = _candidates(bundle, backend, precision)
+    if not candidates:
+        raise BundleError(f"{bundle.root}: no {precision} artifact for backend {backend} in the bundle")
+    for art in candidates:
+        entry: dict[str, Any] = {"artifact": art.path, "precision": art.precision, "kind": art.kind}
+        tol = tolerance_for(bundle, art.precision)
+        entry["tolerance"] = tol
+        try:
+            predictor = load(bundle, artifact=art.path, device=device, verify=False)
+        except EnvironmentMissingError as exc:
+            entry.update(skipped=exc.message, passed=None)
+            results.append(entry)
+            continue
+        with predictor:
+            entry["backend"] = predictor.choice.backend
+            entry.update(compare_outputs(predictor.predict_batch(x), reference, tol))
+        results.append(entry)
+    ran = [r for r in results if r["passed"] is not None]
+    return {
+        "bundle": str(bundle.root),
+        "samples": int(x.shape[0]),
+        "passed": bool(ran) and all(r["passed"] for r in ran),
+        "results": results,
+    }
