@@ -1,0 +1,30 @@
+"""``edgetl info BUNDLE``: task, labels, input, preprocessing, artifacts, engines, validation."""
+
+from __future__ import annotations
+
+import click
+
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--no-verify", is_flag=True, help="Do not check artifact sha256 (faster on large bundles).")
+@config_option
+@json_option
+@handle_errors
+def command(bundle: str, no_verify: bool, as_json: bool) -> None:
+    """Describe BUNDLE (a bundle directory)."""
+    from pathlib import Path
+
+    from edgetl.bundle.info import bundle_info, format_info
+    from edgetl.errors import BadInputError
+
+    if Path(bundle).is_file():
+        raise BadInputError(f"{bundle} is a file, not a bundle directory",
+                            hint=f"unpack it first: edgetl bundle unpack {bundle} -o DIR")
+    info = bundle_info(bundle, verify=not no_verify)
+    if as_json:
+        emit_json(info)
+    else:
+        say(format_info(info))
