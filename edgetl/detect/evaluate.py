@@ -1,0 +1,145 @@
+"""Detector evaluation: mAP@0.5 and mAP@0.5:0.95 (pycocotools) and per-class AP.
+
+The evaluation path is the deployment path: images go through `edgetl.preprocess` (letterbox), the
+model's decoded ``boxes``/``scores`` through the runtime's numpy post-processing
+(`edgetl.runtime.detection.postprocess_detections`), and boxes are scored in original-image pixels
+against the dataset's labels. Training validation calls the same `evaluate_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.preprocess import PreprocessSpec, preprocess_batch
+
+#: Scoring settings of mAP evaluation: a low threshold, as COCO evaluation expects.
+EVAL_SCORE_THRESHOLD = 0.001
+EVAL_IOU_THRESHOLD = 0.6
+EVAL_MAX_DETECTIONS = 100  # COCO scores at most 100 detections per image
+
+
+def eval_postprocess(postprocess: dict[str, Any], *, score_threshold: float = EVAL_SCORE_THRESHOLD,
+                     iou_threshold: float = EVAL_IOU_THRESHOLD,
+                     max_detections: int = EVAL_MAX_DETECTIONS) -> dict[str, Any]:
+    """The deployment post-processing with mAP-evaluation thresholds (the deployed ones stay as they are)."""
+    return {**postprocess, "outputs": "boxes_scores", "score_threshold": score_threshold,
+            "iou_threshold": iou_threshold, "max_detections": max_detections}
+
+
+class PreparedImages:
+    """Preprocessed evaluation images kept in memory, so per-epoch validation decodes each file once.
+
+    Args:
+        paths: image files.
+        spec: the letterbox preprocessing.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], spec: PreprocessSpec, batch_size: int = 16) -> None:
+        self.batches: list[tuple[np.ndarray, list[Any]]] = []
+        for start in range(0, len(paths), batch_size):
+            self.batches.append(preprocess_batch(list(paths[start:start + batch_size]), spec))
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def run_model(model: Any, images: PreparedImages, postprocess: dict[str, Any], labels: list[str],
+              device: Any = "cpu") -> list[Any]:
+    """Predict every prepared image with a PyTorch detector; returns runtime `DetectionResult`s."""
+    import torch
+
+    from edgetl.runtime.detection import postprocess_detections
+
+    model.eval()
+    results: list[Any] = []
+    with torch.inference_mode():
+        for batch, infos in images:
+            boxes, scores = model(torch.from_numpy(batch).to(device))
+            outputs = {"boxes": boxes.float().cpu().numpy(), "scores": scores.float().cpu().numpy()}
+            results.extend(postprocess_detections(outputs, postprocess, infos, labels))
+    return results
+
+
+def evaluate_model(model: Any, samples: Sequence[Any], classes: list[str], spec: PreprocessSpec, *,
+                   device: Any = "cpu", batch_size: int = 16, images: PreparedImages | None = None,
+                   score_threshold: float = EVAL_SCORE_THRESHOLD) -> dict[str, Any]:
+    """mAP of a PyTorch detector on labelled samples.
+
+    Args:
+        model: a `YoloDetector` (any module returning ``(boxes, scores)``).
+        samples: `edgetl.data.detection.DetSample` list (boxes in original pixels).
+        classes: class names.
+        spec: the letterbox preprocessing the model was trained with.
+        device: torch device of the model.
+        batch_size: images per forward pass.
+        images: the samples already prepared (training validation reuses them every epoch).
+        score_threshold: lowest score kept before NMS.
+
+    Returns:
+        ``{"map50", "map", "per_class": {name: AP@0.5:0.95}, "images", "detections"}``.
+    """
+    from edgetl.validate.detection import coco_map
+
+    if images is None:
+        images = PreparedImages([s.path for s in samples], spec, batch_size)
+    post = eval_postprocess(model.postprocess_spec(), score_threshold=score_threshold)
+    predictions = run_model(model, images, post, classes, device)
+    metrics = dict(coco_map(predictions, list(samples), classes))
+    metrics["images"] = len(samples)
+    metrics["detections"] = int(sum(len(p.scores) for p in predictions))
+    return metrics
+
+
+def evaluate_detector_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", *,
+                                 batch_size: int = 16, device: str = "cpu", limit: int | None = None,
+                                 strict: bool = False) -> dict[str, Any]:
+    """Evaluate a detector checkpoint on a dataset's split.
+
+    Args:
+        checkpoint: an edgetl checkpoint with task ``detect``.
+        data: data.yaml or COCO JSON (its classes must match the checkpoint's labels).
+        split: ``val`` or ``train``.
+        batch_size: images per forward pass.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        limit: evaluate only the first N images.
+        strict: label problems are errors.
+
+    Returns:
+        ``{"task": "detect", "checkpoint", "split", "map50", "map", "per_class", "images", ...}``.
+
+    Raises:
+        BadInputError: not a detector checkpoint, unknown split, or classes that differ from the labels.
+    """
+    import torch
+
+    from edgetl.data.detection import load_detection_data
+    from edgetl.errors import BadInputError
+    from edgetl.train.checkpoint import build_from_checkpoint
+
+    model, meta = build_from_checkpoint(checkpoint)
+    if meta.task != "detect":
+        raise BadInputError(f"{checkpoint}: a {meta.task} checkpoint, not a detector",
+                            hint="use `edgetl evaluate` with the classification data for it")
+    if split not in ("val", "train"):
+        raise BadInputError(f"unknown split {split!r}; expected val or train")
+    dataset = load_detection_data(data, strict=strict, seed=int(meta.train_config.get("seed", 0)))
+    if list(dataset.classes) != list(meta.labels):
+        raise BadInputError(
+            f"{data}: classes {dataset.classes} differ from the checkpoint's labels {meta.labels}",
+            hint="evaluate on a dataset with the same class list, in the same order",
+        )
+    samples = dataset.val if split == "val" else dataset.train
+    if limit:
+        samples = samples[:limit]
+    if not samples:
+        raise BadInputError(f"{data}: the {split} split has no images")
+    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    model.to(dev)
+    metrics = evaluate_model(model, samples, meta.labels, meta.preprocess, device=dev, batch_size=batch_size)
+    return {"task": "detect", "checkpoint": str(checkpoint), "model": meta.model, "split": split,
+            "data": str(data), **metrics}
