@@ -1,0 +1,173 @@
+"""Detection metrics: COCO mAP (pycocotools, the reference implementation) and box-level agreement.
+
+``coco_map`` scores predictions against ground truth; ``box_agreement`` compares a candidate model's
+detections with the reference model's on the same images (does the INT8 model find the same boxes?),
+and `compare_detections` puts both together with the ``max_map_drop`` gate for bundle validation.
+Everything takes plain objects with ``boxes`` (xyxy pixels), ``labels`` and (predictions) ``scores``:
+`edgetl.runtime.detection.DetectionResult` and `edgetl.data.detection.DetSample` both fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgetl.errors import BadInputError, optional_import
+from edgetl.runtime.detection import box_iou
+
+#: maxDets used for the headline numbers (COCO's default of 100 detections per image).
+MAX_DETS = 100
+
+
+def _coco_doc(items: Sequence[Any], num_classes: int, with_scores: bool) -> dict[str, Any]:
+    images, annotations = [], []
+    for index, item in enumerate(items):
+        images.append(
+            {
+                "id": index + 1,
+                "width": int(getattr(item, "width", 0) or 0),
+                "height": int(getattr(item, "height", 0) or 0),
+            }
+        )
+        boxes = np.asarray(item.boxes, dtype=np.float64).reshape(-1, 4)
+        labels = np.asarray(item.labels, dtype=np.int64).reshape(-1)
+        scores = np.asarray(item.scores, dtype=np.float64).reshape(-1) if with_scores else None
+        for j, (box, label) in enumerate(zip(boxes, labels)):
+            if not 0 <= label < num_classes:
+                raise BadInputError(f"image {index}: label {label} is outside the {num_classes} classes")
+            w, h = box[2] - box[0], box[3] - box[1]
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": index + 1,
+                "category_id": int(label) + 1,
+                "bbox": [float(box[0]), float(box[1]), float(w), float(h)],
+                "area": float(max(w, 0.0) * max(h, 0.0)),
+                "iscrowd": 0,
+            }
+            if scores is not None:
+                ann["score"] = float(scores[j])
+            annotations.append(ann)
+    categories = [{"id": i + 1, "name": str(i)} for i in range(num_classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _coco_api(doc: dict[str, Any]) -> Any:
+    coco_mod = optional_import("pycocotools.coco", "train", purpose="mAP")
+    api = coco_mod.COCO()
+    api.dataset = doc
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on stdout
+        api.createIndex()
+    return api
+
+
+def coco_map(predictions: Sequence[Any], ground_truth: Sequence[Any], classes: Sequence[str]) -> dict[str, Any]:
+    """mAP@0.5 and mAP@0.5:0.95 (COCO, area "all", 100 detections per image) with per-class AP.
+
+    Args:
+        predictions: per image, an object with ``boxes`` (K, 4) xyxy, ``scores`` (K,), ``labels`` (K,).
+        ground_truth: per image (same order), an object with ``boxes`` and ``labels``.
+        classes: class names; labels index them.
+
+    Returns:
+        ``{"map50", "map", "per_class": {name: {"ap50", "ap", "instances"}}, "images", "instances"}``.
+        A class without ground-truth boxes has ``None`` APs and is left out of the means (COCO's rule);
+        with no ground truth at all both means are ``None``.
+    """
+    if len(predictions) != len(ground_truth):
+        raise BadInputError(f"{len(predictions)} prediction sets for {len(ground_truth)} ground-truth images")
+    eval_mod = optional_import("pycocotools.cocoeval", "train", purpose="mAP")
+    num_classes = len(classes)
+    gt_doc = _coco_doc(ground_truth, num_classes, with_scores=False)
+    dt_doc = _coco_doc(predictions, num_classes, with_scores=True)
+    instances = np.bincount([a["category_id"] - 1 for a in gt_doc["annotations"]], minlength=num_classes)
+    result: dict[str, Any] = {"map50": None, "map": None, "per_class": {}, "images": len(ground_truth)}
+    result["instances"] = int(instances.sum())
+    if not gt_doc["annotations"]:
+        result["per_class"] = {name: {"ap50": None, "ap": None, "instances": 0} for name in classes}
+        return result
+    gt, dt = _coco_api(gt_doc), _coco_api(dt_doc)
+    evaluator = eval_mod.COCOeval(gt, dt, iouType="bbox")
+    evaluator.params.maxDets = [1, 10, MAX_DETS]
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    precision = evaluator.eval["precision"]  # [iou thresholds, recall points, classes, areas, maxDets]
+    result["map"] = float(evaluator.stats[0])
+    result["map50"] = float(evaluator.stats[1])
+    for k, name in enumerate(classes):
+        if instances[k] == 0:
+            result["per_class"][name] = {"ap50": None, "ap": None, "instances": 0}
+            continue
+        p_all = precision[:, :, k, 0, -1]
+        p50 = precision[0, :, k, 0, -1]
+        result["per_class"][name] = {
+            "ap50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else 0.0,
+            "ap": float(p_all[p_all > -1].mean()) if (p_all > -1).any() else 0.0,
+            "instances": int(instances[k]),
+        }
+    return result
+
+
+def box_agreement(
+    reference_results: Sequence[Any], candidate_results: Sequence[Any], iou: float = 0.5
+) -> dict[str, Any]:
+    """How closely a candidate model's detections follow the reference model's, image by image.
+
+    Reference boxes are matched, best score first, to the unmatched candidate box of the same class
+    with the highest IoU (at least ``iou``).
+
+    Args:
+        reference_results, candidate_results: per image, objects with ``boxes``, ``scores``, ``labels``.
+        iou: minimum IoU for a match.
+
+    Returns:
+        ``matched_iou_mean`` (mean IoU of matched pairs; None without matches), ``score_abs_diff_mean``
+        (mean |score difference| of matched pairs; None without matches), ``recall_of_reference``
+        (matched / reference boxes; 1.0 when the reference has none), ``precision_vs_reference``
+        (matched / candidate boxes; 1.0 when the candidate has none), and the counts.
+    """
+    if len(reference_results) != len(candidate_results):
+        raise BadInputError(f"{len(reference_results)} reference images but {len(candidate_results)} candidate images")
+    ious: list[float] = []
+    diffs: list[float] = []
+    n_ref = n_cand = 0
+    for ref, cand in zip(reference_results, candidate_results):
+        r_boxes, r_scores, r_labels = _arrays(ref)
+        c_boxes, c_scores, c_labels = _arrays(cand)
+        n_ref += len(r_labels)
+        n_cand += len(c_labels)
+        if not len(r_labels) or not len(c_labels):
+            continue
+        overlap = box_iou(r_boxes, c_boxes)
+        overlap[r_labels[:, None] != c_labels[None, :]] = -1.0
+        used = np.zeros(len(c_labels), dtype=bool)
+        for i in np.argsort(-r_scores, kind="stable"):
+            row = np.where(used, -1.0, overlap[i])
+            j = int(row.argmax())
+            if row[j] >= iou:
+                used[j] = True
+                ious.append(float(row[j]))
+                diffs.append(abs(float(r_scores[i]) - float(c_scores[j])))
+    matched = len(ious)
+    return {
+        "matched_iou_mean": float(np.mean(ious)) if ious else None,
+        "score_abs_diff_mean": float(np.mean(diffs)) if diffs else None,
+        "recall_of_reference": matched / n_ref if n_ref else 1.0,
+        "precision_vs_reference": matched / n_cand if n_cand else 1.0,
+        "reference_boxes": n_ref,
+        "candidate_boxes": n_cand,
+        "matched": matched,
+        "iou": iou,
+    }
+
+
+def _arrays(item: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    boxes = np.asarray(item.boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(item.labels, dtype=np.int64).reshape(-1)
+    scores = np.asarray(getattr(item, "scores", np.ones(len(labels))), dtype=np.float64).reshape(-1)
+    return boxes, scores, labels
