@@ -1,0 +1,518 @@
+"""`train_classifier`: fine-tune a registered pretrained classifier on a small dataset.
+
+A run writes into ``cfg.out``: ``best.pt`` (best validation top-1), ``last.pt`` (latest state, with
+optimizer and progress for ``resume``), ``metrics.json``, ``curves.png``, ``confusion.png`` and
+``config.yaml`` (the resolved configuration, reusable as ``edgetl train classify --config``).
+
+Reproducibility: on the CPU, the same config gives the same weights. Every epoch reseeds the
+shuffling, augmentation and dropout from ``(seed, epoch)``, so a resumed run continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgetl.data.imagefolder import ClassificationData, load_classification_data
+from edgetl.data.torch_datasets import BadItem, ImageDataset, make_loader
+from edgetl.data.transforms import SpecTransform, train_transform
+from edgetl.errors import BadInputError, EnvironmentMissingError, optional_import
+from edgetl.fileio import write_text
+from edgetl.preprocess import PreprocessSpec
+from edgetl.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from edgetl.train.loop import StepContext, build_optimizer, predict, run_epoch, tensor_batches
+from edgetl.train.metrics import classification_metrics
+from edgetl.train.report import plot_confusion, plot_curves, write_metrics
+from edgetl.train.strategies import DEFAULT_LR, apply_strategy, check_strategy
+
+
+@dataclass
+class TrainConfig:
+    """Everything a classifier fine-tuning run depends on (saved in ``config.yaml`` and checkpoints).
+
+    Args:
+        data: dataset folder (``train/<class>/*`` [+ ``val/``]) or a ``path,label`` CSV.
+        model: registry name (`edgetl.models.list_models`).
+        weights: ``"pretrained"``, ``"none"``, or a state dict / checkpoint path.
+        strategy: ``linear-probe`` | ``partial`` | ``full`` | ``scratch`` (`edgetl.train.strategies`).
+        unfreeze: ``partial``: backbone stages trained, counted from the end.
+        epochs: passes over the training set.
+        batch_size: images per step.
+        lr: head learning rate; None picks the strategy's default (`DEFAULT_LR`; SGD 10x).
+        backbone_lr_scale: backbone learning rate as a fraction of ``lr`` (``partial``, ``full``).
+        optimizer: ``adamw`` or ``sgd``.
+        weight_decay: None for the optimizer's default.
+        img_size: input side in pixels; None for the model's pretrained size.
+        augment: random resized crop + colour jitter (+ flips, see ``hflip``) on training images.
+        hflip: random horizontal flips while augmenting (turn off for digits, text, arrows...).
+        label_smoothing: cross-entropy label smoothing.
+        warmup_epochs: linear warm-up before the cosine decay (capped at half the run).
+        patience: stop after this many epochs without a better validation top-1 (None: never).
+        grad_clip: max gradient norm (0/None: off).
+        seed: seeds the split, initialisation, shuffling and augmentation.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        out: run directory.
+        resume: a ``last.pt`` (or its run directory) to continue from.
+        max_steps: stop after this many optimizer steps in total (the schedule spans them).
+        workers: DataLoader worker processes.
+        amp: mixed precision on CUDA (ignored on CPU).
+        channels_last: NHWC memory layout on CUDA (ignored on CPU).
+        val_fraction: held-out fraction when the dataset has no validation split.
+    """
+
+    data: str | Path = ""
+    model: str = "efficientnet_lite0"
+    weights: str = "pretrained"
+    strategy: str = "partial"
+    unfreeze: int = 2
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float | None = None
+    backbone_lr_scale: float = 0.1
+    optimizer: str = "adamw"
+    weight_decay: float | None = None
+    img_size: int | None = None
+    augment: bool = True
+    hflip: bool = True
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    patience: int | None = None
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    device: str = "auto"
+    out: str | Path = "runs/exp"
+    resume: str | Path | None = None
+    max_steps: int | None = None
+    workers: int = 0
+    amp: bool = True
+    channels_last: bool = True
+    val_fraction: float = 0.2
+
+    def validate(self) -> None:
+        """Refuse impossible settings with a message naming the option."""
+        check_strategy(self.strategy)
+        if not str(self.data):
+            raise BadInputError("no dataset given", hint="pass --data DIR (train/<class>/*) or a CSV file")
+        checks = [
+            (self.epochs >= 1, "--epochs must be >= 1"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.lr is None or self.lr > 0, "--lr must be > 0"),
+            (self.backbone_lr_scale >= 0, "--backbone-lr-scale must be >= 0"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (self.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+            (self.patience is None or self.patience >= 1, "--patience must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
+            (self.img_size is None or self.img_size >= 16, "--img-size must be >= 16"),
+            (self.workers >= 0, "--workers must be >= 0"),
+            (0 < self.val_fraction < 1, "--val-fraction must be in (0, 1)"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             "--device must be auto, cpu or cuda"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BadInputError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_top1: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped: str = "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(run_dir=str(self.run_dir), best_checkpoint=str(self.best_checkpoint),
+                 last_checkpoint=str(self.last_checkpoint))
+        d["skipped"] = [f"{p}: {why}" for p, why in self.skipped]
+        return d
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an environment error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EnvironmentMissingError("--device cuda: no CUDA GPU is visible to torch", hint="use --device cpu")
+    return torch.device(name)
+
+
+def _seed(seed: int) -> Any:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _dataset_digest(data: ClassificationData) -> str:
+    digest = hashlib.sha256("\n".join(data.classes).encode())
+    for split, samples in (("train", data.train), ("val", data.val)):
+        for s in samples:
+            digest.update(f"{split}:{Path(s.path).name}:{s.label}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+class _Run:
+    """State of one training run; `train_classifier` is its public face."""
+
+    def __init__(self, cfg: TrainConfig, progress: bool, on_step: Callable[[int], None] | None) -> None:
+        import torch
+
+        cfg.validate()
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        self.amp = bool(cfg.amp and self.cuda)
+        self.channels_last = bool(cfg.channels_last and self.cuda)
+        self.run_dir = Path(cfg.out)
+        self.data = load_classification_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        from edgetl.models import create, get_model_info
+
+        info = get_model_info(cfg.model)
+        self.spec: PreprocessSpec = info.preprocess_spec(cfg.img_size)
+        weights = "none" if cfg.strategy == "scratch" else cfg.weights
+        if cfg.strategy != "scratch" and weights in ("none", None):
+            raise BadInputError(
+                f"--strategy {cfg.strategy} with --weights none trains from random weights",
+                hint="use --strategy scratch for that, or give pretrained weights",
+            )
+        _seed(cfg.seed)
+        self.model = create(cfg.model, weights=weights, num_classes=len(self.data.classes))
+        self.weights_source = self.model.edgetl_weights
+        lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.strategy] * (10 if cfg.optimizer == "sgd" else 1)
+        self.lr = lr
+        self.plan = apply_strategy(
+            self.model, cfg.strategy, lr=lr, unfreeze=cfg.unfreeze, backbone_lr_scale=cfg.backbone_lr_scale
+        )
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.plan.param_groups, cfg.optimizer, cfg.weight_decay)
+        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.on_step = on_step
+        self.history: list[dict[str, Any]] = []
+        self.best_top1 = -1.0
+        self.best_epoch = 0
+        self.best_eval: dict[str, Any] | None = None
+        self.start_epoch = 1
+        self.step = 0
+        self.bad: list[BadItem] = []
+        self.feature_seconds = 0.0
+        self.train_images = 0
+        self.train_seconds = 0.0
+        if cfg.resume:
+            self._resume(Path(cfg.resume))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _meta(self, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
+        return CheckpointMeta(
+            task="classify",
+            model=self.cfg.model,
+            labels=list(self.data.classes),
+            preprocess=self.spec,
+            model_args={"num_classes": len(self.data.classes)},
+            train_config={**self.cfg.to_dict(), "resolved_lr": self.lr, "plan": self.plan.describe()},
+            epoch=epoch,
+            metrics=metrics,
+            provenance={
+                "base_model": self.cfg.model,
+                "weights_source": self.weights_source,
+                "dataset": str(self.cfg.data),
+                "dataset_digest": _dataset_digest(self.data),
+                "device": str(self.device),
+            },
+        )
+
+    def _state_dict(self) -> dict[str, Any]:
+        import torch
+
+        state = self.model.state_dict()
+        return {k: v.detach().to("cpu").contiguous() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+    def save_last(self, epoch: int, interrupted: bool = False) -> Path:
+        resume = {
+            "epoch": epoch,
+            "step": self.step,
+            "history": self.history,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "interrupted": interrupted,
+        }
+        metrics = self.history[-1] if self.history else {}
+        return save_checkpoint(
+            self.run_dir / "last.pt", self._state_dict(), self._meta(epoch, metrics),
+            optimizer=self.optimizer.state_dict(), resume=resume,
+        )
+
+    def _resume(self, path: Path) -> None:
+        if path.is_dir():
+            path = path / "last.pt"
+        raw, meta = load_checkpoint(path)
+        if meta.task != "classify" or meta.model != self.cfg.model:
+            raise BadInputError(f"--resume {path}: a {meta.task} checkpoint of {meta.model}, not {self.cfg.model}")
+        if meta.labels != list(self.data.classes):
+            raise BadInputError(
+                f"--resume {path}: its labels {meta.labels} differ from the dataset's {self.data.classes}"
+            )
+        if "resume" not in raw or "optimizer" not in raw:
+            raise BadInputError(f"--resume {path}: holds no training state", hint="resume from a run's last.pt")
+        self.model.load_state_dict(raw["state_dict"])
+        try:
+            self.optimizer.load_state_dict(raw["optimizer"])
+        except ValueError as exc:
+            raise BadInputError(f"--resume {path}: optimizer state does not fit this strategy ({exc})") from exc
+        state = raw["resume"]
+        self.start_epoch = int(state["epoch"]) + 1
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+        self.best_top1 = float(state["best_top1"])
+        self.best_epoch = int(state["best_epoch"])
+
+    # -- training --------------------------------------------------------------------------------
+    def _bar(self, total: int, desc: str) -> Any:
+        tqdm = optional_import("tqdm", "train").tqdm
+        return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress, dynamic_ncols=True)
+
+    def _steps_per_epoch(self) -> int:
+        return max(1, -(-len(self.data.train) // self.cfg.batch_size))
+
+    def _context(self) -> StepContext:
+        cfg = self.cfg
+        spe = self._steps_per_epoch()
+        total = cfg.epochs * spe if cfg.max_steps is None else min(cfg.epochs * spe, cfg.max_steps)
+        warmup = min(int(round(cfg.warmup_epochs * spe)), total // 2)
+        return StepContext(
+            model=self.model, optimizer=self.optimizer, loss_fn=self.loss_fn, device=self.device,
+            total_steps=total, warmup_steps=warmup, step=self.step, max_steps=cfg.max_steps,
+            grad_clip=cfg.grad_clip, amp=self.amp, channels_last=self.channels_last, scaler=self.scaler,
+            on_step=self.on_step, bad=self.bad,
+        )
+
+    def run(self) -> TrainResult:
+        started = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        ctx = self._context()
+        stopped = "completed"
+        epoch = self.start_epoch
+        try:
+            if self.cfg.strategy == "linear-probe":
+                epoch_fn = self._linear_probe_epochs()
+            else:
+                epoch_fn = self._image_epochs()
+            for epoch in range(self.start_epoch, self.cfg.epochs + 1):
+                if ctx.done:
+                    stopped = "max_steps"
+                    epoch -= 1
+                    break
+                record = epoch_fn(ctx, epoch)
+                self.step = ctx.step
+                self._end_epoch(epoch, record)
+                if ctx.done and epoch < self.cfg.epochs:
+                    stopped = "max_steps"
+                    break
+                if self.cfg.patience and epoch - self.best_epoch >= self.cfg.patience:
+                    stopped = "early_stopping"
+                    break
+        except KeyboardInterrupt:
+            self.step = ctx.step
+            self.save_last(epoch - 1, interrupted=True)
+            self._report(started, "interrupted")
+            raise
+        return self._finish(started, stopped)
+
+    def _image_epochs(self) -> Callable[[StepContext, int], dict[str, Any]]:
+        import torch
+
+        cfg = self.cfg
+        train_ds = ImageDataset(self.data.train, train_transform(self.spec, cfg.augment, hflip=cfg.hflip))
+        val_loader = make_loader(ImageDataset(self.data.val, SpecTransform(self.spec)),
+                                 batch_size=cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
+
+        def one_epoch(ctx: StepContext, epoch: int) -> dict[str, Any]:
+            generator = _seed(cfg.seed * 100_003 + epoch)
+            loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, workers=cfg.workers,
+                                 generator=generator, pin_memory=self.cuda)
+            self.plan.apply_train_mode(self.model)
+            t0 = time.perf_counter()
+            with self._bar(len(train_ds), f"epoch {epoch}/{cfg.epochs}") as bar:
+                record = run_epoch(ctx, self.model, loader, bar)
+            self.train_seconds += time.perf_counter() - t0
+            self.train_images += record["images"]
+            self.model.eval()
+            logits, labels, bad = predict(self.model, val_loader, self.device, amp=self.amp,
+                                          channels_last=self.channels_last)
+            ctx.bad += bad
+            with torch.no_grad():
+                record["val_loss"] = float(self.loss_fn(logits, labels)) if len(labels) else 0.0
+            record["eval"] = classification_metrics(logits, labels, self.data.classes)
+            return record
+
+        return one_epoch
+
+    def _linear_probe_epochs(self) -> Callable[[StepContext, int], dict[str, Any]]:
+        import torch
+
+        from edgetl.train.features import extract_features
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        cached = {}
+        for split, samples in (("train", self.data.train), ("val", self.data.val)):
+            with self._bar(len(samples), f"caching {split} features") as bar:
+                feats, labels, bad = extract_features(
+                    self.model, samples, self.spec, batch_size=max(cfg.batch_size, 64), device=self.device,
+                    workers=cfg.workers, progress=bar.update, channels_last=self.channels_last, amp=self.amp,
+                )
+            self.bad += bad
+            cached[split] = (feats.to(self.device), labels.to(self.device))
+        self.feature_seconds = time.perf_counter() - t0
+        self.train_seconds += self.feature_seconds
+        head = self.model.get_classifier()
+
+        def one_epoch(ctx: StepContext, epoch: int) -> dict[str, Any]:
+            generator = _seed(cfg.seed * 100_003 + epoch)
+            head.train()
+            feats, labels = cached["train"]
+            t1 = time.perf_counter()
+            record = run_epoch(ctx, head, tensor_batches(feats, labels, cfg.batch_size, generator))
+            self.train_seconds += time.perf_counter() - t1
+            self.train_images += record["images"]
+            head.eval()
+            with torch.no_grad():
+                val_feats, val_labels = cached["val"]
+                logits = head(val_feats).float().cpu()
+                val_labels = val_labels.cpu()
+                record["val_loss"] = float(self.loss_fn(logits, val_labels)) if len(val_labels) else 0.0
+            record["eval"] = classification_metrics(logits, val_labels, self.data.classes)
+            return record
+
+        return one_epoch
+
+    def _end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        evaluation = record.pop("eval")
+        entry = {
+            "epoch": epoch,
+            "step": self.step,
+            "train_loss": round(record["train_loss"], 5),
+            "train_top1": round(record["train_top1"], 3),
+            "val_loss": round(record["val_loss"], 5),
+            "val_top1": evaluation["top1"],
+            "val_top5": evaluation["top5"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images": record["images"],
+        }
+        self.history.append(entry)
+        if evaluation["top1"] > self.best_top1:
+            self.best_top1, self.best_epoch, self.best_eval = evaluation["top1"], epoch, evaluation
+            save_checkpoint(self.run_dir / "best.pt", self._state_dict(), self._meta(epoch, entry))
+        self.save_last(epoch)
+        if self.progress:
+            from edgetl.cli.common import say
+
+            say(f"epoch {epoch}: loss {entry['train_loss']:.4f}  train top-1 {entry['train_top1']:.1f}%  "
+                f"val top-1 {entry['val_top1']:.1f}%  (best {self.best_top1:.1f}% @ {self.best_epoch})")
+        write_metrics(self.run_dir, self._document("running"))
+
+    def _skipped(self) -> list[tuple[str, str]]:
+        seen = {p for p, _ in self.data.skipped}
+        extra = [(b.path, b.reason) for b in self.bad if b.path not in seen and not seen.add(b.path)]
+        return list(self.data.skipped) + extra
+
+    def _document(self, status: str) -> dict[str, Any]:
+        skipped = self._skipped()
+        return {
+            "status": status,
+            "task": "classify",
+            "model": self.cfg.model,
+            "strategy": self.cfg.strategy,
+            "plan": self.plan.describe(),
+            "weights": self.weights_source,
+            "labels": self.data.classes,
+            "data": self.data.summary(),
+            "preprocess": self.spec.to_dict(),
+            "best": {"epoch": self.best_epoch, "val_top1": self.best_top1,
+                     **({k: self.best_eval[k] for k in ("top5", "per_class", "confusion")} if self.best_eval else {})},
+            "history": self.history,
+            "skipped": {"count": len(skipped), "files": [f"{p}: {why}" for p, why in skipped]},
+            "timing": {"train_seconds": round(self.train_seconds, 3), "feature_cache_seconds":
+                       round(self.feature_seconds, 3), "train_images": self.train_images},
+            "config": self.cfg.to_dict(),
+        }
+
+    def _report(self, started: float, status: str) -> None:
+        document = self._document(status)
+        document["timing"]["total_seconds"] = round(time.perf_counter() - started, 3)
+        write_metrics(self.run_dir, document)
+        plot_curves(self.history, self.run_dir / "curves.png")
+        if self.best_eval is not None:
+            plot_confusion(self.best_eval["confusion"], self.data.classes, self.run_dir / "confusion.png",
+                           title=f"validation, epoch {self.best_epoch}: top-1 {self.best_top1:.1f}%")
+
+    def _finish(self, started: float, stopped: str) -> TrainResult:
+        if not self.history:
+            raise BadInputError("no epoch ran", hint="raise --epochs or --max-steps, or check --resume")
+        self._report(started, stopped)
+        seconds = time.perf_counter() - started
+        return TrainResult(
+            run_dir=self.run_dir,
+            best_checkpoint=self.run_dir / "best.pt",
+            last_checkpoint=self.run_dir / "last.pt",
+            best_top1=self.best_top1,
+            history=self.history,
+            seconds=round(seconds, 3),
+            images_per_second=round(self.train_images / self.train_seconds, 2) if self.train_seconds else 0.0,
+            skipped=self._skipped(),
+            best_epoch=self.best_epoch,
+            stopped=stopped,
+        )
+
+
+def train_classifier(
+    cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None] | None = None
+) -> TrainResult:
+    """Fine-tune a classifier as configured; see the module docstring for the run directory.
+
+    Args:
+        cfg: the run's configuration.
+        progress: tqdm bars and a line per epoch on stderr.
+        on_step: called with the global step after every optimizer step (tests, custom logging).
+
+    Raises:
+        BadInputError: bad data or settings (exit code 2).
+        EnvironmentMissingError: no pretrained weights offline, or ``--device cuda`` without a GPU (3).
+        KeyboardInterrupt: after writing a usable ``last.pt`` and ``metrics.json``.
+    """
+    return _Run(cfg, progress, on_step).run()
