@@ -61,7 +61,7 @@ def tensorrt_version() -> str | None:
         return None
 
 
-_LOGGERS: dict[int, Any] = {}
+_LOGGERS: dict[int, tuple[Any, Any]] = {}
 _LOGGER_LOCK = threading.Lock()
 
 
@@ -72,9 +72,9 @@ def get_logger(trt: Any) -> Any:
     messages are kept (``logger.recent``) and quoted in the exception we raise.
     """
     with _LOGGER_LOCK:
-        logger = _LOGGERS.get(id(trt))
-        if logger is not None:
-            return logger
+        known = _LOGGERS.get(id(trt))
+        if known is not None and known[0] is trt:
+            return known[1]
 
         class _RecordingLogger(trt.ILogger):
             def __init__(self) -> None:
@@ -93,7 +93,7 @@ def get_logger(trt: Any) -> Any:
                 return text
 
         logger = _RecordingLogger()
-        _LOGGERS[id(trt)] = logger
+        _LOGGERS[id(trt)] = (trt, logger)
         return logger
 
 
