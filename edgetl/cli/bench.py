@@ -20,12 +20,15 @@ from edgetl.cli.common import config_option, emit_json, handle_errors, json_opti
               help="Intra-op threads for ONNX Runtime and torch (0: library default).")
 @click.option("--torch/--no-torch", "torch_baseline", default=True, show_default=True,
               help="Add a PyTorch baseline row where torch and the checkpoint are available.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Training checkpoint for the PyTorch baseline when the bundle carries none.")
 @click.option("--no-verify", is_flag=True, help="Skip checking artifact sha256.")
 @config_option
 @json_option
 @handle_errors
 def command(bundle: str, backend: str, precision: str, batch: str, iters: int, warmup: int, device: str,
-            threads: int, torch_baseline: bool, no_verify: bool, as_json: bool) -> None:
+            threads: int, torch_baseline: bool, checkpoint: str | None, no_verify: bool,
+            as_json: bool) -> None:
     """Measure p50/p90/p99 latency, throughput and peak RSS of every artifact of BUNDLE."""
     from edgetl.runtime.bench import bench_bundle, format_bench
 
@@ -35,7 +38,7 @@ def command(bundle: str, backend: str, precision: str, batch: str, iters: int, w
         raise click.BadParameter(f"unknown precision(s) {', '.join(unknown)}", param_hint="--precision")
     report = bench_bundle(bundle, backend=backend, precisions=precisions, batches=parse_int_list(batch),
                           iters=iters, warmup=warmup, device=device, threads=threads,
-                          torch_baseline=torch_baseline, verify=not no_verify)
+                          torch_baseline=torch_baseline, checkpoint=checkpoint, verify=not no_verify)
     if as_json:
         emit_json(report)
     else:

@@ -89,6 +89,7 @@ def bench_bundle(
     device: str = "auto",
     threads: int = 0,
     torch_baseline: bool = True,
+    checkpoint: str | Path | None = None,
     verify: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -103,6 +104,7 @@ def bench_bundle(
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: intra-op threads for ONNX Runtime and torch (0: library default).
         torch_baseline: add PyTorch rows when torch and the checkpoint are available.
+        checkpoint: the training checkpoint for the PyTorch rows when the bundle carries none.
         verify: check artifact hashes once before measuring.
         progress: show a progress bar on stderr.
 
@@ -131,7 +133,7 @@ def bench_bundle(
         t0 = time.perf_counter()
         try:
             if path == "torch":
-                predictor = load(bundle, backend="torch", device=device, verify=False)
+                predictor = load(bundle, backend="torch", device=device, verify=False, checkpoint=checkpoint)
             else:
                 predictor = load(bundle, artifact=path, device=device, threads=threads, verify=False)
         except (EnvironmentMissingError, EdgetlError) as exc:

@@ -33,6 +33,7 @@ def load(
     verify: bool = True,
     *,
     artifact: str | None = None,
+    checkpoint: str | Path | None = None,
     threads: int = 0,
     max_batch: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -47,6 +48,7 @@ def load(
         device: ``auto``, ``cpu`` or ``cuda``.
         verify: check every artifact's sha256 before loading (skip only for trusted bundles).
         artifact: load this artifact path (relative to the bundle) instead of choosing one.
+        checkpoint: the training checkpoint for ``backend="torch"`` when the bundle carries none.
         threads: intra-op threads for ONNX Runtime (0: its default).
         max_batch: largest batch sent to the backend (default: the model's limit, at most 16).
         max_pixels: refuse larger input images before decoding them.
@@ -60,7 +62,8 @@ def load(
             bundle.verify()
     else:
         bundle = open_bundle(bundle, verify=verify)
-    picked = choose(bundle, backend=backend, precision=precision, device=device, artifact=artifact)
+    picked = choose(bundle, backend=backend, precision=precision, device=device, artifact=artifact,
+                    checkpoint=checkpoint)
     engine = _open_backend(bundle, picked, threads)
     return Predictor(bundle, engine, picked, max_batch=max_batch, max_pixels=max_pixels)
 

@@ -146,6 +146,7 @@ def choose(
     precision: str = "best",
     device: str = "auto",
     artifact: str | None = None,
+    checkpoint: str | Path | None = None,
 ) -> Choice:
     """Resolve ``backend``/``precision``/``device`` (or one named ``artifact``) into a `Choice`.
 
@@ -160,7 +161,7 @@ def choose(
     if artifact is not None:
         return _choose_artifact(bundle, artifact, device)
     if backend == "torch":
-        return _choose_torch(bundle, device)
+        return _choose_torch(bundle, device, checkpoint)
     trt_note = ""
     if backend in ("auto", "tensorrt") and device != "cpu":
         module, why = _tensorrt_module()
@@ -195,10 +196,15 @@ def _choose_artifact(bundle: Bundle, path: str, device: str) -> Choice:
                         hint="`edgetl info BUNDLE` lists the artifacts")
 
 
-def _choose_torch(bundle: Bundle, device: str) -> Choice:
+def _choose_torch(bundle: Bundle, device: str, checkpoint: str | Path | None = None) -> Choice:
     if importlib.util.find_spec("torch") is None:
         raise MissingDependencyError("the torch backend needs PyTorch, which is not installed",
                                      hint="pip install 'edgetl[train]', or use --backend onnxruntime")
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise BadInputError(f"checkpoint not found: {checkpoint}")
+        art = Artifact(path=str(Path(checkpoint).resolve()), kind="checkpoint")
+        return Choice("torch", art, "cpu" if device == "auto" else device, f"PyTorch reference on {checkpoint}")
     found = bundle.find(kind="checkpoint")
     if found:
         return Choice("torch", found[0], "cpu" if device == "auto" else device, "PyTorch reference on the checkpoint")
