@@ -4,6 +4,10 @@ A run writes into ``cfg.out``: ``best.pt`` (best validation top-1), ``last.pt`` 
 optimizer and progress for ``resume``), ``metrics.json``, ``curves.png``, ``confusion.png`` and
 ``config.yaml`` (the resolved configuration, reusable as ``edgetl train classify --config``).
 
+Ctrl-C: ``last.pt`` is written atomically at the end of every epoch, so an interrupted run keeps the
+state of its last complete epoch (or, if none completed, the current weights) and ``metrics.json``
+says ``"status": "interrupted"``; ``resume`` continues from there.
+
 Reproducibility: on the CPU, the same config gives the same weights. Every epoch reseeds the
 shuffling, augmentation and dropout from ``(seed, epoch)``, so a resumed run continues exactly as an
 uninterrupted one would.
@@ -347,8 +351,10 @@ class _Run:
                     stopped = "early_stopping"
                     break
         except KeyboardInterrupt:
-            self.step = ctx.step
-            self.save_last(epoch - 1, interrupted=True)
+            # last.pt already holds the end of the last complete epoch, so a resume replays the
+            # interrupted epoch exactly; only when no epoch finished is the current state written.
+            if not (self.run_dir / "last.pt").is_file() or not self.history:
+                self.save_last(self.start_epoch - 1, interrupted=True)
             self._report(started, "interrupted")
             raise
         return self._finish(started, stopped)

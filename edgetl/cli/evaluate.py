@@ -1,0 +1,48 @@
+"""``edgetl evaluate CHECKPOINT --data DIR``: accuracy of a classifier (or mAP of a detector) checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Dataset folder or CSV (classifier), or data.yaml / COCO json (detector).")
+@click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
+              help="Which images to evaluate on (classifier).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
+@config_option
+@json_option
+@handle_errors
+def command(checkpoint: str, data: str, split: str, batch_size: int, device: str, as_json: bool) -> None:
+    """Evaluate CHECKPOINT on a dataset: top-1, top-5 and per-class accuracy (classifier) or mAP (detector)."""
+    from edgetl.train.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(checkpoint)
+    if meta.task == "detect":
+        from edgetl.detect.evaluate import evaluate_detector_checkpoint
+
+        result = evaluate_detector_checkpoint(checkpoint, data)
+        if as_json:
+            emit_json(result)
+        else:
+            scalars = [(k, v) for k, v in result.items() if not isinstance(v, dict | list)]
+            say(format_table(["metric", "value"], scalars))
+        return
+    from edgetl.train.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data, split, batch_size=batch_size, device=device)
+    if as_json:
+        emit_json(result)
+        return
+    say(f"{checkpoint} on {data} ({split}, {result['images']} images)")
+    say(f"top-1 {result['top1']:.2f}%   top-5 {result['top5']:.2f}%")
+    rows = [(name, "-" if acc is None else f"{acc:.1f}%") for name, acc in result["per_class"].items()]
+    say(format_table(["class", "accuracy"], rows))
+    if result["skipped"]["count"]:
+        say(f"skipped {result['skipped']['count']} unreadable file(s):", fg="yellow")
+        for line in result["skipped"]["files"][:20]:
+            say(f"  {line}")

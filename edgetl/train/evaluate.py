@@ -1,0 +1,70 @@
+"""`evaluate_checkpoint`: top-1, top-5, per-class accuracy and confusion of a classifier checkpoint.
+
+Images go through `edgetl.preprocess` with the spec stored in the checkpoint, so the figures are the
+ones the exported and deployed model is held to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgetl.data.imagefolder import Sample, load_classification_data
+from edgetl.data.torch_datasets import ImageDataset, make_loader
+from edgetl.data.transforms import SpecTransform
+from edgetl.errors import BadInputError
+from edgetl.train.checkpoint import build_from_checkpoint
+from edgetl.train.loop import predict
+from edgetl.train.metrics import classification_metrics
+
+SPLITS = ("val", "train", "all")
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "val",
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate a classifier checkpoint on a dataset.
+
+    Args:
+        checkpoint: an edgetl ``classify`` checkpoint (``best.pt``).
+        data: dataset folder or CSV (same layouts as training). Its class names must be among the
+            checkpoint's labels; they are matched by name, not by folder order.
+        split: ``val`` (the ``val/`` folder, or the seeded split training used), ``train`` or ``all``.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        val_fraction, seed: the split used when the dataset has no validation folder (training's defaults).
+
+    Returns:
+        ``{"checkpoint", "split", "images", "top1", "top5", "per_class", "confusion", "labels", "skipped"}``.
+    """
+    from edgetl.train.classify import resolve_device
+
+    if split not in SPLITS:
+        raise BadInputError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
+    model, meta = build_from_checkpoint(checkpoint)
+    if meta.task != "classify":
+        raise BadInputError(f"{checkpoint}: a {meta.task} checkpoint; evaluate_checkpoint is for classifiers")
+    dataset = load_classification_data(data, val_fraction=val_fraction, seed=seed)
+    unknown = [c for c in dataset.classes if c not in meta.labels]
+    if unknown:
+        raise BadInputError(
+            f"{data}: classes {unknown} are not labels of the checkpoint ({meta.labels})",
+            hint="evaluate on data with the class folders the model was trained on",
+        )
+    remap = {i: meta.labels.index(name) for i, name in enumerate(dataset.classes)}
+    chosen = {"val": dataset.val, "train": dataset.train, "all": dataset.train + dataset.val}[split]
+    samples = [Sample(s.path, remap[s.label]) for s in chosen]
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    loader = make_loader(ImageDataset(samples, SpecTransform(meta.preprocess)), batch_size=batch_size, shuffle=False)
+    logits, labels, bad = predict(model, loader, torch_device)
+    result = classification_metrics(logits, labels, meta.labels)
+    skipped = [f"{p}: {why}" for p, why in dataset.skipped] + [f"{b.path}: {b.reason}" for b in bad]
+    return {"checkpoint": str(checkpoint), "split": split, **result, "labels": meta.labels,
+            "skipped": {"count": len(skipped), "files": skipped}}
