@@ -5,10 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import fakegpu
 import numpy as np
 import pytest
-
-import fakegpu
 
 GOLDEN_TOLERANCE = {"fp32": {"max_abs": 1e-3}, "fp16": {"max_abs": 5e-2}, "int8": {"top1_agreement": 0.85}}
 

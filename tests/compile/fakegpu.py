@@ -44,7 +44,7 @@ class FakeGpu:
         self.next_graph = 0x9000
         self.executions = 0
         self.builds: list[dict[str, Any]] = []
-        self.contexts: list[FakeContext] = []
+        self.contexts: list[Any] = []
         self.trt = _make_trt_module(self)
         self.cudart = _make_cudart_module(self)
 
@@ -107,21 +107,21 @@ class FakeStream:
 # ==================================================================================================
 # cuda-python (cuda.bindings.runtime)
 # ==================================================================================================
-class cudaError_t(enum.IntEnum):  # noqa: N801 - mirrors cuda-python's names
+class cudaError_t(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorInsufficientDriver = 35
     cudaErrorStreamCaptureUnsupported = 900
 
 
-class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+class cudaMemcpyKind(enum.IntEnum):
     cudaMemcpyHostToHost = 0
     cudaMemcpyHostToDevice = 1
     cudaMemcpyDeviceToHost = 2
     cudaMemcpyDeviceToDevice = 3
 
 
-class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801
+class cudaStreamCaptureMode(enum.IntEnum):
     cudaStreamCaptureModeGlobal = 0
     cudaStreamCaptureModeThreadLocal = 1
     cudaStreamCaptureModeRelaxed = 2
@@ -320,7 +320,7 @@ class FakeProfile:
         self.gpu = gpu
         self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
 
-    def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002 - TensorRT's names
+    def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:
         lo, mid, hi = (tuple(int(d) for d in s) for s in (min, opt, max))
         if not all(a <= b <= c for a, b, c in zip(lo, mid, hi)):
             self.gpu.violate(f"profile for {name!r} is not min <= opt <= max: {lo} {mid} {hi}")
