@@ -14,7 +14,7 @@ from edgetl.preprocess import DEFAULT_MAX_PIXELS
 
 @click.command()
 @click.argument("bundle", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--models", "models_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--models", "models", type=click.Path(file_okay=False, path_type=Path),
               help="Model repository to watch: DIR/<name>/ or DIR/<name>/<version>/ bundles.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it).")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port (0 picks a free one).")
@@ -49,7 +49,7 @@ from edgetl.preprocess import DEFAULT_MAX_PIXELS
 @config_option
 @json_option
 @handle_errors
-def command(bundle: Path | None, models_dir: Path | None, host: str, port: int, unix_socket: Path | None,
+def command(bundle: Path | None, models: Path | None, host: str, port: int, unix_socket: Path | None,
             token_file: Path | None, max_concurrency: int, max_queue: int, max_body_mb: float, max_pixels: int,
             max_images: int, batch_max: int, batch_delay_ms: float, backend: str, precision: str, device: str,
             watch_interval: float, require_golden: bool, drain_timeout: float, log_level: str, access_log: bool,
@@ -72,7 +72,7 @@ def command(bundle: Path | None, models_dir: Path | None, host: str, port: int, 
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServeConfig(
-        bundle=bundle, models_dir=models_dir, host=host, port=port, unix_socket=unix_socket, token_file=token_file,
+        bundle=bundle, models_dir=models, host=host, port=port, unix_socket=unix_socket, token_file=token_file,
         max_concurrency=max_concurrency, max_queue=max_queue, max_body_mb=max_body_mb, max_pixels=max_pixels,
         max_images=max_images, batch_max=batch_max, batch_delay_ms=batch_delay_ms, backend=backend,
         precision=precision, device=device, watch_interval=watch_interval, require_golden=require_golden,
