@@ -171,3 +171,112 @@ def _arrays(item: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels = np.asarray(item.labels, dtype=np.int64).reshape(-1)
     scores = np.asarray(getattr(item, "scores", np.ones(len(labels))), dtype=np.float64).reshape(-1)
     return boxes, scores, labels
+
+
+def detection_metrics(
+    reference: Sequence[Any],
+    candidate: Sequence[Any],
+    ground_truth: Sequence[Any],
+    classes: Sequence[str],
+    *,
+    max_map_drop: float | None = None,
+    iou: float = 0.5,
+) -> dict[str, Any]:
+    """mAP of both models on the same images, the delta, box agreement, and the ``max_map_drop`` gate.
+
+    Args:
+        reference, candidate: per image detection results (original pixels) of the two models.
+        ground_truth: per image `DetSample`-like objects (``boxes``, ``labels``).
+        classes: class names.
+        max_map_drop: largest allowed drop of mAP@0.5:0.95 in points (0-100 scale); None: no gate.
+        iou: IoU for box agreement matching.
+
+    Returns:
+        ``{"reference": coco_map, "candidate": coco_map, "deltas": {"map", "map50"} (candidate - reference,
+        in points), "agreement": box_agreement, "gate": {"max_map_drop", "map_drop", "passed", "reasons"}}``.
+    """
+    ref_map = coco_map(reference, ground_truth, classes)
+    cand_map = coco_map(candidate, ground_truth, classes)
+    deltas = {
+        key: (cand_map[key] - ref_map[key]) * 100.0 if ref_map[key] is not None else None for key in ("map", "map50")
+    }
+    drop = -deltas["map"] if deltas["map"] is not None else None
+    reasons = []
+    if max_map_drop is not None and drop is not None and drop > max_map_drop:
+        reasons.append(f"mAP@0.5:0.95 dropped {drop:.2f} points (> {max_map_drop:g} allowed)")
+    return {
+        "reference": ref_map,
+        "candidate": cand_map,
+        "deltas": deltas,
+        "agreement": box_agreement(reference, candidate, iou=iou),
+        "gate": {"max_map_drop": max_map_drop, "map_drop": drop, "passed": not reasons, "reasons": reasons},
+    }
+
+
+def run_detector(
+    infer: Any,
+    sources: Sequence[Any],
+    spec: Any,
+    postprocess: dict[str, Any],
+    labels: Sequence[str],
+    *,
+    batch_size: int = 8,
+) -> list[Any]:
+    """Preprocess ``sources`` with `edgetl.preprocess`, run ``infer`` (NCHW -> outputs dict, e.g.
+    ``Backend.infer``) batch by batch, and post-process to `DetectionResult` in original pixels."""
+    from edgetl.preprocess import preprocess_batch
+    from edgetl.runtime.detection import postprocess_detections
+
+    results: list[Any] = []
+    for start in range(0, len(sources), batch_size):
+        batch, infos = preprocess_batch(list(sources[start : start + batch_size]), spec)
+        results += postprocess_detections(infer(batch), postprocess, infos, labels)
+    return results
+
+
+def validate_detection(
+    reference_infer: Any,
+    candidate_infer: Any,
+    data: Any,
+    spec: Any,
+    postprocess: dict[str, Any],
+    labels: Sequence[str],
+    *,
+    limit: int | None = None,
+    max_map_drop: float | None = None,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """The ``detect`` task of bundle validation: both models on the same labelled images.
+
+    Args:
+        reference_infer, candidate_infer: callables NCHW float32 -> outputs dict (``Backend.infer``).
+        data: a data.yaml / COCO JSON path (its val split is used) or a `DetectionData`.
+        spec: the bundle's `PreprocessSpec` (letterbox).
+        postprocess: the manifest's postprocess section.
+        labels: the bundle's class names; the dataset's classes must be the same.
+        limit: use at most this many images (the first ones, in dataset order).
+        max_map_drop: gate, in mAP points; None: report only.
+
+    Returns:
+        `detection_metrics` plus ``images`` and ``data``.
+    """
+    from edgetl.data.detection import DetectionData, load_detection_data
+
+    dataset = data if isinstance(data, DetectionData) else load_detection_data(data)
+    if list(dataset.classes) != list(labels):
+        raise BadInputError(
+            f"dataset classes {list(dataset.classes)} differ from the bundle's labels {list(labels)}",
+            hint="validate on data with the classes the model was trained on, in the same order",
+        )
+    samples = list(dataset.val or dataset.train)
+    if limit is not None:
+        samples = samples[: int(limit)]
+    if not samples:
+        raise BadInputError("no images to validate the detector on")
+    paths = [s.path for s in samples]
+    reference = run_detector(reference_infer, paths, spec, postprocess, labels, batch_size=batch_size)
+    candidate = run_detector(candidate_infer, paths, spec, postprocess, labels, batch_size=batch_size)
+    report = detection_metrics(reference, candidate, samples, labels, max_map_drop=max_map_drop)
+    report["images"] = len(samples)
+    report["data"] = str(dataset.root) if dataset.root else None
+    return report

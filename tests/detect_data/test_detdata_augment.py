@@ -122,8 +122,8 @@ def test_letterbox_matches_preprocess_geometry() -> None:
     from PIL import Image
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 90, 3), dtype=np.uint8))
-    pixels, boxes, info = letterbox(image, np.array([[0, 0, 90, 30]], np.float32), SPEC)
-    chw, ref_info = preprocess(image, SPEC)
+    _, boxes, info = letterbox(image, np.array([[0, 0, 90, 30]], np.float32), SPEC)
+    _, ref_info = preprocess(image, SPEC)
     assert info == ref_info
     np.testing.assert_allclose(
         boxes, [[info.pad_x, info.pad_y, info.pad_x + 90 * info.scale, info.pad_y + 30 * info.scale]]
