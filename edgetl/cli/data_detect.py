@@ -18,17 +18,22 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @click.option("--val", "n_val", type=click.IntRange(min=0), default=50, show_default=True, help="Validation images.")
 @click.option("--size", type=click.IntRange(min=32), default=256, show_default=True, help="Long image side (px).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Everything is a function of the seed.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
 @config_option
 @json_option
 @handle_errors
-def sample_shapes(out_dir: str, n_train: int, n_val: int, size: int, seed: int, as_json: bool) -> None:
+def sample_shapes(out_dir: str, n_train: int, n_val: int, size: int, seed: int, overwrite: bool, as_json: bool) -> None:
     """Write the shapes detection sample (YOLO layout) to OUT_DIR.
 
     Five shape classes of varied size, colour and overlap on crops of the photographs that ship with
     scikit-image; nothing is downloaded. Train on it with `edgetl train detect --data OUT_DIR/data.yaml`.
     """
     from edgetl.data.shapes import write_shapes
+    from edgetl.errors import BadInputError
 
+    path = Path(out_dir)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise BadInputError(f"{path} exists and is not empty", hint="choose a new folder or pass --overwrite")
     summary = write_shapes(out_dir, n_train=n_train, n_val=n_val, size=size, seed=seed)
     if as_json:
         emit_json(summary)

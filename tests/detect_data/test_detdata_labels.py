@@ -196,6 +196,8 @@ def test_cli_check_convert_sample(tmp_path: Path, messy: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["train_images"] == 3
+    res = runner.invoke(sample_shapes, [str(out), "--train", "3"])
+    assert res.exit_code == 2 and "--overwrite" in res.stderr
     res = runner.invoke(check, [str(out / "data.yaml"), "--strict", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["passed"] is True
     res = runner.invoke(check, [str(messy), "--strict", "--json"])
