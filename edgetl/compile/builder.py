@@ -87,6 +87,11 @@ class BuildOptions:
                 raise BadInputError(
                     "DLA runs FP16 and INT8 only: use --precision fp16, int8 or best with --dla-core"
                 )
+            if lo != hi:
+                raise BadInputError(
+                    f"DLA engines need a fixed batch, got --batch {lo},{opt},{hi}",
+                    hint="pass --batch N,N,N (e.g. --batch 1,1,1) with --dla-core",
+                )
             if self.hardware_compat:
                 raise BadInputError(
                     "--hardware-compat engines run on the GPU only; drop --dla-core or --hardware-compat"

@@ -122,7 +122,9 @@ def test_parser_errors_name_each_node(monkeypatch, tiny_bundle):
 def test_dla_build_sets_device_core_and_gpu_fallback(monkeypatch, tiny_bundle):
     gpu = fakegpu.FakeGpu(dla_cores=2)
     fakegpu.install(monkeypatch, gpu)
-    result = compile_bundle(tiny_bundle, "fp16", dla_core=1)
+    with pytest.raises(BadInputError, match="DLA engines need a fixed batch"):
+        compile_bundle(tiny_bundle, "fp16", dla_core=1, batch=(1, 8, 32))
+    result = compile_bundle(tiny_bundle, "fp16", dla_core=1, batch=(1, 1, 1), contexts=1)
     assert "GPU_FALLBACK" in gpu.builds[-1]["flags"]
     assert result.engine.name == "sm87-trt10.3.0-fp16-dla1.engine"
     assert result.artifact.compat["dla_core"] == 1
@@ -133,7 +135,7 @@ def test_dla_errors(monkeypatch, tiny_bundle):
     gpu = fakegpu.FakeGpu(dla_cores=0)
     fakegpu.install(monkeypatch, gpu)
     with pytest.raises(EnvironmentMissingError, match="has 0 DLA core"):
-        compile_bundle(tiny_bundle, "fp16", dla_core=0)
+        compile_bundle(tiny_bundle, "fp16", dla_core=0, batch=(1, 1, 1))
     with pytest.raises(BadInputError, match="DLA runs FP16 and INT8 only"):
         compile_bundle(tiny_bundle, "fp32", dla_core=0)
     assert gpu.violations == []

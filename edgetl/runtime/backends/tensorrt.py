@@ -302,6 +302,8 @@ class TensorRTBackend(Backend):
                 f"(N, {', '.join(map(str, self.sample_shape))})"
             )
         chunks = plan_chunks(batch.shape[0], self.min_batch, self.max_batch)
+        if self.device_index:  # the CUDA runtime's current device is per thread
+            self.cuda.set_device(self.device_index)
         slot = self._pool.get()
         try:
             parts = [self._run_chunk(slot, batch[c.start : c.stop], c.size) for c in chunks]
