@@ -29,7 +29,9 @@ class DemoConfig:
     Args:
         out: output directory (replaced on every run).
         epochs: fine-tuning epochs.
-        quick: a smaller, faster run (smoke tests, CI): fewer images, 64 px, one short epoch.
+        quick: a smaller, faster run (smoke tests, CI): fewer images, 64 px, a linear probe on cached
+            backbone features instead of partial fine-tuning.
+        strategy: fine-tuning strategy (`edgetl.train.strategies`).
         train_per_class, val_per_class: digits sample size.
         img_size: model input side in pixels.
         calib_size: INT8 calibration images.
@@ -40,6 +42,7 @@ class DemoConfig:
     out: str | Path = "edgetl-demo"
     epochs: int | None = None
     quick: bool = False
+    strategy: str | None = None
     train_per_class: int | None = None
     val_per_class: int | None = None
     img_size: int | None = None
@@ -49,9 +52,11 @@ class DemoConfig:
 
     def resolved(self) -> dict[str, Any]:
         """Concrete values: explicit settings win over the (quick) defaults."""
-        base = (dict(epochs=1, train_per_class=16, val_per_class=8, img_size=64, calib_size=32, bench_iters=10)
+        base = (dict(strategy="linear-probe", epochs=3, train_per_class=20, val_per_class=10, img_size=64,
+                     calib_size=32, bench_iters=10)
                 if self.quick else
-                dict(epochs=4, train_per_class=40, val_per_class=20, img_size=96, calib_size=100, bench_iters=30))
+                dict(strategy="partial", epochs=5, train_per_class=40, val_per_class=20, img_size=96,
+                     calib_size=100, bench_iters=30))
         for key in base:
             if getattr(self, key) is not None:
                 base[key] = getattr(self, key)
@@ -105,6 +110,9 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = lambda _m: None) -
         BadInputError: ``out`` exists and was not made by the demo.
         MissingDependencyError: the ``train`` extra is missing (torch, timm, onnx...).
     """
+    settings = cfg.resolved()
+    out = Path(cfg.out).resolve()
+    _prepare(out)  # before the heavy imports: a wrong --out fails in a second
     from edgetl.bundle import pack
     from edgetl.data import load_classification_data
     from edgetl.data.samples import write_digits
@@ -115,9 +123,6 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = lambda _m: None) -
     from edgetl.train.classify import TrainConfig, train_classifier
     from edgetl.validate import validate_bundle
 
-    settings = cfg.resolved()
-    out = Path(cfg.out).resolve()
-    _prepare(out)
     steps: dict[str, float] = {}
     n_steps = 7
 
@@ -133,15 +138,17 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = lambda _m: None) -
     data = load_classification_data(data_dir)
     steps["data"] = time.perf_counter() - t
 
-    t = step(2, "train", f"fine-tuning EfficientNet-Lite0 (ImageNet weights, partial unfreeze, "
+    t = step(2, "train", f"fine-tuning EfficientNet-Lite0 (ImageNet weights, {settings['strategy']}, "
                          f"{settings['epochs']} epoch(s))")
-    train_cfg = TrainConfig(data=str(data_dir), model="efficientnet_lite0", weights="pretrained", strategy="partial",
+    train_cfg = TrainConfig(data=str(data_dir), model="efficientnet_lite0", weights="pretrained",
+                            strategy=settings["strategy"],
                             epochs=settings["epochs"], batch_size=32, img_size=settings["img_size"], hflip=False,
                             warmup_epochs=0.0 if settings["epochs"] == 1 else 1.0, seed=cfg.seed, device="auto",
                             out=str(out / "run"))
     trained = train_classifier(train_cfg, progress=True)
     steps["train"] = time.perf_counter() - t
-    say(f"      best validation top-1 (PyTorch): {trained.best_top1:.3f}")
+    torch_top1 = trained.best_top1 / 100.0  # the training loop reports percentages
+    say(f"      best validation top-1 (PyTorch): {100 * torch_top1:.1f}%")
 
     t = step(3, "export", "exporting to ONNX with a PyTorch parity check and golden samples")
     bundle_dir = out / "bundle"
@@ -195,7 +202,7 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = lambda _m: None) -
     sizes = {a.precision: a.bytes for a in bundle.find(kind="onnx")}
     summary = {
         "val_images": len(data.val),
-        "top1": {"pytorch": trained.best_top1, "fp32": acc32, "int8": acc8},
+        "top1": {"pytorch": torch_top1, "fp32": acc32, "int8": acc8},
         "agreement_fp32_int8": agreement,
         "latency_ms_b1": {"fp32": row("fp32", 1).get("p50_ms"), "int8": row("int8", 1).get("p50_ms"),
                           "pytorch": next((r["p50_ms"] for r in bench["rows"]
