@@ -88,6 +88,7 @@ def create(
     kwargs: dict[str, Any] = {"pretrained": False}
     full = timm.create_model(info.timm_name, num_classes=1000, **kwargs)
     source_desc = "none (random init)"
+    file_state: dict[str, Any] | None = None
     if weights not in (None, "none", "scratch"):
         source: WeightSource
         if weights == "pretrained":
@@ -98,6 +99,8 @@ def create(
         if source.key_mapping == "ordered":
             state = _map_ordered(state, full.state_dict(), str(source.path))
         _load_into(full, state, str(source.path), allow_head_mismatch=True)
+        if source.kind == "file":
+            file_state = state
         source_desc = source.describe()
     if features_only:
         model = timm.create_model(
@@ -111,6 +114,13 @@ def create(
         _load_into(model, full.state_dict(), name, allow_head_mismatch=True)
     else:
         model = full
+    if file_state is not None and not features_only and model is not full:
+        # a fine-tuned file's head fits a model with its class count: keep it (continued training)
+        own = model.state_dict()
+        head = {k: v for k, v in file_state.items()
+                if k in _classifier_keys(model) and tuple(v.shape) == tuple(own[k].shape)}
+        if head:
+            model.load_state_dict(head, strict=False)
     model.edgetl_weights = source_desc
     model.edgetl_info = info
     return model
