@@ -52,7 +52,7 @@ class DemoConfig:
 
     def resolved(self) -> dict[str, Any]:
         """Concrete values: explicit settings win over the (quick) defaults."""
-        base = (dict(strategy="linear-probe", epochs=3, train_per_class=20, val_per_class=10, img_size=64,
+        base = (dict(strategy="linear-probe", epochs=15, train_per_class=20, val_per_class=10, img_size=64,
                      calib_size=32, bench_iters=10)
                 if self.quick else
                 dict(strategy="partial", epochs=5, train_per_class=40, val_per_class=20, img_size=96,
