@@ -1,0 +1,179 @@
+"""INT8 post-training static quantization to a QDQ graph, on ONNX Runtime's quantizer.
+
+QDQ (QuantizeLinear/DequantizeLinear pairs around float ops) is the one format both ONNX Runtime and
+TensorRT's explicit-precision INT8 consume. Activation types:
+
+- ``int8`` (default): signed, symmetric activations and weights (zero point 0) — what TensorRT requires;
+  the same file runs on ONNX Runtime.
+- ``uint8``: asymmetric activations, signed weights (ONNX Runtime's U8S8) — the fast path of ONNX Runtime's
+  CPU kernels on x86 without VNNI; TensorRT rejects it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetl.errors import BadInputError, optional_import
+
+log = logging.getLogger(__name__)
+
+ACTIVATION_TYPES = ("int8", "uint8")
+#: Weighted layers: what "a layer" means for sensitivity analysis and kept-in-float lists.
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Ops with nothing to quantize (shape plumbing); their absence from the registry is not a concern.
+_SHAPE_OPS = {"Shape", "Constant", "ConstantOfShape", "Identity", "Cast", "Range", "Size", "NonZero"}
+
+
+def _quant():
+    return optional_import("onnxruntime.quantization", "train", purpose="INT8 quantization")
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How to quantize.
+
+    Args:
+        method: ``minmax`` | ``entropy`` | ``percentile`` calibration.
+        per_channel: per-output-channel weight scales (recommended for depthwise convolutions).
+        activation_type: ``int8`` (symmetric, TensorRT-compatible) or ``uint8`` (asymmetric, ORT CPU).
+        reduce_range: 7-bit weights, avoids overflow in x86 AVX2 U8S8 kernels at a small accuracy cost.
+        percentile: the percentile of ``percentile`` calibration.
+    """
+
+    method: str = "entropy"
+    per_channel: bool = True
+    activation_type: str = "int8"
+    reduce_range: bool = False
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        if self.activation_type not in ACTIVATION_TYPES:
+            raise BadInputError(f"unknown activation type {self.activation_type!r}; expected int8 or uint8")
+
+    @property
+    def tensorrt_compatible(self) -> bool:
+        return self.activation_type == "int8"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "per_channel": self.per_channel, "activation_type": self.activation_type,
+                "weight_type": "int8", "reduce_range": self.reduce_range, "format": "QDQ",
+                "percentile": self.percentile if self.method == "percentile" else None,
+                "tensorrt_compatible": self.tensorrt_compatible}
+
+    def calibrate_method(self) -> Any:
+        quant = _quant()
+        return {"minmax": quant.CalibrationMethod.MinMax, "entropy": quant.CalibrationMethod.Entropy,
+                "percentile": quant.CalibrationMethod.Percentile}[self.method]
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``quantize_static``."""
+        quant = _quant()
+        symmetric = self.activation_type == "int8"
+        extra: dict[str, Any] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+        if symmetric:
+            # A symmetric range cannot stand in for a removed ReLU6/Clip (it lets negatives through).
+            extra["QDQKeepRemovableActivations"] = True
+        if self.method == "percentile":
+            extra["CalibPercentile"] = self.percentile
+        return {
+            "quant_format": quant.QuantFormat.QDQ,
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "activation_type": quant.QuantType.QInt8 if symmetric else quant.QuantType.QUInt8,
+            "weight_type": quant.QuantType.QInt8,
+            "calibrate_method": self.calibrate_method(),
+            "extra_options": extra,
+        }
+
+
+class _DropAdvice(logging.Filter):
+    """ONNX Runtime's quantizer logs a 'consider pre-processing' warning on every call; the exported graph is
+    already simplified, so the advice is noise in our output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage() and "pre-processing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    root = logging.getLogger()
+    advice = _DropAdvice()
+    root.addFilter(advice)
+    for handler in root.handlers:
+        handler.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+        for handler in root.handlers:
+            handler.removeFilter(advice)
+
+
+def quantize_file(src: Path, dst: Path, settings: Int8Settings, *, reader: Any | None, cache_path: Path,
+                  nodes_to_exclude: list[str] | None = None, nodes_to_quantize: list[str] | None = None) -> None:
+    """``quantize_static`` into ``dst``; ranges come from ``cache_path`` when it exists, else from ``reader``
+    (and are then written there)."""
+    quant = _quant()
+    with quiet_quantizer():
+        try:
+            quant.quantize_static(
+                str(src), str(dst), reader, nodes_to_exclude=nodes_to_exclude or [],
+                nodes_to_quantize=nodes_to_quantize or [], calibration_cache_path=str(cache_path),
+                **settings.kwargs(),
+            )
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise BadInputError(f"INT8 quantization failed: {exc}",
+                                hint="delete the bundle's calibration/ folder if the model changed") from exc
+
+
+def support_report(model: Any) -> dict[str, Any]:
+    """Which ops get INT8 kernels. Nodes of other types stay in float: they are counted and named."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
+    counts: dict[str, int] = {}
+    layers = []
+    for node in model.graph.node:
+        if node.op_type not in quantizable and node.op_type not in _SHAPE_OPS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        if node.op_type in LAYER_OPS:
+            layers.append(node.name)
+    return {"float_only_ops": counts, "float_only_nodes": sum(counts.values()), "layers": layers}
+
+
+def check_support(model: Any) -> dict[str, Any]:
+    """Warn about ops without INT8 kernels; refuse a graph with no layer to quantize."""
+    report = support_report(model)
+    if not report["layers"]:
+        raise BadInputError("the model has no Conv/Gemm/MatMul layer that INT8 quantization applies to",
+                            hint="use --precision fp16 for this model")
+    if report["float_only_nodes"]:
+        what = ", ".join(f"{op} x{n}" for op, n in report["float_only_ops"].items())
+        log.warning("%d node(s) have no INT8 kernel and stay in float (%s)", report["float_only_nodes"], what)
+    if any(not name for name in report["layers"]):
+        raise BadInputError("the graph has unnamed layers; re-export it with `edgetl export`")
+    return report
+
+
+def qdq_summary(model: Any) -> dict[str, Any]:
+    """Counts of Q/DQ nodes and of layers running on INT8 inputs in a quantized graph."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    quantized, floating = [], []
+    for node in model.graph.node:
+        if node.op_type not in LAYER_OPS:
+            continue
+        first = producers.get(node.input[0])
+        (quantized if first is not None and first.op_type == "DequantizeLinear" else floating).append(node.name)
+    ops = [n.op_type for n in model.graph.node]
+    return {"quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
+            "int8_layers": len(quantized), "float_layers": floating}
+
+
+def unknown_nodes(model: Any, names: list[str]) -> list[str]:
+    known = {n.name for n in model.graph.node}
+    return [n for n in names if n not in known]
