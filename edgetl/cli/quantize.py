@@ -1,0 +1,64 @@
+"""``edgetl quantize BUNDLE --precision fp16|int8``: add a quantized graph to a bundle."""
+
+from __future__ import annotations
+
+import click
+
+from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--precision", type=click.Choice(["int8", "fp16"]), default="int8", show_default=True)
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="Calibration images (dataset: its training split; or a folder). Default: the training dataset.")
+@click.option("--calib-size", type=int, default=300, show_default=True, help="Images, seeded and class-balanced.")
+@click.option("--method", type=click.Choice(["entropy", "minmax", "percentile"]), default="entropy",
+              show_default=True, help="Calibration method.")
+@click.option("--percentile", type=float, default=99.999, show_default=True, help="For --method percentile.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales.")
+@click.option("--activations", "activation_type", type=click.Choice(["int8", "uint8"]), default="int8",
+              show_default=True,
+              help="int8: symmetric, TensorRT-compatible; uint8: ONNX Runtime CPU fast path (x86 without VNNI).")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights (x86 AVX2 saturation workaround).")
+@click.option("--max-drop", type=float, default=None,
+              help="Accuracy budget in top-1 points: keep the most sensitive layers in float until within it.")
+@click.option("--min-agreement", type=float, default=None, help="Budget mode also requires this top-1 agreement.")
+@click.option("--val-data", type=click.Path(), default=None,
+              help="Labelled images for the budget (default: the validation split).")
+@click.option("--val-size", type=int, default=200, show_default=True, help="Images in the budget's sample.")
+@click.option("--max-kept", type=int, default=None, help="Most layers the budget may keep in float.")
+@click.option("--exclude", "exclude", multiple=True, help="Layer (node) name to keep in float; repeatable.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@config_option
+@json_option
+@handle_errors
+def command(bundle, precision, calib_data, calib_size, method, percentile, per_channel, activation_type,
+            reduce_range, max_drop, min_agreement, val_data, val_size, max_kept, exclude, seed, as_json: bool) -> None:
+    """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated)."""
+    from edgetl.quantize import quantize_bundle
+
+    result = quantize_bundle(bundle, precision, calib_data=calib_data, calib_size=calib_size, method=method,
+                             per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
+                             activation_type=activation_type, reduce_range=reduce_range, percentile=percentile,
+                             min_agreement=min_agreement, val_size=val_size, nodes_to_exclude=list(exclude),
+                             max_kept=max_kept, progress=not as_json)
+    for note in result.warnings:
+        say(f"warning: {note}", fg="yellow")
+    info = result.info
+    if precision == "int8":
+        cal = info["calibration"]
+        say(f"calibration: {cal['images']} images ({method}), "
+            f"{'cached ranges reused' if cal['cache_hit'] else 'ranges computed and cached'} in {cal['cache']}")
+    if result.budget:
+        steps = result.budget["steps"]
+        say(format_table(["kept", "layer", "drop pts", "agreement", "KL"],
+                         [[s["kept"], s["layer"] or "(all INT8)", s["drop"], s["top1_agreement"], s["kl"]]
+                          for s in steps]))
+    golden = (info.get("golden") or {}).values()
+    for g in golden:
+        say(f"golden check: max abs diff {g['max_abs_diff']:.3g}"
+            + (f", top-1 agreement {g['top1_agreement']:.3f}" if "top1_agreement" in g else ""))
+    say(f"wrote {result.path} ({result.precision}) in {result.seconds:.1f}s", fg="green")
+    if as_json:
+        emit_json(result.to_dict())

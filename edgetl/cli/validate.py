@@ -1,0 +1,51 @@
+"""``edgetl validate BUNDLE``: candidate vs FP32 reference on the same images; exit 1 when the gate fails."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edgetl.cli.common import EXIT_GATE, config_option, emit_json, format_table, handle_errors, json_option, say
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--candidate", default="int8", show_default=True,
+              help="int8 | fp16 | fp32, or a path to an .onnx or TensorRT .engine file.")
+@click.option("--reference", default="fp32", show_default=True,
+              help="fp32 (the bundle's ONNX), or a path (.onnx, or an edgetl .pt checkpoint run in PyTorch).")
+@click.option("--data", type=click.Path(), default=None,
+              help="Validation images (default: the training dataset's validation split).")
+@click.option("--limit", type=int, default=None, help="Use at most N images (seeded, class-balanced).")
+@click.option("--max-top1-drop", type=float, default=0.5, show_default=True, help="Gate: top-1 drop, in points.")
+@click.option("--min-agreement", type=float, default=0.99, show_default=True, help="Gate: top-1 agreement.")
+@click.option("--device", "backend_device", default="cpu", show_default=True, help="ONNX Runtime device.")
+@click.option("--latency-runs", type=int, default=20, show_default=True)
+@config_option
+@json_option
+@handle_errors
+def command(bundle, candidate, reference, data, limit, max_top1_drop, min_agreement, backend_device, latency_runs,
+            as_json: bool) -> None:
+    """Validate a candidate model of BUNDLE against the reference; writes report.json, report.md and the manifest."""
+    from edgetl.validate import validate_bundle
+
+    report = validate_bundle(bundle, candidate=candidate, reference=reference, data=data, limit=limit,
+                             max_top1_drop=max_top1_drop, min_agreement=min_agreement, backend_device=backend_device,
+                             latency_runs=latency_runs)
+    doc = report.to_dict()
+    say(f"{doc['reference']['artifact']} vs {doc['candidate']['artifact']} on {doc['images']['count']} images")
+    if doc["images"]["undecodable"]:
+        say(f"warning: {doc['images']['undecodable']} image(s) could not be decoded and were skipped", fg="yellow")
+    say(format_table(["check", "value", "limit", "result"],
+                     [[c["name"], c["value"], f"{c['op']} {c['limit']}", "pass" if c["passed"] else "FAIL"]
+                      for c in doc["checks"]]))
+    lat_r, lat_c = doc["reference"]["latency_batch1"], doc["candidate"]["latency_batch1"]
+    say(f"latency p50 {lat_r.get('p50_ms', 0):.2f} ms -> {lat_c.get('p50_ms', 0):.2f} ms; "
+        f"size {doc['reference']['bytes']} -> {doc['candidate']['bytes']} bytes")
+    say("PASSED" if report.passed else "FAILED: the candidate does not match the reference within the gate",
+        fg="green" if report.passed else "red")
+    if as_json:
+        emit_json(doc)
+    if not report.passed:
+        sys.exit(EXIT_GATE)
