@@ -69,6 +69,7 @@ def quantize_bundle(
     val_size: int = 200,
     nodes_to_exclude: list[str] | None = None,
     max_kept: int | None = None,
+    budget_layers: list[str] | None = None,
     progress: bool = False,
 ) -> QuantizeResult:
     """Quantize the bundle's FP32 ONNX model.
@@ -91,6 +92,7 @@ def quantize_bundle(
         val_size: images in the budget's validation sample.
         nodes_to_exclude: layers to keep in float by name, in addition to the budget's choice.
         max_kept: most layers the budget search may keep in float (default: a quarter).
+        budget_layers: restrict the sensitivity analysis to these layers (default: every Conv/Gemm/MatMul).
         progress: show progress bars on stderr.
 
     Raises:
@@ -111,7 +113,7 @@ def quantize_bundle(
                        per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
                        activation_type=activation_type, reduce_range=reduce_range, percentile=percentile,
                        min_agreement=min_agreement, val_size=val_size, extra_exclude=nodes_to_exclude or [],
-                       max_kept=max_kept, progress=progress)
+                       max_kept=max_kept, budget_layers=budget_layers, progress=progress)
     result.seconds = time.perf_counter() - start
     for note in result.warnings:
         log.warning(note)
@@ -142,7 +144,7 @@ def _fp16(bundle: Bundle, model: Any) -> QuantizeResult:
 
 def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_size, method, per_channel, max_drop,
           val_data, seed, activation_type, reduce_range, percentile, min_agreement, val_size, extra_exclude, max_kept,
-          progress) -> QuantizeResult:
+          budget_layers, progress) -> QuantizeResult:
     settings = Int8Settings(method=method, per_channel=per_channel, activation_type=activation_type,
                             reduce_range=reduce_range, percentile=percentile)
     support = check_support(model)
@@ -150,7 +152,7 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
     if support["float_only_nodes"]:
         what = ", ".join(f"{op} x{n}" for op, n in support["float_only_ops"].items())
         warnings.append(f"{support['float_only_nodes']} node(s) have no INT8 kernel and stay in float: {what}")
-    missing = unknown_nodes(model, extra_exclude)
+    missing = unknown_nodes(model, extra_exclude + list(budget_layers or []))
     if missing:
         raise BadInputError(f"no such layer(s) in the model: {missing}", hint="`edgetl info` lists the layers")
     source = calib_data or bundle.manifest.get("provenance", {}).get("dataset")
@@ -190,7 +192,8 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
             budget_outcome, candidate = _budget(bundle, src, full, support, settings, calib.cache_path, model,
                                                 source=val_data or source, max_drop=max_drop,
                                                 min_agreement=min_agreement, val_size=val_size, seed=seed,
-                                                max_kept=max_kept, progress=progress, extra_exclude=extra_exclude)
+                                                max_kept=max_kept, progress=progress, extra_exclude=extra_exclude,
+                                                only=budget_layers)
             budget = budget_outcome.to_dict()
             if candidate is not None:
                 final = candidate
@@ -230,7 +233,7 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
 
 
 def _budget(bundle: Bundle, src: Path, full: Path, support: dict[str, Any], settings: Int8Settings, cache: Path,
-            model: Any, *, source, max_drop, min_agreement, val_size, seed, max_kept, progress, extra_exclude):
+            model: Any, *, source, max_drop, min_agreement, val_size, seed, max_kept, progress, extra_exclude, only):
     from edgetl.quantize.budget import Sample, score, search
     from edgetl.validate.samples import balanced_indices, decode, find_images
 
@@ -244,7 +247,7 @@ def _budget(bundle: Bundle, src: Path, full: Path, support: dict[str, Any], sett
     sample = Sample(decoded.batch, labels, run(src, decoded.batch), str(images.source))
     full_metrics = score(run(full, decoded.batch), sample)
     weights = _layer_params(model)
-    layers = [name for name in support["layers"] if name not in extra_exclude]
+    layers = [name for name in support["layers"] if name not in extra_exclude and (not only or name in only)]
     return search(src, layers, weights, settings, cache, sample, run, max_drop=max_drop, min_agreement=min_agreement,
                   full_metrics=full_metrics, max_kept=max_kept, progress=progress)
 
