@@ -42,7 +42,8 @@ _STRATEGIES = ["linear-probe", "partial", "full", "scratch"]
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers.")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (CUDA only).")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True, help="NHWC layout (CUDA only).")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="NHWC memory layout (faster on CPU and GPU).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Held-out fraction when the dataset has no val/ split.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
