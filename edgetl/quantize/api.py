@@ -173,7 +173,9 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
                             f"be decoded and were skipped")
         fixed = None if bundle.manifest["input"].get("dynamic_batch", True) else bundle.manifest["input"].get(
             "batch_size", 1)
-        reader = make_reader(calib.batch, bundle.input_name, chunk=8, fixed_batch=fixed)
+        # Histogram calibrators (entropy, percentile) need equal-sized batches: feed one image at a time.
+        chunk = 8 if method == "minmax" else 1
+        reader = make_reader(calib.batch, bundle.input_name, chunk=chunk, fixed_batch=fixed)
         calib.cache_path.parent.mkdir(parents=True, exist_ok=True)
         calib.cache_path.unlink(missing_ok=True)
 

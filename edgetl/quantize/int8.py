@@ -167,8 +167,9 @@ def qdq_summary(model: Any) -> dict[str, Any]:
     for node in model.graph.node:
         if node.op_type not in LAYER_OPS:
             continue
-        first = producers.get(node.input[0])
-        (quantized if first is not None and first.op_type == "DequantizeLinear" else floating).append(node.name)
+        # The weight input tells: a shared activation may still pass a Q/DQ pair kept for a quantized neighbour.
+        weight = producers.get(node.input[1]) if len(node.input) > 1 else None
+        (quantized if weight is not None and weight.op_type == "DequantizeLinear" else floating).append(node.name)
     ops = [n.op_type for n in model.graph.node]
     return {"quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
             "int8_layers": len(quantized), "float_layers": floating}

@@ -29,7 +29,8 @@ def test_export_parity_manifest_and_golden(fp32_bundle: Path) -> None:
     assert [o.name for o in model.graph.output] == ["logits"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert bundle.manifest["input"]["dynamic_batch"] is True
-    assert len(bundle.labels) == 10 and "zero" in bundle.labels and bundle.manifest["postprocess"] == {"type": "softmax"}
+    assert len(bundle.labels) == 10 and "zero" in bundle.labels
+    assert bundle.manifest["postprocess"] == {"type": "softmax"}
     assert bundle.manifest["provenance"]["opset"] == 17
     assert bundle.reference_onnx().info["simplified"] is True
 
