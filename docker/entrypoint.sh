@@ -17,8 +17,11 @@
 #   EDGETL_HOST           listen address (default 0.0.0.0)
 #   EDGETL_PORT           listen port (default 8000)
 #   EDGETL_COMPILE        auto (default: compile when TensorRT imports) | 0 (never)
-#   EDGETL_COMPILE_ARGS   extra flags for `edgetl compile`, e.g. "--precision int8"
+#   EDGETL_COMPILE_ARGS   flags for `edgetl compile` (default "--precision best": INT8 from the QDQ
+#                         graph when the bundle has one, else FP16)
 #   EDGETL_SERVE_ARGS     extra flags for `edgetl serve`, e.g. "--max-concurrency 4"
+#   EDGETL_CONFIG         a YAML file of `edgetl serve` options (passed as --config when it exists;
+#                         flags still override it)
 # Logs go to stdout (stderr is merged into it), one line per event.
 set -eu
 
@@ -64,9 +67,9 @@ compile_bundle() {
     # shellcheck disable=SC2086 # EDGETL_COMPILE_ARGS is a list of flags on purpose
     if command -v flock >/dev/null 2>&1; then
         # Containers sharing one volume compile each bundle once: the second waits for the first.
-        flock -w 3600 "$lock" edgetl compile "$bundle" ${EDGETL_COMPILE_ARGS:-} 2>&1 &
+        flock -w 3600 "$lock" edgetl compile "$bundle" ${EDGETL_COMPILE_ARGS:---precision best} 2>&1 &
     else
-        edgetl compile "$bundle" ${EDGETL_COMPILE_ARGS:-} 2>&1 &
+        edgetl compile "$bundle" ${EDGETL_COMPILE_ARGS:---precision best} 2>&1 &
     fi
     child=$!
     if wait "$child"; then
@@ -117,6 +120,14 @@ if [ ! -d "$MODELS_DIR" ]; then
 fi
 
 compile_missing_engines
+
+if [ -n "${EDGETL_CONFIG:-}" ]; then
+    if [ -f "$EDGETL_CONFIG" ]; then
+        set -- --config "$EDGETL_CONFIG" "$@"
+    else
+        log "WARNING: EDGETL_CONFIG=$EDGETL_CONFIG does not exist; starting with defaults"
+    fi
+fi
 
 log "starting: edgetl serve --models $MODELS_DIR --host $HOST --port $PORT $* ${EDGETL_SERVE_ARGS:-}"
 # shellcheck disable=SC2086 # EDGETL_SERVE_ARGS is a list of flags on purpose

@@ -83,7 +83,7 @@ else
         mv "$BASE_TAR.tmp" "$BASE_TAR"
         rm -rf "$rootfs"
     fi
-    pm import \
+    pm import --quiet \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
         --change 'CMD ["/bin/bash"]' \
