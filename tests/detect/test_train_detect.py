@@ -1,0 +1,125 @@
+"""Detector training end to end on a tiny shapes sample: run directory, evaluation, CLI, deployment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgetl.cli.main import cli
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgetl.data.shapes import write_shapes
+
+    out = tmp_path_factory.mktemp("det") / "shapes"
+    write_shapes(out, n_train=8, n_val=4, size=96, seed=0)
+    return out / "data.yaml"
+
+
+@pytest.fixture(scope="module")
+def run(shapes: Path, tmp_path_factory: pytest.TempPathFactory):
+    from edgetl.detect.train import DetectTrainConfig, train_detector
+
+    cfg = DetectTrainConfig(data=str(shapes), img_size=SIZE, epochs=2, batch_size=4, freeze_epochs=1,
+                            strategy="full", out=str(tmp_path_factory.mktemp("runs") / "det"), threads=1,
+                            device="cpu")
+    return train_detector(cfg, progress=False)
+
+
+def test_run_directory_and_history(run):
+    names = {p.name for p in run.run_dir.iterdir()}
+    assert {"best.pt", "last.pt", "metrics.json", "curves.png", "config.yaml"} <= names
+    assert [h["backbone"] for h in run.history] == ["frozen", "full"]  # --freeze-epochs 1 then the strategy
+    assert all(h["steps"] == 2 for h in run.history)
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"] * 1.5
+    doc = json.loads((run.run_dir / "metrics.json").read_text())
+    assert doc["task"] == "detect" and doc["status"] == "completed" and len(doc["history"]) == 2
+    assert 0.0 <= doc["best"]["map"] <= 1.0 and doc["classes"][0] == "circle"
+
+
+def test_checkpoint_and_evaluation(run, shapes):
+    from edgetl.detect.evaluate import evaluate_detector_checkpoint
+    from edgetl.train.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(run.best_checkpoint)
+    assert meta.task == "detect" and meta.model == "yolo-lite0-n"
+    assert meta.preprocess.resize == "letterbox" and meta.preprocess.size == (SIZE, SIZE)
+    assert meta.train_config["freeze_epochs"] == 1 and "dataset_digest" in meta.provenance
+    result = evaluate_detector_checkpoint(run.best_checkpoint, shapes)
+    assert result["task"] == "detect" and result["images"] == 4
+    assert {"map50", "map", "per_class"} <= set(result)
+    assert result["map"] == pytest.approx(run.best_map, abs=1e-6)  # the same code path as training validation
+
+
+def test_cli_train_detect_json_and_bad_input(shapes, tmp_path):
+    config = tmp_path / "det.yaml"
+    config.write_text(f"img-size: {SIZE}\nbatch-size: 4\nthreads: 1\n")
+    out = tmp_path / "cli-run"
+    res = CliRunner().invoke(cli, ["train", "detect", "--data", str(shapes), "--config", str(config),
+                                   "--epochs", "1", "--max-steps", "1", "--strategy", "frozen", "--out", str(out),
+                                   "--device", "cpu", "--quiet", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["stopped"] == "max_steps" and Path(doc["best_checkpoint"]).is_file()
+    bad = CliRunner().invoke(cli, ["train", "detect", "--data", str(shapes), "--img-size", "70", "--out",
+                                   str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "multiple of 32" in bad.output
+    unknown = CliRunner().invoke(cli, ["train", "detect", "--data", str(shapes), "--model", "yolo-big"])
+    assert unknown.exit_code == 2 and "unknown detector" in unknown.output
+    missing = CliRunner().invoke(cli, ["train", "detect", "--data", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2
+
+
+@pytest.mark.slow
+def test_export_quantize_validate_predict(run, shapes, tmp_path):
+    """train -> export (host NMS and in-graph NMS) -> INT8 -> mAP of both -> runtime predictions."""
+    import numpy as np
+
+    from edgetl import runtime
+    from edgetl.detect.evaluate import eval_postprocess
+    from edgetl.export import export_checkpoint
+    from edgetl.quantize import quantize_bundle
+    from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from edgetl.validate.detection import validate_detection
+
+    images = shapes.parent / "images"
+    host = export_checkpoint(run.best_checkpoint, tmp_path / "host", parity_data=str(images / "val"))
+    assert host.parity["passed"]
+    manifest = json.loads((tmp_path / "host" / "manifest.json").read_text())
+    assert manifest["task"] == "detect" and manifest["postprocess"]["outputs"] == "boxes_scores"
+    assert manifest["preprocess"]["resize"] == "letterbox"
+
+    quantize_bundle(tmp_path / "host", "int8", calib_data=str(images / "train"), calib_size=8)
+    assert (tmp_path / "host" / "model.int8.onnx").is_file()
+    post = eval_postprocess(manifest["postprocess"])
+    spec = runtime.load(tmp_path / "host", backend="onnxruntime", precision="fp32").bundle.preprocess
+    with OnnxRuntimeBackend(tmp_path / "host" / "model.onnx", device="cpu") as ref, \
+            OnnxRuntimeBackend(tmp_path / "host" / "model.int8.onnx", device="cpu") as cand:
+        report = validate_detection(ref.infer, cand.infer, str(shapes), spec, post, manifest["labels"])
+    assert report["images"] == 4 and report["reference"]["map"] is not None
+    assert report["reference"]["map"] == pytest.approx(run.best_map, abs=0.02)  # ORT FP32 == PyTorch eval
+
+    nms = export_checkpoint(run.best_checkpoint, tmp_path / "nms", parity_data=str(images / "val"), nms="onnx")
+    assert nms.graph["nms"] == "onnx"
+    sample = sorted((images / "val").iterdir())[0]
+    results = {}
+    for name in ("host", "nms"):
+        predictor = runtime.load(tmp_path / name, backend="onnxruntime", precision="fp32")
+        assert predictor.output_names[0] in ("boxes", "num_detections")
+        results[name] = predictor.predict(str(sample))
+        predictor.close()
+    a, b = results["host"], results["nms"]
+    assert len(a) == len(b)
+    if len(a):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
+        assert (a.labels == b.labels).all()
+        from PIL import Image
+
+        w, h = Image.open(sample).size
+        assert (a.boxes[:, 2] <= w + 1e-3).all() and (a.boxes[:, 3] <= h + 1e-3).all()  # original pixels
