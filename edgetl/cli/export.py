@@ -20,17 +20,20 @@ from edgetl.cli.common import config_option, emit_json, handle_errors, json_opti
 @click.option("--golden", type=int, default=8, show_default=True, help="Golden samples to store.")
 @click.option("--name", default=None, help="Bundle name (default: the directory name).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle in OUT_DIR.")
+@click.option("--nms", type=click.Choice(["host", "onnx"]), default="host", show_default=True,
+              help="Detectors: NMS in the runtime (host) or in the graph (ONNX NonMaxSuppression, "
+                   "EfficientNMS-style outputs).")
 @config_option
 @json_option
 @handle_errors
 def command(checkpoint, out_dir, opset, dynamic_batch, batch_size, simplify, parity_data, golden, name, overwrite,
-            as_json: bool) -> None:
+            nms, as_json: bool) -> None:
     """Export CHECKPOINT to ONNX in a new bundle OUT_DIR; fails (exit 1) if ONNX Runtime and PyTorch disagree."""
     from edgetl.export import export_checkpoint
 
     result = export_checkpoint(checkpoint, out_dir, opset=opset, dynamic_batch=dynamic_batch, batch_size=batch_size,
                                simplify=simplify, parity_data=parity_data, golden=golden, name=name,
-                               overwrite=overwrite)
+                               overwrite=overwrite, nms=nms)
     for note in result.warnings:
         say(f"warning: {note}", fg="yellow")
     parity = result.parity

@@ -72,6 +72,7 @@ def export_checkpoint(
     name: str | None = None,
     overwrite: bool = False,
     parity_atol: float = 1e-3,
+    nms: str = "host",
 ) -> ExportResult:
     """Export an edgetl checkpoint to a new bundle.
 
@@ -90,6 +91,9 @@ def export_checkpoint(
         name: bundle name (defaults to the directory name).
         overwrite: replace an existing bundle in ``out_dir`` (its artifacts are removed first).
         parity_atol: absolute tolerance of the parity check (plus 1e-4 relative to the largest output).
+        nms: detectors only: ``"host"`` (outputs ``boxes``/``scores``, NMS in the runtime) or ``"onnx"``
+            (the graph ends in ONNX ``NonMaxSuppression`` with EfficientNMS-style outputs; parity is
+            checked on the decoded outputs before NMS is appended).
 
     Raises:
         ParityError: ONNX Runtime and PyTorch disagree beyond the tolerance (exit code 1); the graph is
@@ -108,7 +112,11 @@ def export_checkpoint(
     spec: PreprocessSpec = meta.preprocess
     classify = meta.task == "classify"
     output_names = ["logits"] if classify else list(getattr(model, "onnx_output_names", ["output"]))
-    postprocess = {"type": "softmax"} if classify else dict(model.postprocess_spec())
+    if nms not in ("host", "onnx"):
+        raise BadInputError(f"unknown --nms {nms!r}; expected host or onnx")
+    if classify and nms != "host":
+        raise BadInputError("--nms onnx applies to detectors only")
+    postprocess = {"type": "softmax"} if classify else dict(model.postprocess_spec(nms=nms))
     notes: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="edgetl-export-") as tmp:
@@ -150,6 +158,9 @@ def export_checkpoint(
                 hint="try --no-simplify or another --opset; report the model if it persists",
             )
         onnx_path = out / MODEL_FILE
+        if nms == "onnx":
+            ort_out, output_names = _append_nms(candidate_path, model, batch, dynamic_batch, batch_size)
+            graph_info["nms"] = "onnx"
         candidate_path.replace(onnx_path)
     finally:
         if candidate_path.exists():
@@ -253,6 +264,22 @@ def _provenance(checkpoint: Path, meta: Any, model: Any, opset: int) -> dict[str
         "opset": opset,
         "exporter": f"torch {torch.__version__} (torch.onnx, TorchScript tracer)",
     }
+
+
+def _append_nms(path: Path, model: Any, batch: np.ndarray, dynamic_batch: bool, batch_size: int
+                ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Rewrite the detector graph at ``path`` to end in NMS; returns its outputs on ``batch`` and their names."""
+    from edgetl.detect.nms_onnx import NMS_OUTPUTS, add_nms
+    from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    graph = add_nms(load_onnx(path), max_detections=int(model.max_detections),
+                    iou_threshold=float(model.iou_threshold), score_threshold=float(model.score_threshold),
+                    class_agnostic=bool(model.class_agnostic))
+    check_graph(graph, "graph with NMS")
+    save_onnx(graph, path)
+    with OnnxRuntimeBackend(path, device="cpu") as backend:
+        outputs = backend_outputs(backend, batch, fixed_batch=None if dynamic_batch else batch_size)
+    return outputs, list(NMS_OUTPUTS)
 
 
 def _write_golden(bundle: Bundle, inputs: np.ndarray, outputs: dict[str, np.ndarray], sources: list[str]) -> None:
