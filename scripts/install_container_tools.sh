@@ -4,13 +4,14 @@
 #
 #   sudo scripts/install_container_tools.sh
 #
-# podman        builds and runs the images (daemonless, no Docker engine needed)
+# podman        builds and runs the images (daemonless, no Docker engine needed); pulls in conmon,
+#               containers-common, CNI plugins and iptables as hard dependencies
 # runc          the OCI runtime the smoke test selects (--runtime runc)
 # debootstrap   makes the Debian root file system the local base image is imported from
-# containernetworking-plugins, iptables   container networking for `podman run`/`podman build`
+# Not needed (root, vfs storage, host/none networking): uidmap, fuse-overlayfs, slirp4netns.
 set -euo pipefail
 
-packages=(podman runc debootstrap containernetworking-plugins iptables)
+packages=(podman runc debootstrap)
 
 if [[ ${EUID} -ne 0 ]]; then
     echo "install_container_tools.sh: run as root (apt-get needs it)" >&2
