@@ -19,7 +19,7 @@ def main() -> int:
     path = os.environ.get("EDGETL_HEALTH_PATH", "/v2/health/ready")
     url = f"http://127.0.0.1:{port}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - fixed loopback URL
+        with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
     except (urllib.error.URLError, OSError) as exc:
         sys.stderr.write(f"healthcheck: {url}: {exc}\n")
