@@ -93,6 +93,7 @@ def search(
     min_agreement: float | None,
     full_metrics: dict[str, Any],
     max_kept: int | None = None,
+    probe_images: int = 64,
     progress: bool = False,
 ) -> tuple[BudgetOutcome, Path | None]:
     """Run the sensitivity analysis and the greedy keep-in-float search.
@@ -106,6 +107,8 @@ def search(
         run: ``run(model_path, batch) -> logits`` through the runtime backend.
         full_metrics: metrics of the fully quantized model (step 0).
         max_kept: give up after keeping this many layers (default: a quarter of them).
+        probe_images: the per-layer probes use an evenly strided subset of this many images (the ranking
+            needs far fewer than the budget decision, which always uses the whole sample).
 
     Returns:
         The outcome, and the path of the final model in a temporary directory the caller must move
@@ -122,9 +125,12 @@ def search(
 
         iterator = tqdm(layers, desc="layer sensitivity", unit="layer", leave=False)
     probe = tmp / "probe.onnx"
+    pick = np.unique(np.linspace(0, len(sample.batch) - 1, min(probe_images, len(sample.batch))).astype(int))
+    small = Sample(sample.batch[pick], None if sample.labels is None else sample.labels[pick],
+                   sample.reference[pick], sample.source)
     for name in iterator:
         quantize_file(src, probe, settings, reader=None, cache_path=cache_path, nodes_to_quantize=[name])
-        metrics = score(run(probe, sample.batch), sample)
+        metrics = score(run(probe, small.batch), small)
         sensitivity.append({"layer": name, "kl": metrics["kl"], "top1_agreement": metrics["top1_agreement"],
                             "params": weights.get(name, 0)})
     sensitivity.sort(key=lambda s: (-s["kl"], s["top1_agreement"]))
