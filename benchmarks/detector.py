@@ -3,9 +3,9 @@
 1. Transfer: mAP@0.5:0.95 of a pretrained (ImageNet EfficientNet-Lite0) vs a scratch backbone after the
    same training steps (same seed, data, schedule; both train every layer).
 2. Quantization: FP32 vs INT8 mAP of the pretrained detector's bundle. The INT8 graph must stay within
-   ``--max-drop`` mAP points: first fully quantized, and if that drops too much, again with the head's
-   output convolutions (class logits and box distributions) kept in float, the layers a detector's
-   accuracy is most sensitive to.
+   ``--max-drop`` mAP points: first every convolution INT8 (the quantizer keeps a detector's decode tail
+   in float), and if that drops too much, again with the head's output convolutions (class logits and
+   box distributions) kept in float, the layers a detector's accuracy is most sensitive to.
 3. Latency of the full pipeline per image (decode + letterbox + model + NMS), batch 1: PyTorch eager vs
    ONNX Runtime FP32 vs ONNX Runtime INT8, same threads.
 

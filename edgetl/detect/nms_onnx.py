@@ -155,3 +155,32 @@ def add_nms(model: Any, *, max_detections: int = 100, iou_threshold: float = 0.5
         helper.make_tensor_value_info("det_classes", TensorProto.INT32, [batch_name, k]),
     ])
     return out
+
+
+def decode_tail_nodes(model: Any, outputs: tuple[str, ...] = ("boxes", "scores")) -> list[str]:
+    """Names of the decode nodes between the head's last convolutions and the detector outputs.
+
+    The decode (level concat, sigmoid, DFL softmax-expectation, anchor offsets) carries box coordinates
+    in input pixels: quantized to INT8 with one scale for the whole image, a 320 px range becomes steps
+    of ~2.5 px, which costs mAP at the strict IoU thresholds for no speed gain. INT8 quantization of a
+    detector keeps these nodes in float; every convolution stays INT8.
+
+    Args:
+        model: the FP32 ``onnx.ModelProto``.
+        outputs: the decoded outputs to walk back from.
+
+    Returns:
+        node names, found by walking back from ``outputs`` and stopping at convolutions.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    seen: set[str] = set()
+    tail: list[str] = []
+    stack = [name for name in outputs if name in producers]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node.name in seen or node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            continue
+        seen.add(node.name)
+        tail.append(node.name)
+        stack.extend(node.input)
+    return tail

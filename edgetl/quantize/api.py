@@ -155,6 +155,12 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
     missing = unknown_nodes(model, extra_exclude + list(budget_layers or []))
     if missing:
         raise BadInputError(f"no such layer(s) in the model: {missing}", hint="`edgetl info` lists the layers")
+    # A detector's decode (box coordinates in pixels, DFL softmax, sigmoid) stays float; its convs are INT8.
+    float_tail: list[str] = []
+    if bundle.task == "detect":
+        from edgetl.detect.nms_onnx import decode_tail_nodes
+
+        float_tail = [n for n in decode_tail_nodes(model) if n not in extra_exclude]
     source = calib_data or bundle.manifest.get("provenance", {}).get("dataset")
     if not source:
         raise BadInputError("no calibration images: the bundle records no dataset",
@@ -183,7 +189,8 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
     try:
         full = tmp / "full.onnx"
         t0 = time.perf_counter()
-        quantize_file(src, full, settings, reader=reader, cache_path=calib.cache_path, nodes_to_exclude=extra_exclude)
+        quantize_file(src, full, settings, reader=reader, cache_path=calib.cache_path,
+                      nodes_to_exclude=extra_exclude + float_tail)
         calib_seconds = time.perf_counter() - t0
         if not cache_hit:
             calib.save_meta({"seconds": round(calib_seconds, 2)})
@@ -217,6 +224,8 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
         "kept_layers": kept,
         "graph": summary,
     }
+    if float_tail:
+        info["float_decode_nodes"] = len(float_tail)
     if budget is not None:
         info["budget"] = {"max_drop": max_drop, "min_agreement": min_agreement,
                           "within_budget": budget["within_budget"], "final": budget["final"],
