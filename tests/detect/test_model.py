@@ -200,3 +200,18 @@ def test_in_graph_nms_refuses_a_graph_without_boxes(tmp_path):
     with pytest.raises(BadInputError, match="not a boxes/scores detector"):
         add_nms(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert onnx  # imported for the helper
+
+
+def test_decode_tail_is_everything_after_the_last_convs(onnx_path):
+    import onnx
+
+    from edgetl.detect.nms_onnx import decode_tail_nodes
+
+    graph = onnx.load(str(onnx_path)).graph
+    tail = set(decode_tail_nodes(onnx.load(str(onnx_path))))
+    ops = {n.op_type for n in graph.node if n.name in tail}
+    assert {"Sigmoid", "Softmax", "ReduceSum", "Concat"} <= ops and "Conv" not in ops
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) > 50 and not any(n.name in tail for n in convs)
+    # Every tail node lies downstream of the head: none of the backbone's nodes is in it.
+    assert not any(name.startswith("/backbone") for name in tail)
