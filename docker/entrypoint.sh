@@ -62,15 +62,9 @@ on_signal() {
 
 compile_bundle() {
     bundle="$1"
-    lock="$bundle/.edgetl-compile.lock"
     log "compiling a TensorRT engine for $bundle (first start on this device; cached in the volume)"
     # shellcheck disable=SC2086 # EDGETL_COMPILE_ARGS is a list of flags on purpose
-    if command -v flock >/dev/null 2>&1; then
-        # Containers sharing one volume compile each bundle once: the second waits for the first.
-        flock -w 3600 "$lock" edgetl compile "$bundle" ${EDGETL_COMPILE_ARGS:---precision best} 2>&1 &
-    else
-        edgetl compile "$bundle" ${EDGETL_COMPILE_ARGS:---precision best} 2>&1 &
-    fi
+    edgetl compile "$bundle" ${EDGETL_COMPILE_ARGS:---precision best} 2>&1 &
     child=$!
     if wait "$child"; then
         log "engine ready for $bundle"
@@ -78,6 +72,19 @@ compile_bundle() {
         log "WARNING: engine compilation failed for $bundle (exit $?); serving it with ONNX Runtime"
     fi
     child=""
+}
+
+# Containers sharing one models volume take turns (one engine build at a time on the device), and
+# each checks for engines only once it holds the lock, so a bundle is compiled once, not per container.
+# The lock file has a hidden name: the daemon ignores it.
+lock_models() {
+    lock="$MODELS_DIR/.edgetl-compile.lock"
+    if command -v flock >/dev/null 2>&1 && [ -w "$MODELS_DIR" ]; then
+        exec 9>"$lock"
+        if ! flock -w 3600 9; then
+            log "WARNING: another container held $lock for an hour; going on without it"
+        fi
+    fi
 }
 
 compile_missing_engines() {
@@ -92,6 +99,7 @@ compile_missing_engines() {
         return 0
     fi
     trap on_signal TERM INT
+    lock_models
     # The daemon's layouts: DIR itself, DIR/<name>/ and DIR/<name>/<version>/.
     for manifest in "$MODELS_DIR"/manifest.json "$MODELS_DIR"/*/manifest.json "$MODELS_DIR"/*/*/manifest.json; do
         [ -f "$manifest" ] || continue
@@ -106,6 +114,9 @@ compile_missing_engines() {
         fi
         compile_bundle "$bundle"
     done
+    if [ -w "$MODELS_DIR" ] && command -v flock >/dev/null 2>&1; then
+        exec 9>&-
+    fi
     trap - TERM INT
 }
 

@@ -11,7 +11,13 @@
 #      through /v1/predict and one through tritonclient (KServe v2);
 #   5. SIGTERM the container and check it drains and exits 0 (not killed, not an error).
 #
-# Usage: scripts/container_smoke.sh [--summary FILE] [--keep]
+# Usage: scripts/container_smoke.sh [--variant cpu|jetson-standin] [--summary FILE] [--keep]
+#   --variant        cpu (default): docker/Dockerfile as described above.
+#                    jetson-standin: docker/Dockerfile.jetson built on the same Debian base plus a
+#                    stand-in `tensorrt` Python module (no L4T image or arm64 here). It checks the
+#                    Jetson build mechanics (apt step, --system-site-packages venv, its lock) and the
+#                    entrypoint's first-start compile path: `edgetl compile` runs, fails for want of a
+#                    GPU, and the bundle is served with ONNX Runtime. Its apt step needs the network.
 #   --summary FILE   also write the JSON summary (timings, image size, checks) to FILE
 #   --keep           leave the container running instead of stopping it (for poking at it)
 # Environment: EDGETL_CI_CACHE (default /var/cache/edgetl-ci), EDGETL_SMOKE_PORT (default 18080),
@@ -27,19 +33,32 @@ PYTHON="${PYTHON:-python3}"
 SUITE="bookworm"
 MIRROR="${EDGETL_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 BASE_TAG="localhost/edgetl-ci-base:${SUITE}"
-IMAGE_TAG="localhost/edgetl:cpu-smoke"
+VARIANT="cpu"
 CONTAINER="edgetl-smoke-$$"
 SUMMARY=""
 KEEP=0
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --variant) VARIANT="$2"; shift 2 ;;
         --summary) SUMMARY="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "container_smoke.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
+
+case "$VARIANT" in
+    cpu)
+        DOCKERFILE="docker/Dockerfile"; LOCK="docker/requirements-cpu.txt"; EXTRA_PINS=()
+        BUILD_NETWORK="none"; IMAGE_TAG="localhost/edgetl:cpu-smoke" ;;
+    jetson-standin)
+        DOCKERFILE="docker/Dockerfile.jetson"; LOCK="docker/requirements-jetson.txt"
+        # The two pins the Jetson image takes from build arguments, at their defaults.
+        mapfile -t EXTRA_PINS < <(sed -n 's/^ARG \(ONNXRUNTIME\|CUDA_PYTHON\)=//p' "$ROOT/$DOCKERFILE")
+        BUILD_NETWORK="host"; IMAGE_TAG="localhost/edgetl:jetson-standin" ;;
+    *) echo "container_smoke.sh: unknown variant $VARIANT" >&2; exit 2 ;;
+esac
 
 T0=$(date +%s)
 log() { printf '[smoke %4ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2; }
@@ -89,13 +108,25 @@ else
         --change 'CMD ["/bin/bash"]' \
         "$BASE_TAR" "$BASE_TAG" >/dev/null
 fi
+if [[ $VARIANT == jetson-standin ]]; then
+    # The L4T images carry TensorRT's Python bindings in the system dist-packages; so does this one,
+    # as a module that imports and reports a version and nothing more.
+    STANDIN_TAG="localhost/edgetl-ci-trt-standin:${SUITE}"
+    if ! pm image exists "$STANDIN_TAG"; then
+        printf 'FROM %s\nRUN mkdir -p /usr/lib/python3/dist-packages/tensorrt && echo "__version__ = \\"0.0-standin\\"" > /usr/lib/python3/dist-packages/tensorrt/__init__.py\n' \
+            "$BASE_TAG" > "$CACHE/Containerfile.standin"
+        pm build --layers=false --network none -t "$STANDIN_TAG" -f "$CACHE/Containerfile.standin" "$CACHE" \
+            > "$CACHE/standin.log" 2>&1 || { tail -20 "$CACHE/standin.log" >&2; die "stand-in base"; }
+    fi
+    BASE_TAG="$STANDIN_TAG"
+fi
 stage_end base
 
 # -- 2. wheelhouse -------------------------------------------------------------------------------------
 stage_start "wheelhouse (host download, pinned, no dependencies resolved beyond the lock)"
 pyver="$(pm run --rm --network none "$BASE_TAG" python3 -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')"
-wheels="$CACHE/wheels-cp$pyver"
-stamp="$(cat "$ROOT/docker/requirements-cpu.txt" "$ROOT/docker/requirements-build.txt" | sha256sum | cut -c1-16)"
+wheels="$CACHE/wheels-$VARIANT-cp$pyver"
+stamp="$( (cat "$ROOT/$LOCK" "$ROOT/docker/requirements-build.txt"; echo "${EXTRA_PINS[*]}") | sha256sum | cut -c1-16)"
 if [[ -f "$wheels/.complete-$stamp" ]]; then
     log "wheels cached in $wheels"
 else
@@ -104,7 +135,7 @@ else
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --python-version "$pyver" --implementation cp \
         --dest "$wheels" \
-        -r "$ROOT/docker/requirements-cpu.txt" -r "$ROOT/docker/requirements-build.txt" \
+        -r "$ROOT/$LOCK" -r "$ROOT/docker/requirements-build.txt" "${EXTRA_PINS[@]}" \
         2> >(grep -v "is neither a file nor a directory" >&2) \
         || die "pip download of the pinned wheels"
     touch "$wheels/.complete-$stamp"
@@ -114,16 +145,16 @@ cp "$wheels"/*.whl "$ROOT/docker/wheels/"
 stage_end wheels
 
 # -- 3. build ------------------------------------------------------------------------------------------
-stage_start "build docker/Dockerfile on $BASE_TAG (no network inside the build)"
+stage_start "build $DOCKERFILE on $BASE_TAG (build network: $BUILD_NETWORK)"
 revision="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 # --layers=false: one commit per stage. With vfs storage every layer is a full copy of the root, so a
 # layered build is 3-5x slower here and its cache rarely survives a source change anyway.
-pm build --format docker --network none --layers=false \
+pm build --format docker --network "$BUILD_NETWORK" --layers=false \
     --build-arg BASE_IMAGE="$BASE_TAG" \
     --build-arg PIP_NO_INDEX=1 \
     --build-arg REVISION="$revision" \
     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    -f "$ROOT/docker/Dockerfile" -t "$IMAGE_TAG" "$ROOT" > "$CACHE/build.log" 2>&1 \
+    -f "$ROOT/$DOCKERFILE" -t "$IMAGE_TAG" "$ROOT" > "$CACHE/build.log" 2>&1 \
     || { tail -40 "$CACHE/build.log" >&2; die "podman build"; }
 pm image prune --force >/dev/null 2>&1 || true   # the previous run's image, now untagged
 image_bytes="$(pm image inspect --format '{{.Size}}' "$IMAGE_TAG")"
@@ -193,7 +224,7 @@ try:
 except Exception as exc:
     client = {"checks": {"client": False}, "error": str(exc)}
 doc = {
-    "image": "$IMAGE_TAG", "base_image": "$BASE_TAG",
+    "variant": "$VARIANT", "image": "$IMAGE_TAG", "base_image": "$BASE_TAG",
     "image_bytes": int("$image_bytes"), "base_bytes": int("$base_bytes"),
     "seconds": {"base": ${TIMES[base]}, "wheels": ${TIMES[wheels]}, "build": ${TIMES[build]},
                 "run": ${TIMES[run]}, "stop": ${TIMES[stop]:-0}, "total": $total},
@@ -202,6 +233,11 @@ doc = {
 }
 checks = dict(client.get("checks", {}))
 checks["healthcheck"] = bool($healthcheck_ok)
+if "$VARIANT" == "jetson-standin":
+    log = open("$CACHE/last-run.log", encoding="utf-8", errors="replace").read()
+    checks["compile_attempted_then_onnxruntime"] = (
+        "compiling a TensorRT engine for /models/colors" in log and "serving it with ONNX Runtime" in log
+    )
 if $KEEP == 0:
     checks["sigterm_exit_0"] = "$exit_code" == "0"
 doc["checks"] = checks

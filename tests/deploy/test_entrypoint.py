@@ -26,20 +26,24 @@ HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
 FAKE_EDGETL = """#!/bin/sh
 # Record the call (argv as JSON), then behave as the environment says.
 python3 -c 'import json, os, sys; open(os.environ["CALLS"], "a").write(json.dumps({"argv": sys.argv[1:]}) + "\\n")' "$@"
-if [ "$1" = "compile" ] && [ -n "${FAKE_COMPILE_FAIL:-}" ]; then exit 4; fi
+if [ "$1" = "compile" ]; then
+    [ -n "${FAKE_COMPILE_FAIL:-}" ] && exit 4
+    sleep "${FAKE_COMPILE_SECONDS:-0}"
+    touch "$2/.engine"
+fi
 exit 0
 """
 
 FAKE_PYTHON = """#!/bin/sh
 # `python -c "import tensorrt"`: FAKE_TRT=1 says it imports. `python - BUNDLE` (engine check, script
-# on stdin): FAKE_ENGINE=1 says an engine matches.
+# on stdin): an engine matches when FAKE_ENGINE=1 or a compile left BUNDLE/.engine behind.
 if [ "$1" = "-c" ]; then
     case "$2" in *"import tensorrt"*) [ "${FAKE_TRT:-0}" = 1 ] && exit 0 || exit 1 ;; esac
     exit 99
 fi
 if [ "$1" = "-" ]; then
     cat > /dev/null
-    if [ "${FAKE_ENGINE:-0}" = 1 ]; then echo "engine ok for $2"; exit 0; fi
+    if [ "${FAKE_ENGINE:-0}" = 1 ] || [ -e "$2/.engine" ]; then echo "engine ok for $2"; exit 0; fi
     echo "the bundle has no TensorRT engines"; exit 1
 fi
 exit 98
@@ -104,6 +108,21 @@ def test_matching_engines_are_not_rebuilt(env):
     proc, calls = run(env, FAKE_TRT="1", FAKE_ENGINE="1")
     assert [c["argv"] for c in calls] == [serve_argv(env)]
     assert "engine found for" in proc.stdout
+
+
+def test_containers_sharing_a_volume_compile_each_bundle_once(env):
+    """Two entrypoints start together on one volume: the second waits for the lock, then finds engines."""
+    extra = {"FAKE_TRT": "1", "FAKE_COMPILE_SECONDS": "1"}
+    procs = [subprocess.Popen(["sh", str(ENTRYPOINT)], env={**env, **extra}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    calls = [json.loads(line)["argv"] for line in Path(env["CALLS"]).read_text().splitlines()]
+    compiles = sorted(c[1] for c in calls if c[0] == "compile")
+    models = env["EDGETL_MODELS"]
+    assert compiles == [f"{models}/cats", f"{models}/dogs/2"]
+    assert sum(c[0] == "serve" for c in calls) == 2
+    assert sum(out.count("engine found for") for out in outputs) == 2
 
 
 def test_failed_compile_still_serves_with_onnxruntime(env):
