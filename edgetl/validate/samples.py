@@ -62,6 +62,18 @@ class Decoded:
     failures: list[tuple[str, str]]
 
 
+def _detection_images(path: Path, split: str) -> ImageSet:
+    """The images of a detection dataset (data.yaml / COCO JSON); detection labels are not class labels."""
+    from edgetl.data.detection import load_detection_data
+
+    data = load_detection_data(path)
+    groups = {"train": data.train, "val": data.val, "all": data.train + data.val}
+    if split not in groups:
+        raise BadInputError(f"unknown split {split!r}; expected train, val or all")
+    paths = [Path(s.path) for s in groups[split]]
+    return ImageSet(paths, [None] * len(paths), None, f"{path} ({split})")
+
+
 def find_images(source: str | Path | Sequence[str | Path], *, split: str = "train",
                 labels: Sequence[str] | None = None) -> ImageSet:
     """Find images in a dataset folder, a flat folder, a ``.txt`` list, or a list of paths.
@@ -86,6 +98,8 @@ def find_images(source: str | Path | Sequence[str | Path], *, split: str = "trai
         lines = [ln.strip() for ln in root.read_text(encoding="utf-8").splitlines()]
         paths = [Path(ln) if Path(ln).is_absolute() else root.parent / ln for ln in lines if ln and ln[0] != "#"]
         return ImageSet(paths, [None] * len(paths), None, str(root))
+    if root.is_file() and root.suffix.lower() in (".yaml", ".yml", ".json"):
+        return _detection_images(root, split)
     dataset = _try_classification(root)
     if dataset is not None:
         groups = {"train": dataset.train, "val": dataset.val, "all": dataset.train + dataset.val}
