@@ -105,8 +105,9 @@ def test_export_quantize_validate_predict(run, shapes, tmp_path):
     assert report["images"] == 4 and report["reference"]["map"] is not None
     assert report["reference"]["map"] == pytest.approx(run.best_map, abs=0.02)  # ORT FP32 == PyTorch eval
 
-    nms = export_checkpoint(run.best_checkpoint, tmp_path / "nms", parity_data=str(images / "val"), nms="onnx")
-    assert nms.graph["nms"] == "onnx"
+    # Parity images default to the val split of the dataset the checkpoint records.
+    nms = export_checkpoint(run.best_checkpoint, tmp_path / "nms", nms="onnx")
+    assert nms.graph["nms"] == "onnx" and "data.yaml" in nms.parity["source"]
     sample = sorted((images / "val").iterdir())[0]
     results = {}
     for name in ("host", "nms"):
