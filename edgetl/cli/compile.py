@@ -38,16 +38,19 @@ def _batch(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
               help="Images for INT8 entropy calibration when the bundle has no QDQ graph.")
 @click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
+@click.option("--nms", type=click.Choice(["keep", "trt"]), default="keep", show_default=True,
+              help="Detectors: `trt` ends the engine in TensorRT's EfficientNMS plugin; `keep` leaves the graph as is.")
 @config_option
 @json_option
 @handle_errors
 def command(bundle: str, precision: str, workspace_mb: int, dla_core: int | None, batch: tuple[int, ...],
             builder_level: int, hardware_compat: bool, version_compat: bool, contexts: int,
-            calib_data: str | None, calib_size: int, device: int, as_json: bool) -> None:
+            calib_data: str | None, calib_size: int, device: int, nms: str, as_json: bool) -> None:
     """Build a TensorRT engine for this GPU from BUNDLE's ONNX graph.
 
     The engine lands in BUNDLE/engines/<cc>-trt<version>-<precision>.engine with a compatibility key
     in the manifest; it is then run on the bundle's golden samples (exit 1 if it disagrees).
+    With --nms trt (detectors) the engine ends in EfficientNMS and its file name ends in -nms.
     """
     from edgetl.compile.builder import compile_bundle
 
@@ -55,7 +58,7 @@ def command(bundle: str, precision: str, workspace_mb: int, dla_core: int | None
     result = compile_bundle(bundle, precision, workspace_mb=workspace_mb, dla_core=dla_core, batch=batch,
                             builder_level=builder_level, hardware_compat=hardware_compat,
                             version_compat=version_compat, contexts=contexts, calib_data=calib_data,
-                            calib_size=calib_size, device=device)
+                            calib_size=calib_size, device=device, nms=nms)
     if as_json:
         emit_json(result.to_dict())
         return

@@ -33,6 +33,7 @@ from edgetl.compile.compat import (
     probe_device,
     short_version,
 )
+from edgetl.compile.nms import INFO_NAME, NMS_OUTPUTS, add_efficient_nms, check_nms_request
 from edgetl.errors import BadInputError, EnvironmentMissingError, GateFailedError
 from edgetl.fileio import write_bytes
 from edgetl.runtime.backends.tensorrt import TensorRTError, get_logger, import_tensorrt
@@ -337,6 +338,7 @@ def compile_bundle(
     calib_size: int = 300,
     device: int = 0,
     golden_gate: bool = True,
+    nms: str = "keep",
 ) -> CompileResult:
     """Build a TensorRT engine for this GPU from a bundle and record it in the manifest.
 
@@ -347,6 +349,9 @@ def compile_bundle(
         device: CUDA device index to build for.
         golden_gate: raise `GateFailedError` (exit 1) after recording the engine when it disagrees
             with the golden outputs beyond the manifest's tolerance.
+        nms: ``keep`` the graph's outputs as they are, or ``trt``: end a detector's engine in
+            TensorRT's EfficientNMS plugin (`edgetl.compile.nms`); the engine then outputs the
+            ``nms`` layout and its artifact says so (``info["postprocess"]``).
 
     Raises:
         MissingDependencyError: TensorRT is not installed (exit 3).
@@ -354,6 +359,8 @@ def compile_bundle(
         BadInputError / BundleError: bad options, a bundle without what the precision needs, a graph
             TensorRT cannot parse (exit 2).
     """
+    if nms != "keep":  # a usage error is exit 2 whether or not TensorRT is installed
+        _check_nms(bundle_dir, nms)
     trt = import_tensorrt()
     batch = tuple(int(b) for b in batch)
     if len(batch) == 1:
@@ -385,11 +392,17 @@ def compile_bundle(
         plan = _Plan(plan.source, ["FP16"], False, False, "fp16",
                      ["no QDQ graph and no calibration images: `best` builds FP16 (pass --calib-data for INT8)"])
     network, _parser = parse_onnx(trt, builder, bundle.path_of(plan.source), strongly_typed=plan.strongly_typed)
+    nms_info: dict[str, Any] | None = None
+    if nms == "trt":
+        nms_info = add_efficient_nms(trt, network, dict(bundle.manifest.get("postprocess") or {}), logger)
+        plan.notes.append(f"NMS in the engine: {nms_info['plugin']} (outputs {', '.join(NMS_OUTPUTS)})")
     config, profile = configure(trt, builder, network, options, plan, device=gpu)
 
     key = compat_key(gpu, trt.__version__, options.precision, profile, dla_core=options.dla_core,
                      hardware_compat=options.hardware_compat, version_compat=options.version_compat)
     rel = engine_relpath(key)
+    if nms_info is not None:  # its own file: an NMS engine and a plain one for the same GPU may coexist
+        rel = rel[: -len(".engine")] + "-nms.engine"
     timing_path = bundle.root / TIMING_CACHE_DIR / f"{gpu.sm}-trt{short_version(trt.__version__)}.cache"
     timing = _attach_timing_cache(config, timing_path)
 
@@ -414,7 +427,7 @@ def compile_bundle(
     seconds = time.perf_counter() - started
 
     golden = golden_agreement(engine_path, bundle, plan.effective, device=device,
-                              allow_host_code=options.version_compat)
+                              allow_host_code=options.version_compat, nms=nms_info is not None)
     info = {
         "source": plan.source.path,
         "flags": plan.flags + (["STRONGLY_TYPED"] if plan.strongly_typed else []),
@@ -427,6 +440,12 @@ def compile_bundle(
     }
     if calib_info:
         info["calibration"] = calib_info
+    if nms_info is not None:
+        # The runtime post-processes this engine's outputs with the "nms" layout; the ONNX artifacts
+        # keep the manifest's "boxes_scores".
+        info["nms"] = INFO_NAME
+        info["nms_plugin"] = nms_info
+        info["postprocess"] = {"outputs": "nms"}
     artifact = bundle.add_artifact(engine_path, kind="engine", precision=plan.effective, created_by="compile",
                                    compat=key, info=info)
     if timing is not None and timing_path.is_file():
@@ -441,6 +460,11 @@ def compile_bundle(
             "try --precision fp16, or re-quantize with more calibration data",
         )
     return result
+
+
+def _check_nms(bundle_dir: str | Path, nms: str) -> None:
+    bundle = open_bundle(bundle_dir, verify=False)  # hashes are checked when the build opens it again
+    check_nms_request(bundle.task, dict(bundle.manifest.get("postprocess") or {}), nms)
 
 
 def _attach_timing_cache(config: Any, path: Path) -> Any:
@@ -515,10 +539,20 @@ def _calibration_sources(bundle: Bundle, options: BuildOptions) -> list[Any]:
 # --------------------------------------------------------------------------------------------------
 # Golden-sample agreement
 # --------------------------------------------------------------------------------------------------
+#: Share of the host-NMS detections (on the FP32 golden outputs) an NMS engine must reproduce (same
+#: class, IoU >= 0.5), both ways. Lower precisions may move scores across the threshold.
+NMS_MIN_AGREEMENT = {"fp32": 0.95, "fp16": 0.9, "int8": 0.8}
+
+
 def golden_agreement(
-    engine_path: Path, bundle: Bundle, precision: str, *, device: int = 0, allow_host_code: bool = False
+    engine_path: Path, bundle: Bundle, precision: str, *, device: int = 0, allow_host_code: bool = False,
+    nms: bool = False,
 ) -> dict[str, Any]:
-    """Run the engine on ``golden/input.npy`` and compare with the FP32 outputs under the manifest tolerance."""
+    """Run the engine on ``golden/input.npy`` and compare with the FP32 outputs under the manifest tolerance.
+
+    An engine with NMS inside (``nms=True``) has other outputs than the graph the golden outputs came
+    from: then host NMS runs on the golden ``boxes``/``scores`` and the detections are compared.
+    """
     section = bundle.manifest.get("golden")
     if not isinstance(section, dict) or not section.get("input"):
         return {"passed": None, "summary": "the bundle has no golden samples"}
@@ -528,8 +562,36 @@ def golden_agreement(
     expected = {name: np.load(bundle.root / rel) for name, rel in (section.get("outputs") or {}).items()}
     with TensorRTBackend(engine_path, device, contexts=1, allow_host_code=allow_host_code) as backend:
         got = backend.infer(inputs)
+    if nms:
+        return compare_detections(got, expected, dict(bundle.manifest.get("postprocess") or {}),
+                                  NMS_MIN_AGREEMENT.get(precision, 0.8))
     return compare_outputs(got, expected, (section.get("tolerance") or {}).get(precision, {}),
                            classify=bundle.task == "classify")
+
+
+def compare_detections(
+    got: dict[str, np.ndarray], expected: dict[str, np.ndarray], postprocess: dict[str, Any], min_agreement: float
+) -> dict[str, Any]:
+    """Detections of an NMS engine vs host NMS on the reference ``boxes``/``scores``, matched box by box."""
+    from edgetl.runtime.detection import postprocess_detections
+    from edgetl.validate.detection import box_agreement
+
+    if not {"boxes", "scores"} <= set(expected):
+        return {"passed": None, "summary": "the golden outputs have no boxes/scores to compare detections with"}
+    samples = int(expected["boxes"].shape[0])
+    missing = [n for n in NMS_OUTPUTS if n not in got]
+    if missing:
+        return {"samples": samples, "passed": False, "summary": f"engine outputs lack {missing}"}
+    infos = [None] * samples
+    reference = postprocess_detections(expected, {**postprocess, "outputs": "boxes_scores"}, infos)
+    candidate = postprocess_detections(got, {**postprocess, "outputs": "nms"}, infos)
+    agreement = box_agreement(reference, candidate)
+    worst = min(agreement["recall_of_reference"], agreement["precision_vs_reference"])
+    passed = worst >= min_agreement
+    summary = (f"detections agree with host NMS ({agreement['matched']}/{agreement['reference_boxes']} matched)"
+               if passed else f"only {worst:.3f} of the detections agree with host NMS (< {min_agreement})")
+    return {"samples": samples, "detections": agreement, "tolerance": {"min_agreement": min_agreement},
+            "passed": passed, "summary": summary}
 
 
 def compare_outputs(

@@ -84,6 +84,20 @@ def _open_backend(bundle: Bundle, picked: Choice, threads: int) -> Backend:
     return TorchBackend(path, device=picked.device)
 
 
+def artifact_postprocess(bundle: Bundle, artifact: Any) -> dict[str, Any]:
+    """The manifest's postprocess section, with what one artifact overrides in ``info["postprocess"]``.
+
+    A TensorRT engine compiled with ``--nms trt`` ends in EfficientNMS, so its outputs take the
+    ``nms`` layout while the bundle's ONNX graphs keep ``boxes_scores``.
+    """
+    spec = dict(bundle.manifest.get("postprocess") or {})
+    info = getattr(artifact, "info", None)
+    override = info.get("postprocess") if isinstance(info, dict) else None
+    if isinstance(override, dict):
+        spec.update(override)
+    return spec
+
+
 def _source_name(source: Any) -> str:
     if isinstance(source, (str, Path)):
         return str(source)
@@ -116,7 +130,7 @@ class Predictor:
         self.task = bundle.task
         self.labels = bundle.labels
         self.spec = bundle.preprocess
-        self.postprocess = dict(bundle.manifest.get("postprocess") or {})
+        self.postprocess = artifact_postprocess(bundle, choice.artifact)
         self.input_name = backend.input_name
         self.output_names = list(backend.output_names)
         self.max_pixels = max_pixels

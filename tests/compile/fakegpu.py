@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import importlib.machinery
 import json
 import types
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class FakeGpu:
         self.executions = 0
         self.builds: list[dict[str, Any]] = []
         self.contexts: list[Any] = []
+        self.plugins_initialised = False
         self.trt = _make_trt_module(self)
         self.cudart = _make_cudart_module(self)
 
@@ -275,6 +277,9 @@ class FakeNetwork:
         self.onnx_path: str | None = None
         self.has_qdq = False
         self.strongly_typed = bool(flags & (1 << 1)) or gpu.major >= 11
+        self.plugins: list[FakePluginLayer] = []
+        self.plugin_tensors: list[FakeTensor] = []
+        self.unmarked: list[FakeTensor] = []
 
     @property
     def num_inputs(self) -> int:
@@ -289,6 +294,112 @@ class FakeNetwork:
 
     def get_output(self, i: int) -> FakeTensor:
         return self.outputs[i]
+
+    # -- plugin layers (EfficientNMS) ------------------------------------------------------------
+    def _owns(self, tensor: Any) -> bool:
+        return any(tensor is t for t in [*self.inputs, *self.outputs, *self.unmarked, *self.plugin_tensors])
+
+    def add_plugin_v2(self, inputs: list, plugin: Any) -> FakePluginLayer:
+        self.gpu.record("add_plugin_v2")
+        if not self.parsed:
+            self.gpu.violate("add_plugin_v2 before the ONNX graph was parsed")
+        if not isinstance(plugin, FakePlugin):
+            self.gpu.violate("add_plugin_v2 needs a plugin from IPluginCreator.create_plugin")
+        for t in inputs:
+            if not isinstance(t, FakeTensor) or not self._owns(t):
+                self.gpu.violate(f"add_plugin_v2 input {getattr(t, 'name', t)!r} is not a tensor of this network")
+        layer = plugin.make_layer(list(inputs))
+        self.plugins.append(layer)
+        self.plugin_tensors.extend(layer.outputs)
+        return layer
+
+    def mark_output(self, tensor: FakeTensor) -> None:
+        if not self._owns(tensor):
+            self.gpu.violate(f"mark_output of {getattr(tensor, 'name', tensor)!r}, not a tensor of this network")
+        if any(tensor is t for t in self.outputs):
+            self.gpu.violate(f"{tensor.name!r} is already a network output")
+        self.outputs.append(tensor)
+
+    def unmark_output(self, tensor: FakeTensor) -> None:
+        if not any(tensor is t for t in self.outputs):
+            self.gpu.violate(f"unmark_output of {getattr(tensor, 'name', tensor)!r}, which is not a network output")
+        self.outputs = [t for t in self.outputs if t is not tensor]
+        self.unmarked.append(tensor)
+
+
+#: EfficientNMS_TRT version 1: attribute -> PluginFieldType name (TensorRT's plugin config).
+EFFICIENT_NMS_FIELDS = {
+    "score_threshold": "FLOAT32", "iou_threshold": "FLOAT32", "max_output_boxes": "INT32",
+    "background_class": "INT32", "score_activation": "INT32", "class_agnostic": "INT32", "box_coding": "INT32",
+}
+EFFICIENT_NMS_REQUIRED = set(EFFICIENT_NMS_FIELDS) - {"class_agnostic"}
+EFFICIENT_NMS_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+
+
+class FakePlugin:
+    """An EfficientNMS_TRT instance made by the fake creator, with its checked attributes."""
+
+    def __init__(self, gpu: FakeGpu, params: dict[str, float | int]) -> None:
+        self.gpu, self.params = gpu, params
+
+    def make_layer(self, inputs: list[FakeTensor]) -> FakePluginLayer:
+        if len(inputs) != 2:
+            self.gpu.violate(f"EfficientNMS_TRT takes boxes and scores (2 inputs without anchors), got {len(inputs)}")
+        boxes, scores = inputs
+        if len(boxes.shape) != 3 or boxes.shape[2] != 4:
+            self.gpu.violate(f"EfficientNMS_TRT boxes must be (N, A, 4), got {boxes.shape} ({boxes.name!r})")
+        if len(scores.shape) != 3 or scores.shape[1] != boxes.shape[1]:
+            self.gpu.violate(f"EfficientNMS_TRT scores must be (N, A, C) matching boxes, got {scores.shape}")
+        if boxes.dtype.name not in ("FLOAT", "HALF") or scores.dtype.name != boxes.dtype.name:
+            self.gpu.violate("EfficientNMS_TRT boxes and scores must share a float type")
+        n, k = boxes.shape[0], int(self.params["max_output_boxes"])
+        dt = self.gpu.trt.DataType
+        outputs = [FakeTensor(EFFICIENT_NMS_OUTPUTS[0], (n, 1), dt.INT32),
+                   FakeTensor(EFFICIENT_NMS_OUTPUTS[1], (n, k, 4), boxes.dtype),
+                   FakeTensor(EFFICIENT_NMS_OUTPUTS[2], (n, k), boxes.dtype),
+                   FakeTensor(EFFICIENT_NMS_OUTPUTS[3], (n, k), dt.INT32)]
+        return FakePluginLayer(self, [boxes, scores], outputs)
+
+
+@dataclass
+class FakePluginLayer:
+    plugin: FakePlugin
+    inputs: list[FakeTensor]
+    outputs: list[FakeTensor]
+    name: str = "plugin"
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.outputs)
+
+    def get_output(self, i: int) -> FakeTensor:
+        return self.outputs[i]
+
+
+def efficient_nms(boxes: np.ndarray, scores: np.ndarray, params: dict[str, Any]) -> list[np.ndarray]:
+    """What EfficientNMS_TRT computes (fixed-size, zero-padded outputs), in numpy for the fake engine."""
+    from edgetl.runtime.detection import nms_numpy
+
+    n, k = boxes.shape[0], int(params["max_output_boxes"])
+    num = np.zeros((n, 1), np.int32)
+    det_boxes = np.zeros((n, k, 4), np.float32)
+    det_scores = np.zeros((n, k), np.float32)
+    det_classes = np.zeros((n, k), np.int32)
+    for i in range(n):
+        s = scores[i]
+        if params["class_agnostic"]:
+            cls = s.argmax(1)
+            anchor = np.flatnonzero(s[np.arange(len(s)), cls] > params["score_threshold"])
+            cls = cls[anchor]
+        else:
+            anchor, cls = np.nonzero(s > params["score_threshold"])
+        conf = s[anchor, cls]
+        keep = nms_numpy(boxes[i][anchor], conf, params["iou_threshold"],
+                         None if params["class_agnostic"] else cls, k)
+        m = len(keep)
+        num[i, 0] = m
+        det_boxes[i, :m], det_scores[i, :m], det_classes[i, :m] = boxes[i][anchor[keep]], conf[keep], cls[keep]
+    return [num, det_boxes, det_scores, det_classes]
 
 
 @dataclass
@@ -394,6 +505,7 @@ class FakeHostMemory:
 def _make_trt_module(gpu: FakeGpu) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = gpu.trt_version
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # importlib.util.find_spec works on it
 
     class Severity(enum.IntEnum):
         INTERNAL_ERROR = 0
@@ -551,6 +663,17 @@ def _make_trt_module(gpu: FakeGpu) -> types.ModuleType:
         profiles = [{n: [list(s) for s in shapes] for n, shapes in p.shapes.items()} for p in config.profiles]
         if not profiles:
             profiles = [{t.name: [list(t.shape)] * 3 for t in network.inputs}]
+        nms_params = None
+        for layer in network.plugins:
+            unmarked = {t.name for t in network.unmarked}
+            for t in layer.inputs:
+                if t.name not in unmarked:
+                    gpu.violate(f"plugin input {t.name!r} is still a network output (unmark_output it)")
+            for t in layer.outputs:
+                if not any(t is o for o in network.outputs):
+                    gpu.violate(f"plugin output {t.name!r} is not marked as a network output")
+            nms_params = {"params": layer.plugin.params, "inputs": [t.name for t in layer.inputs],
+                          "outputs": [t.name for t in layer.outputs]}
         blob = {
             "magic": "FAKE-TRT",
             "version": gpu.trt_version,
@@ -560,6 +683,7 @@ def _make_trt_module(gpu: FakeGpu) -> types.ModuleType:
             "profiles": profiles,
             "flags": sorted(config.flags),
             "version_compatible": "VERSION_COMPATIBLE" in config.flags,
+            "nms": nms_params,
         }
         gpu.builds.append(blob)
         return FakeHostMemory(json.dumps(blob).encode())
@@ -755,6 +879,13 @@ def _make_trt_module(gpu: FakeGpu) -> types.ModuleType:
                 if fp16:
                     feeds = {n: v.astype(np.float16).astype(v.dtype) for n, v in feeds.items()}
                 outs = engine.session().run(None, feeds)
+                nms = engine.blob.get("nms")
+                if nms:  # the graph's outputs feed the plugin; the engine returns the plugin's
+                    graph = dict(zip([o.name for o in engine.session().get_outputs()], outs))
+                    produced = dict(zip(nms["outputs"], efficient_nms(*(graph[n] for n in nms["inputs"]),
+                                                                        nms["params"])))
+                    outs = [produced[name] if name in produced else graph[name]
+                            for name, *_ in engine.blob["outputs"]]
                 for (name, *_), value in zip(engine.blob["outputs"], outs):
                     if fp16 and value.dtype == np.float32:
                         value = value.astype(np.float16).astype(np.float32)
@@ -768,7 +899,79 @@ def _make_trt_module(gpu: FakeGpu) -> types.ModuleType:
     trt.OnnxParser = OnnxParser
     trt.Runtime = Runtime
     trt.ICudaEngine = FakeEngine
-    trt.init_libnvinfer_plugins = lambda logger, namespace: True
+    # -- plugins (libnvinfer_plugin) --------------------------------------------------------------
+    trt.PluginFieldType = enum.Enum("PluginFieldType", ["FLOAT16", "FLOAT32", "FLOAT64", "INT8", "INT16", "INT32",
+                                                        "CHAR", "DIMS", "UNKNOWN"])
+    _FIELD_DTYPES = {"FLOAT32": np.float32, "INT32": np.int32, "FLOAT64": np.float64, "INT8": np.int8,
+                     "INT16": np.int16, "FLOAT16": np.float16}
+
+    class PluginField:
+        def __init__(self, name: str, data: Any = None, type: Any = None) -> None:
+            if not isinstance(name, str):
+                gpu.violate(f"PluginField name must be a str, got {name!r}")
+            if type is None:
+                gpu.violate(f"PluginField {name!r} without a PluginFieldType")
+            self.name, self.data, self.type = name, data, type
+
+    class PluginFieldCollection(list):
+        pass
+
+    class IPluginCreator:
+        def __init__(self, name: str, version: str) -> None:
+            self.name, self.plugin_version, self.plugin_namespace = name, version, ""
+
+        def create_plugin(self, name: str, field_collection: Any) -> FakePlugin:
+            gpu.record("create_plugin")
+            if not isinstance(field_collection, PluginFieldCollection):
+                gpu.violate("create_plugin needs a PluginFieldCollection")
+            params: dict[str, Any] = {}
+            for f in field_collection:
+                if not isinstance(f, PluginField):
+                    gpu.violate(f"create_plugin got {f!r}, not a PluginField")
+                want = EFFICIENT_NMS_FIELDS.get(f.name)
+                if want is None:
+                    gpu.violate(f"EfficientNMS_TRT has no attribute {f.name!r} (has {sorted(EFFICIENT_NMS_FIELDS)})")
+                if f.type.name != want:
+                    gpu.violate(f"EfficientNMS_TRT attribute {f.name!r} is {want}, got {f.type.name}")
+                data = np.asarray(f.data)
+                if data.dtype != _FIELD_DTYPES[want] or data.size != 1:
+                    gpu.violate(f"EfficientNMS_TRT attribute {f.name!r} needs one {want} value, "
+                                f"got {data.dtype} x {data.size}")
+                params[f.name] = data.reshape(-1)[0].item()
+            missing = EFFICIENT_NMS_REQUIRED - set(params)
+            if missing:
+                gpu.violate(f"EfficientNMS_TRT attributes missing: {sorted(missing)}")
+            params.setdefault("class_agnostic", 0)
+            return FakePlugin(gpu, params)
+
+    class PluginRegistry:
+        def __init__(self) -> None:
+            self.creators = {("EfficientNMS_TRT", "1"): IPluginCreator("EfficientNMS_TRT", "1")}
+
+        def _lookup(self, name: str, version: str, namespace: str = "") -> IPluginCreator | None:
+            gpu.record("get_creator")
+            if not gpu.plugins_initialised:
+                gpu.violate(f"{name} looked up before init_libnvinfer_plugins registered the plugin library")
+            return self.creators.get((name, version)) if namespace == "" else None
+
+        get_plugin_creator = _lookup  # TensorRT 8.x; deprecated in 10
+        if gpu.major >= 10:
+            get_creator = _lookup
+
+    registry = PluginRegistry()
+
+    def init_libnvinfer_plugins(logger: Any, namespace: str) -> bool:
+        gpu.record("init_libnvinfer_plugins")
+        if not getattr(logger, "_init", False):
+            gpu.violate("init_libnvinfer_plugins needs a TensorRT logger")
+        gpu.plugins_initialised = True
+        return True
+
+    trt.PluginField = PluginField
+    trt.PluginFieldCollection = PluginFieldCollection
+    trt.IPluginCreator = IPluginCreator
+    trt.get_plugin_registry = lambda: registry
+    trt.init_libnvinfer_plugins = init_libnvinfer_plugins
     return trt
 
 
