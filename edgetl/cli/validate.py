@@ -20,18 +20,21 @@ from edgetl.cli.common import EXIT_GATE, config_option, emit_json, format_table,
 @click.option("--limit", type=int, default=None, help="Use at most N images (seeded, class-balanced).")
 @click.option("--max-top1-drop", type=float, default=0.5, show_default=True, help="Gate: top-1 drop, in points.")
 @click.option("--min-agreement", type=float, default=0.99, show_default=True, help="Gate: top-1 agreement.")
+@click.option("--max-map-drop", type=float, default=1.0, show_default=True,
+              help="Gate (detectors): mAP@0.5:0.95 drop, in points.")
 @click.option("--device", "backend_device", default="cpu", show_default=True, help="ONNX Runtime device.")
 @click.option("--latency-runs", type=int, default=20, show_default=True)
 @config_option
 @json_option
 @handle_errors
-def command(bundle, candidate, reference, data, limit, max_top1_drop, min_agreement, backend_device, latency_runs,
-            as_json: bool) -> None:
+def command(bundle, candidate, reference, data, limit, max_top1_drop, min_agreement, max_map_drop, backend_device,
+            latency_runs, as_json: bool) -> None:
     """Validate a candidate model of BUNDLE against the reference; writes report.json, report.md and the manifest."""
     from edgetl.validate import validate_bundle
 
     report = validate_bundle(bundle, candidate=candidate, reference=reference, data=data, limit=limit,
-                             max_top1_drop=max_top1_drop, min_agreement=min_agreement, backend_device=backend_device,
+                             max_top1_drop=max_top1_drop, min_agreement=min_agreement, max_map_drop=max_map_drop,
+                             backend_device=backend_device,
                              latency_runs=latency_runs)
     doc = report.to_dict()
     say(f"{doc['reference']['artifact']} vs {doc['candidate']['artifact']} on {doc['images']['count']} images")
@@ -40,6 +43,15 @@ def command(bundle, candidate, reference, data, limit, max_top1_drop, min_agreem
     say(format_table(["check", "value", "limit", "result"],
                      [[c["name"], c["value"], f"{c['op']} {c['limit']}", "pass" if c["passed"] else "FAIL"]
                       for c in doc["checks"]]))
+    metrics = doc["metrics"]
+    if "map" in metrics.get("reference", {}):
+        ref, cand, delta = metrics["reference"], metrics["candidate"], metrics["delta"]
+        say(format_table(["metric", "reference %", "candidate %", "delta pts"],
+                         [[name, _pct(ref[key]), _pct(cand[key]), delta[key]]
+                          for name, key in (("mAP@0.5", "map50"), ("mAP@0.5:0.95", "map"))]))
+        agree = doc["agreement"]
+        say(f"boxes: {agree['matched']} of {agree['reference_boxes']} reference boxes matched "
+            f"(mean IoU {_num(agree['matched_iou_mean'])}, mean score diff {_num(agree['score_abs_diff_mean'])})")
     lat_r, lat_c = doc["reference"]["latency_batch1"], doc["candidate"]["latency_batch1"]
     say(f"latency p50 {lat_r.get('p50_ms', 0):.2f} ms -> {lat_c.get('p50_ms', 0):.2f} ms; "
         f"size {doc['reference']['bytes']} -> {doc['candidate']['bytes']} bytes")
@@ -49,3 +61,11 @@ def command(bundle, candidate, reference, data, limit, max_top1_drop, min_agreem
         emit_json(doc)
     if not report.passed:
         sys.exit(EXIT_GATE)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _pct(value):
+    return None if value is None else 100.0 * value

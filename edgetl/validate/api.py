@@ -23,7 +23,8 @@ from edgetl.fileio import write_json, write_text
 from edgetl.validate.metrics import classification_agreement, latency_stats, topk_accuracy
 from edgetl.validate.samples import balanced_indices, decode, find_images
 
-#: task -> fn(bundle, decoded_images, reference_outputs, candidate_outputs) -> {"metrics", "agreement", "gate"}
+#: task -> fn(bundle, decoded_images, reference_outputs, candidate_outputs, *, max_top1_drop, min_agreement,
+#: max_map_drop, data) -> {"metrics", "agreement", "checks"}; a task ignores the gates that are not its own.
 TASK_METRICS: dict[str, Callable[..., dict[str, Any]]] = {}
 
 
@@ -69,6 +70,7 @@ def validate_bundle(
     limit: int | None = None,
     max_top1_drop: float = 0.5,
     min_agreement: float = 0.99,
+    max_map_drop: float = 1.0,
     backend_device: str = "cpu",
     latency_runs: int = 20,
     seed: int = 0,
@@ -86,6 +88,8 @@ def validate_bundle(
         limit: use at most this many images (seeded, class-balanced).
         max_top1_drop: gate: largest allowed top-1 drop, in points.
         min_agreement: gate: smallest allowed top-1 agreement with the reference.
+        max_map_drop: gate (detectors): largest allowed mAP@0.5:0.95 drop, in points; ground truth comes
+            from ``data`` or the recorded dataset (a data.yaml / COCO JSON).
         backend_device: device of the ONNX Runtime backend (``cpu`` for reproducible numbers).
         latency_runs: batch-1 timing runs per model.
         write: record the result in the manifest (``validation``), ``report.json`` and ``report.md``.
@@ -123,7 +127,8 @@ def validate_bundle(
         cand_backend.close()
 
     task_fn = _task_metrics(bundle.task)
-    result = task_fn(bundle, decoded, ref_out, cand_out, max_top1_drop=max_top1_drop, min_agreement=min_agreement)
+    result = task_fn(bundle, decoded, ref_out, cand_out, max_top1_drop=max_top1_drop, min_agreement=min_agreement,
+                     max_map_drop=max_map_drop, data=source)
     checks = result["checks"]
     report = ValidationReport(
         passed=all(c["passed"] for c in checks),
@@ -236,7 +241,7 @@ def _check(name: str, value: float, limit: float, op: str) -> dict[str, Any]:
 
 
 def classify_metrics(bundle: Bundle, decoded: Any, ref_out: dict[str, np.ndarray], cand_out: dict[str, np.ndarray],
-                     *, max_top1_drop: float, min_agreement: float) -> dict[str, Any]:
+                     *, max_top1_drop: float, min_agreement: float, **_: Any) -> dict[str, Any]:
     """Top-1/top-5 of both with deltas (when labelled), logit agreement, and the gate checks."""
     name = next(iter(ref_out))
     ref, cand = ref_out[name], cand_out[name]

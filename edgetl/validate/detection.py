@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -280,3 +281,104 @@ def validate_detection(
     report["images"] = len(samples)
     report["data"] = str(dataset.root) if dataset.root else None
     return report
+
+
+def ground_truth_for(paths: Sequence[str | Path], data: str | Path, labels: Sequence[str]) -> list[Any]:
+    """The labelled `DetSample` of each image in ``paths`` (same order), read from the dataset ``data``.
+
+    Args:
+        paths: image files, as `edgetl.validate.samples.find_images` listed them from ``data``.
+        data: a data.yaml / COCO JSON (or a folder holding one).
+        labels: the model's class names; the dataset's classes must be the same, in the same order.
+
+    Raises:
+        BadInputError: the dataset has no labels, other classes, or no labels for some of ``paths``.
+    """
+    from edgetl.data.detection import load_detection_data
+
+    dataset = load_detection_data(data)
+    if list(dataset.classes) != list(labels):
+        raise BadInputError(
+            f"{data}: dataset classes {list(dataset.classes)} differ from the model's labels {list(labels)}",
+            hint="validate on data with the classes the model was trained on, in the same order",
+        )
+    by_path = {Path(s.path).resolve(): s for s in list(dataset.train) + list(dataset.val)}
+    missing = [str(p) for p in paths if Path(p).resolve() not in by_path]
+    if missing:
+        raise BadInputError(
+            f"{len(missing)} image(s) have no labels in {data} (first: {missing[0]})",
+            hint="detector validation needs labelled images: pass --data with a data.yaml or COCO JSON",
+        )
+    return [by_path[Path(p).resolve()] for p in paths]
+
+
+def map_postprocess(postprocess: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's post-processing with mAP-evaluation thresholds, as `edgetl evaluate` scores checkpoints.
+
+    A graph with NMS inside keeps its layout (its own thresholds already applied in the graph); only the
+    host-side score threshold is lowered.
+    """
+    from edgetl.detect.evaluate import EVAL_SCORE_THRESHOLD, eval_postprocess
+
+    if postprocess.get("outputs", "boxes_scores") == "nms":
+        return {**postprocess, "score_threshold": EVAL_SCORE_THRESHOLD}
+    return eval_postprocess(postprocess)
+
+
+def task_metrics(
+    bundle: Any,
+    decoded: Any,
+    ref_out: dict[str, np.ndarray],
+    cand_out: dict[str, np.ndarray],
+    *,
+    max_top1_drop: float | None = None,
+    min_agreement: float | None = None,
+    max_map_drop: float = 1.0,
+    data: str | Path | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """The ``detect`` task of `edgetl.validate.validate_bundle`: mAP of both models, delta, box agreement, gate.
+
+    mAP is scored with evaluation thresholds (`map_postprocess`, the numbers `edgetl evaluate` gives);
+    box agreement compares the detections deployment would return (the bundle's thresholds).
+
+    Args:
+        bundle: the `Bundle` (labels, postprocess, recorded dataset).
+        decoded: the preprocessed images (`edgetl.validate.samples.Decoded`, with letterbox infos).
+        ref_out, cand_out: raw outputs of each model on ``decoded.batch``.
+        max_top1_drop, min_agreement: the classifier gates; not used for detectors.
+        max_map_drop: gate: largest allowed drop of mAP@0.5:0.95, in points.
+        data: the dataset the images came from (default: the one the bundle records).
+
+    Returns:
+        ``{"metrics": {"reference", "candidate", "delta"}, "agreement", "checks"}``; deltas in points.
+
+    Raises:
+        BadInputError: no labelled dataset for the images, or no ground-truth boxes at all.
+    """
+    from edgetl.runtime.detection import postprocess_detections
+    from edgetl.validate.api import _check
+
+    source = data or bundle.manifest.get("provenance", {}).get("dataset")
+    if not source:
+        raise BadInputError("no ground truth: the bundle records no dataset", hint="pass --data data.yaml")
+    labels = list(bundle.labels)
+    truth = ground_truth_for(decoded.paths, source, labels)
+    post = dict(bundle.manifest.get("postprocess") or {})
+    scoring = map_postprocess(post)
+    report = detection_metrics(postprocess_detections(ref_out, scoring, decoded.infos, labels),
+                               postprocess_detections(cand_out, scoring, decoded.infos, labels),
+                               truth, labels, max_map_drop=max_map_drop)
+    drop = report["gate"]["map_drop"]
+    if drop is None:
+        raise BadInputError(f"the {len(truth)} validation images have no ground-truth boxes; mAP is undefined",
+                            hint="validate on labelled images (--data data.yaml)")
+    agreement = box_agreement(postprocess_detections(ref_out, post, decoded.infos, labels),
+                              postprocess_detections(cand_out, post, decoded.infos, labels))
+    agreement["score_threshold"] = float(post.get("score_threshold", 0.25))
+    metrics = {
+        "reference": report["reference"],
+        "candidate": report["candidate"],
+        "delta": {"map50": report["deltas"]["map50"], "map": report["deltas"]["map"], "map_drop_points": drop},
+    }
+    return {"metrics": metrics, "agreement": agreement, "checks": [_check("map_drop_points", drop, max_map_drop, "<=")]}

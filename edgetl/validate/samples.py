@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from edgetl.preprocess import PreprocessSpec, preprocess
 
 log = logging.getLogger(__name__)
 
+#: A folder holding one of these is a detection dataset (Ultralytics layout).
+DETECTION_FILES = ("data.yaml", "data.yml", "dataset.yaml")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -54,12 +57,17 @@ class ImageSet:
 
 @dataclass
 class Decoded:
-    """A preprocessed batch and what could not be decoded."""
+    """A preprocessed batch and what could not be decoded.
+
+    ``infos`` holds each image's `LetterboxInfo` (``None`` for other resize modes), so detections can be
+    mapped back to original pixels without decoding the files again.
+    """
 
     batch: np.ndarray
     paths: list[Path]
     labels: list[int | None]
     failures: list[tuple[str, str]]
+    infos: list[Any] = field(default_factory=list)
 
 
 def _detection_images(path: Path, split: str) -> ImageSet:
@@ -100,6 +108,9 @@ def find_images(source: str | Path | Sequence[str | Path], *, split: str = "trai
         return ImageSet(paths, [None] * len(paths), None, str(root))
     if root.is_file() and root.suffix.lower() in (".yaml", ".yml", ".json"):
         return _detection_images(root, split)
+    marker = next((root / n for n in DETECTION_FILES if (root / n).is_file()), None) if root.is_dir() else None
+    if marker is not None:  # a YOLO dataset folder: its split, not every image below it
+        return _detection_images(marker, split)
     dataset = _try_classification(root)
     if dataset is not None:
         groups = {"train": dataset.train, "val": dataset.val, "all": dataset.train + dataset.val}
@@ -166,7 +177,7 @@ def balanced_indices(labels: Sequence[int | None], n: int, seed: int) -> list[in
 
 def decode(images: ImageSet, spec: PreprocessSpec, *, progress: bool = False, what: str = "images") -> Decoded:
     """Preprocess every image with the deployment spec; undecodable files are counted, not fatal."""
-    arrays, paths, labels, failures = [], [], [], []
+    arrays, paths, labels, failures, infos = [], [], [], [], []
     iterator = zip(images.paths, images.labels)
     if progress:
         from tqdm import tqdm
@@ -174,11 +185,12 @@ def decode(images: ImageSet, spec: PreprocessSpec, *, progress: bool = False, wh
         iterator = tqdm(iterator, total=len(images.paths), desc=f"preprocess {what}", unit="img", leave=False)
     for path, label in iterator:
         try:
-            chw, _ = preprocess(path, spec)
+            chw, info = preprocess(path, spec)
         except BadInputError as exc:
             failures.append((str(path), exc.message))
             continue
         arrays.append(chw)
+        infos.append(info)
         paths.append(Path(path))
         labels.append(label)
     if failures:
@@ -186,7 +198,7 @@ def decode(images: ImageSet, spec: PreprocessSpec, *, progress: bool = False, wh
                     len(failures), len(images.paths), what, failures[0][0])
     h, w = spec.size
     batch = np.stack(arrays) if arrays else np.zeros((0, 3, h, w), np.float32)
-    return Decoded(np.ascontiguousarray(batch, dtype=np.float32), paths, labels, failures)
+    return Decoded(np.ascontiguousarray(batch, dtype=np.float32), paths, labels, failures, infos)
 
 
 def describe_failures(failures: Sequence[tuple[str, str]], limit: int = 5) -> str:

@@ -1,0 +1,72 @@
+"""Detector bundles through `edgetl validate` (mAP of both, delta, box agreement, gate) and budget mode."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgetl.cli.main import cli
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def det_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A detector trained for a few steps on a tiny shapes sample, exported to an FP32 bundle."""
+    from edgetl.data.shapes import write_shapes
+    from edgetl.detect.train import DetectTrainConfig, train_detector
+    from edgetl.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("vdet")
+    write_shapes(root / "shapes", n_train=8, n_val=4, size=96, seed=0)
+    cfg = DetectTrainConfig(data=str(root / "shapes" / "data.yaml"), img_size=SIZE, epochs=1, batch_size=4,
+                            strategy="full", out=str(root / "run"), threads=1, device="cpu")
+    run = train_detector(cfg, progress=False)
+    export_checkpoint(run.best_checkpoint, root / "bundle", golden=2)
+    return root / "bundle"
+
+
+@pytest.fixture
+def det_copy(det_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(det_bundle, tmp_path / "bundle"))
+
+
+def test_validate_detect_reports_map_of_both_and_passes(det_copy: Path):
+    res = CliRunner().invoke(cli, ["validate", str(det_copy), "--candidate", "fp32", "--latency-runs", "2",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    ref, cand, delta = (doc["metrics"][k] for k in ("reference", "candidate", "delta"))
+    assert doc["images"]["count"] == 4 and ref["images"] == 4 and ref["instances"] > 0
+    for key in ("map50", "map"):
+        assert 0.0 <= ref[key] <= 1.0 and cand[key] == pytest.approx(ref[key]) and delta[key] == pytest.approx(0)
+    assert [c["name"] for c in doc["checks"]] == ["map_drop_points"] and doc["checks"][0]["limit"] == 1.0
+    agree = doc["agreement"]
+    assert agree["recall_of_reference"] == 1.0 and agree["precision_vs_reference"] == 1.0
+    assert "mAP@0.5:0.95" in res.stderr and "PASSED" in res.stderr
+    manifest = json.loads((det_copy / "manifest.json").read_text())
+    assert manifest["validation"]["metrics"]["reference"]["map"] == ref["map"]
+    assert "| map |" in (det_copy / "report.md").read_text()
+
+
+def test_validate_detect_gate_fails_with_impossible_budget(det_copy: Path):
+    res = CliRunner().invoke(cli, ["validate", str(det_copy), "--candidate", "fp32", "--latency-runs", "1",
+                                   "--max-map-drop", "-1"])
+    assert res.exit_code == 1, res.output
+    assert "map_drop_points" in res.stderr and "FAILED" in res.stderr
+    assert json.loads((det_copy / "report.json").read_text())["passed"] is False
+
+
+def test_validate_detect_needs_labelled_images(det_copy: Path):
+    """A plain folder of images has no boxes to score mAP against: a clear usage error, not a crash."""
+    data = json.loads((det_copy / "manifest.json").read_text())["provenance"]["dataset"]
+    loose = det_copy.parent / "loose"
+    loose.mkdir()
+    for image in sorted((Path(data).parent / "images" / "val").iterdir())[:2]:
+        shutil.copy(image, loose)
+    res = CliRunner().invoke(cli, ["validate", str(det_copy), "--candidate", "fp32", "--data", str(loose)])
+    assert res.exit_code == 2 and "data.yaml" in res.output
