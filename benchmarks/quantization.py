@@ -194,11 +194,14 @@ def profile_ops(path: Path, one: np.ndarray, runs: int = 20) -> dict:
 
     opts = ort.SessionOptions()
     opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.parent / "ort-profile")
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     for _ in range(runs):
         sess.run(None, {sess.get_inputs()[0].name: one})
-    trace = json.loads(Path(sess.end_profiling()).read_text())
+    trace_path = Path(sess.end_profiling())
+    trace = json.loads(trace_path.read_text())
+    trace_path.unlink(missing_ok=True)
     per_op: dict[str, float] = {}
     for ev in trace:
         if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
