@@ -22,8 +22,10 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
               help="int8: symmetric, TensorRT-compatible; uint8: ONNX Runtime CPU fast path (x86 without VNNI).")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (x86 AVX2 saturation workaround).")
 @click.option("--max-drop", type=float, default=None,
-              help="Accuracy budget in top-1 points: keep the most sensitive layers in float until within it.")
-@click.option("--min-agreement", type=float, default=None, help="Budget mode also requires this top-1 agreement.")
+              help="Accuracy budget in points (top-1; detectors: mAP@0.5:0.95): keep the most sensitive layers "
+                   "in float until within it.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Budget mode also requires this agreement with FP32 (top-1; detectors: matched boxes).")
 @click.option("--val-data", type=click.Path(), default=None,
               help="Labelled images for the budget (default: the validation split).")
 @click.option("--val-size", type=int, default=200, show_default=True, help="Images in the budget's sample.")
@@ -52,8 +54,8 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
             f"{'cached ranges reused' if cal['cache_hit'] else 'ranges computed and cached'} in {cal['cache']}")
     if result.budget:
         steps = result.budget["steps"]
-        say(format_table(["kept", "layer", "drop pts", "agreement", "KL"],
-                         [[s["kept"], s["layer"] or "(all INT8)", s["drop"], s["top1_agreement"], s["kl"]]
+        say(format_table(["kept", "layer", "drop pts", "agreement", "sensitivity"],
+                         [[s["kept"], s["layer"] or "(all INT8)", s["drop"], s["agreement"], s["sensitivity"]]
                           for s in steps]))
     golden = (info.get("golden") or {}).values()
     for g in golden:

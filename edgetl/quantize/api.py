@@ -82,13 +82,16 @@ def quantize_bundle(
         calib_size: images drawn, seeded and class-balanced.
         method: calibration method ``minmax`` | ``entropy`` | ``percentile``.
         per_channel: per-channel weight scales.
-        max_drop: accuracy budget in top-1 points; enables the sensitivity search.
-        val_data: labelled images for the budget (default: the validation split of the calibration data).
+        max_drop: accuracy budget in points (classifiers: top-1; detectors: mAP@0.5:0.95, scored against the
+            dataset's boxes); enables the sensitivity search.
+        val_data: labelled images for the budget (default: the validation split of the calibration data;
+            detectors: a data.yaml / COCO JSON).
         seed: seed of the calibration and validation draws.
         activation_type: ``int8`` (symmetric, TensorRT-compatible) or ``uint8`` (ONNX Runtime CPU fast path).
         reduce_range: 7-bit weights (x86 AVX2 saturation workaround).
         percentile: percentile for ``method="percentile"``.
-        min_agreement: budget mode also requires this top-1 agreement with FP32.
+        min_agreement: budget mode also requires this agreement with FP32 (top-1 agreement; detectors: the
+            fraction of FP32 detections the candidate matches).
         val_size: images in the budget's validation sample.
         nodes_to_exclude: layers to keep in float by name, in addition to the budget's choice.
         max_kept: most layers the budget search may keep in float (default: a quarter).
@@ -121,8 +124,8 @@ def quantize_bundle(
         final = result.budget["final"]
         raise GateFailedError(
             f"INT8 model is not within the accuracy budget after keeping {len(result.budget['kept_layers'])} "
-            f"layers in float: top-1 drop {final['drop']:.2f} points (budget {max_drop}), agreement "
-            f"{final['top1_agreement']:.4f}; the best model found was written to {result.path}",
+            f"layers in float: {_budget_metric(bundle.task)} drop {final['drop']:.2f} points (budget {max_drop}), "
+            f"agreement {final['agreement']:.4f}; the best model found was written to {result.path}",
             hint="raise --max-drop or --max-kept, try another --method, or deploy FP16",
         )
     return result
@@ -199,7 +202,7 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
         final = full
         if max_drop is not None:
             budget_outcome, candidate = _budget(bundle, src, full, support, settings, calib.cache_path, model,
-                                                source=val_data or source, max_drop=max_drop,
+                                                source=val_data or _val_source(bundle, source), max_drop=max_drop,
                                                 min_agreement=min_agreement, val_size=val_size, seed=seed,
                                                 max_kept=max_kept, progress=progress, extra_exclude=extra_exclude,
                                                 only=budget_layers)
@@ -254,17 +257,37 @@ def _budget(bundle: Bundle, src: Path, full: Path, support: dict[str, Any], sett
     if len(decoded.batch) == 0:
         raise BadInputError(f"no decodable validation images in {source} for the accuracy budget")
     labels = np.asarray(decoded.labels) if decoded.labels and decoded.labels[0] is not None else None
-    run = _runner(bundle)
+    scorer = score
+    if bundle.task == "detect":  # mAP against the dataset's boxes instead of top-1
+        from edgetl.validate.detection import budget_scorer, ground_truth_for
+
+        truth = ground_truth_for(decoded.paths, source, bundle.labels)
+        if not any(len(t.labels) for t in truth):
+            raise BadInputError(f"the {len(truth)} validation images in {source} have no boxes; the mAP budget "
+                                "needs labelled images", hint="pass --val-data data.yaml")
+        scorer = budget_scorer(truth, decoded.infos, dict(bundle.manifest.get("postprocess") or {}), bundle.labels)
+    run = _runner(bundle, all_outputs=bundle.task == "detect")
     sample = Sample(decoded.batch, labels, run(src, decoded.batch), str(images.source))
-    full_metrics = score(run(full, decoded.batch), sample)
+    full_metrics = scorer(run(full, decoded.batch), sample)
     weights = _layer_params(model)
     layers = [name for name in support["layers"] if name not in extra_exclude and (not only or name in only)]
     return search(src, layers, weights, settings, cache, sample, run, max_drop=max_drop, min_agreement=min_agreement,
-                  full_metrics=full_metrics, max_kept=max_kept, progress=progress)
+                  full_metrics=full_metrics, max_kept=max_kept, progress=progress, scorer=scorer)
 
 
-def _runner(bundle: Bundle):
-    """Run a model through the same backend validation and deployment use; first output = logits."""
+def _val_source(bundle: Bundle, calib_source: Any) -> Any:
+    """Default budget images: a detector needs boxes, so the recorded dataset (not a calibration folder)."""
+    recorded = bundle.manifest.get("provenance", {}).get("dataset")
+    return recorded if bundle.task == "detect" and recorded else calib_source
+
+
+def _budget_metric(task: str) -> str:
+    return "mAP@0.5:0.95" if task == "detect" else "top-1"
+
+
+def _runner(bundle: Bundle, all_outputs: bool = False):
+    """Run a model through the same backend validation and deployment use: the first output (logits), or
+    every output by name (``all_outputs``, for detectors)."""
     from edgetl.export.parity import backend_outputs
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -273,7 +296,7 @@ def _runner(bundle: Bundle):
     def run(path: Path, batch: np.ndarray) -> np.ndarray:
         with OnnxRuntimeBackend(path, device="cpu") as backend:
             outputs = backend_outputs(backend, batch, fixed_batch=fixed, chunk=32)
-            return outputs[backend.output_names[0]]
+            return outputs if all_outputs else outputs[backend.output_names[0]]
 
     return run
 

@@ -370,6 +370,8 @@ def task_metrics(
                                postprocess_detections(cand_out, scoring, decoded.infos, labels),
                                truth, labels, max_map_drop=max_map_drop)
     drop = report["gate"]["map_drop"]
+    if drop is not None:
+        drop = drop + 0.0  # no "-0" in reports when the two models agree
     if drop is None:
         raise BadInputError(f"the {len(truth)} validation images have no ground-truth boxes; mAP is undefined",
                             hint="validate on labelled images (--data data.yaml)")
@@ -382,3 +384,54 @@ def task_metrics(
         "delta": {"map50": report["deltas"]["map50"], "map": report["deltas"]["map"], "map_drop_points": drop},
     }
     return {"metrics": metrics, "agreement": agreement, "checks": [_check("map_drop_points", drop, max_map_drop, "<=")]}
+
+
+def output_error(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
+    """Sum over outputs of mean |candidate - reference| / mean |reference|: a smooth distance between two
+    detectors' raw outputs, for ranking layers when mAP on a small sample moves in coarse steps."""
+    total = 0.0
+    for name, ref in reference.items():
+        ref = np.asarray(ref, dtype=np.float64)
+        diff = np.abs(np.asarray(candidate[name], dtype=np.float64) - ref).mean()
+        total += float(diff / (np.abs(ref).mean() + 1e-12))
+    return total
+
+
+def budget_scorer(truth: Sequence[Any], infos: Sequence[Any], postprocess: dict[str, Any],
+                  labels: Sequence[str]) -> Any:
+    """The detector scorer of the INT8 accuracy budget (`edgetl.quantize.budget.search`).
+
+    Args:
+        truth: ground truth (`DetSample`) of every image of the budget sample, in sample order.
+        infos: letterbox info of every image of the sample.
+        postprocess: the bundle's postprocess section.
+        labels: class names.
+
+    Returns:
+        ``scorer(outputs, sample) -> {"drop", "agreement", "sensitivity", "map", "map50", "reference_map",
+        "reference_map50"}``: ``drop`` is the mAP@0.5:0.95 drop in points on the sample's images,
+        ``agreement`` the fraction of the reference's deployed detections the candidate matches, and
+        ``sensitivity`` the `output_error`.
+    """
+    from edgetl.runtime.detection import postprocess_detections
+
+    scoring = map_postprocess(postprocess)
+    reference_maps: dict[tuple[int, ...], dict[str, Any]] = {}
+
+    def scorer(outputs: dict[str, np.ndarray], sample: Any) -> dict[str, Any]:
+        index = [int(i) for i in sample.index]
+        gt, inf = [truth[i] for i in index], [infos[i] for i in index]
+        key = tuple(index)
+        if key not in reference_maps:  # the reference is the same for every candidate on these images
+            reference_maps[key] = coco_map(postprocess_detections(sample.reference, scoring, inf, labels), gt, labels)
+        ref_map = reference_maps[key]
+        cand_map = coco_map(postprocess_detections(outputs, scoring, inf, labels), gt, labels)
+        agree = box_agreement(postprocess_detections(sample.reference, postprocess, inf, labels),
+                              postprocess_detections(outputs, postprocess, inf, labels))
+        drop = 100.0 * (ref_map["map"] - cand_map["map"]) if ref_map["map"] is not None else 0.0
+        return {"drop": drop, "agreement": agree["recall_of_reference"],
+                "sensitivity": output_error(sample.reference, outputs), "map": cand_map["map"],
+                "map50": cand_map["map50"], "reference_map": ref_map["map"], "reference_map50": ref_map["map50"],
+                "matched_iou": agree["matched_iou_mean"]}
+
+    return scorer

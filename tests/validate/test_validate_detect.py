@@ -70,3 +70,34 @@ def test_validate_detect_needs_labelled_images(det_copy: Path):
         shutil.copy(image, loose)
     res = CliRunner().invoke(cli, ["validate", str(det_copy), "--candidate", "fp32", "--data", str(loose)])
     assert res.exit_code == 2 and "data.yaml" in res.output
+
+
+def test_quantize_budget_on_detector_scores_map(det_copy: Path):
+    """`--max-drop` on a detector bundle: mAP points against the dataset's boxes, recorded in the manifest."""
+    res = CliRunner().invoke(cli, ["quantize", str(det_copy), "--precision", "int8", "--calib-size", "8",
+                                   "--method", "minmax", "--max-drop", "1.0", "--val-size", "4", "--json"])
+    assert res.exit_code in (0, 1), res.output
+    budget = json.loads((det_copy / "manifest.json").read_text())["quantization"]["int8"]["budget"]
+    step0 = budget["steps"][0]
+    assert step0["layer"] is None and {"map", "map50", "reference_map", "drop", "agreement"} <= set(step0)
+    assert step0["drop"] == pytest.approx(100.0 * (step0["reference_map"] - step0["map"]))
+    assert isinstance(budget["kept_layers"], list) and budget["within_budget"] == (res.exit_code == 0)
+
+
+def test_quantize_budget_on_detector_keeps_layers(det_copy: Path):
+    """An unreachable budget keeps the most sensitive layers (up to --max-kept) and says so."""
+    from edgetl.errors import GateFailedError
+    from edgetl.export.onnx_graph import load_onnx
+    from edgetl.quantize import quantize_bundle
+    from edgetl.quantize.int8 import check_support
+
+    layers = check_support(load_onnx(det_copy / "model.onnx"))["layers"][:3]
+    with pytest.raises(GateFailedError, match=r"mAP@0\.5:0\.95 drop"):
+        quantize_bundle(det_copy, "int8", calib_size=8, method="minmax", max_drop=-1.0, val_size=4,
+                        budget_layers=layers, max_kept=2)
+    manifest = json.loads((det_copy / "manifest.json").read_text())
+    info = manifest["quantization"]["int8"]
+    assert len(info["kept_layers"]) == 2 and set(info["kept_layers"]) <= set(layers)
+    assert [s["layer"] for s in info["budget"]["sensitivity"]] and len(info["budget"]["sensitivity"]) == 3
+    assert [s["kept"] for s in info["budget"]["steps"]] == [0, 1, 2]
+    assert any(a["path"] == "model.int8.onnx" and a["precision"] == "mixed" for a in manifest["artifacts"])
