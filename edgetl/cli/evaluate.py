@@ -11,7 +11,7 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, help="Dataset folder or CSV (classifier), or data.yaml / COCO json (detector).")
 @click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
-              help="Which images to evaluate on (classifier).")
+              help="Which images to evaluate on (detectors: val or train).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
 @config_option
@@ -25,7 +25,7 @@ def command(checkpoint: str, data: str, split: str, batch_size: int, device: str
     if meta.task == "detect":
         from edgetl.detect.evaluate import evaluate_detector_checkpoint
 
-        result = evaluate_detector_checkpoint(checkpoint, data)
+        result = evaluate_detector_checkpoint(checkpoint, data, split, batch_size=batch_size, device=device)
         if as_json:
             emit_json(result)
         else:

@@ -15,19 +15,26 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def det_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A detector trained for a few steps on a tiny shapes sample, exported to an FP32 bundle."""
+def det_run(tmp_path_factory: pytest.TempPathFactory):
+    """A detector trained for one epoch on a tiny shapes sample (8 train, 4 val images, 64 px)."""
     from edgetl.data.shapes import write_shapes
     from edgetl.detect.train import DetectTrainConfig, train_detector
-    from edgetl.export import export_checkpoint
 
     root = tmp_path_factory.mktemp("vdet")
     write_shapes(root / "shapes", n_train=8, n_val=4, size=96, seed=0)
     cfg = DetectTrainConfig(data=str(root / "shapes" / "data.yaml"), img_size=SIZE, epochs=1, batch_size=4,
                             strategy="full", out=str(root / "run"), threads=1, device="cpu")
-    run = train_detector(cfg, progress=False)
-    export_checkpoint(run.best_checkpoint, root / "bundle", golden=2)
-    return root / "bundle"
+    return train_detector(cfg, progress=False), root / "shapes" / "data.yaml"
+
+
+@pytest.fixture(scope="module")
+def det_bundle(det_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained detector exported to an FP32 bundle (which records its dataset)."""
+    from edgetl.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("vdet-bundle") / "bundle"
+    export_checkpoint(det_run[0].best_checkpoint, out, golden=2)
+    return out
 
 
 @pytest.fixture
@@ -84,6 +91,7 @@ def test_quantize_budget_on_detector_scores_map(det_copy: Path):
     assert isinstance(budget["kept_layers"], list) and budget["within_budget"] == (res.exit_code == 0)
 
 
+@pytest.mark.slow
 def test_quantize_budget_on_detector_keeps_layers(det_copy: Path):
     """An unreachable budget keeps the most sensitive layers (up to --max-kept) and says so."""
     from edgetl.errors import GateFailedError
@@ -101,3 +109,50 @@ def test_quantize_budget_on_detector_keeps_layers(det_copy: Path):
     assert [s["layer"] for s in info["budget"]["sensitivity"]] and len(info["budget"]["sensitivity"]) == 3
     assert [s["kept"] for s in info["budget"]["steps"]] == [0, 1, 2]
     assert any(a["path"] == "model.int8.onnx" and a["precision"] == "mixed" for a in manifest["artifacts"])
+
+
+@pytest.mark.slow
+def test_evaluate_cli_passes_split_and_batch_size_to_detectors(det_run):
+    run, data = det_run
+    args = ["evaluate", str(run.best_checkpoint), "--data", str(data), "--batch-size", "3", "--device", "cpu", "--json"]
+    train = CliRunner().invoke(cli, [*args, "--split", "train"])
+    assert train.exit_code == 0, train.output
+    doc = json.loads(train.stdout)
+    assert doc["split"] == "train" and doc["images"] == 8
+    bad = CliRunner().invoke(cli, [*args, "--split", "all"])
+    assert bad.exit_code == 2
+
+
+def test_task_metrics_on_hand_made_outputs(tmp_path: Path):
+    """Outputs equal to the ground truth score mAP 1.0; shifted boxes lose mAP and fail the gate."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgetl.data.detection import load_detection_data
+    from edgetl.data.shapes import write_shapes
+    from edgetl.preprocess import LetterboxInfo
+    from edgetl.validate.detection import task_metrics
+
+    write_shapes(tmp_path / "s", n_train=2, n_val=3, size=64, seed=1)
+    data = load_detection_data(tmp_path / "s" / "data.yaml")
+    classes, val = list(data.classes), list(data.val)
+    anchors = max(len(s.labels) for s in val) + 1
+    boxes = np.zeros((len(val), anchors, 4), np.float32)
+    scores = np.zeros((len(val), anchors, len(classes)), np.float32)
+    for n, sample in enumerate(val):
+        boxes[n, : len(sample.labels)] = sample.boxes
+        scores[n, np.arange(len(sample.labels)), sample.labels] = 0.9
+    infos = [LetterboxInfo(1.0, 0, 0, s.width, s.height) for s in val]
+    bundle = SimpleNamespace(labels=classes, manifest={"postprocess": {"type": "detect", "outputs": "boxes_scores"},
+                                                       "provenance": {"dataset": str(tmp_path / "s" / "data.yaml")}})
+    decoded = SimpleNamespace(paths=[s.path for s in val], infos=infos)
+    ref = {"boxes": boxes, "scores": scores}
+    same = task_metrics(bundle, decoded, ref, ref, max_map_drop=1.0)
+    assert same["metrics"]["reference"]["map"] == pytest.approx(1.0) and same["metrics"]["delta"]["map"] == 0.0
+    assert same["agreement"]["recall_of_reference"] == 1.0 and same["checks"][0]["passed"]
+    shifted = task_metrics(bundle, decoded, ref, {"boxes": boxes + 3.0, "scores": scores}, max_map_drop=1.0)
+    drop = shifted["metrics"]["delta"]["map_drop_points"]
+    assert drop > 1.0 and drop == pytest.approx(-shifted["metrics"]["delta"]["map"])
+    assert shifted["metrics"]["candidate"]["map"] < 1.0 and not shifted["checks"][0]["passed"]
+    assert shifted["agreement"]["matched_iou_mean"] < 1.0
