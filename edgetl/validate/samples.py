@@ -87,9 +87,10 @@ def find_images(source: str | Path | Sequence[str | Path], *, split: str = "trai
     """Find images in a dataset folder, a flat folder, a ``.txt`` list, or a list of paths.
 
     Args:
-        source: a classification dataset (``train/<class>/*``, ``<class>/*`` or a CSV), any folder of
-            images (searched recursively), a text file with one path per line, or a list of paths.
-        split: ``train`` or ``val`` for a classification dataset; ``all`` for both.
+        source: a classification dataset (``train/<class>/*``, ``<class>/*`` or a CSV), a detection dataset
+            (data.yaml / COCO JSON, or a folder holding data.yaml), any folder of images (searched
+            recursively), a text file with one path per line, or a list of paths.
+        split: ``train`` or ``val`` of a dataset; ``all`` for both.
         labels: the model's class names; dataset labels are mapped onto them so that label ``i`` means
             the model's output ``i`` (classes the model does not know are dropped with a reason).
 
