@@ -10,7 +10,7 @@ from edgetl.cli.common import config_option, emit_json, handle_errors, json_opti
 @click.command()
 @click.option("--out", default="edgetl-demo", show_default=True, type=click.Path(file_okay=False),
               help="Output directory; a rerun replaces it (only if the demo created it).")
-@click.option("--epochs", default=None, type=click.IntRange(1), help="Fine-tuning epochs (default 5; quick: 15).")
+@click.option("--epochs", default=None, type=click.IntRange(1), help="Fine-tuning epochs (default 20; quick: 15).")
 @click.option("--quick", is_flag=True, help="Smaller and faster: fewer images, 64 px, a linear probe.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @config_option

@@ -31,7 +31,8 @@ def test_quick_settings_and_overrides() -> None:
     quick = DemoConfig(quick=True).resolved()
     assert quick["img_size"] == 64 and quick["strategy"] == "linear-probe"
     assert DemoConfig(epochs=2).resolved()["epochs"] == 2
-    assert DemoConfig().resolved()["strategy"] == "partial"
+    assert DemoConfig(strategy="partial").resolved()["strategy"] == "partial"
+    assert DemoConfig().resolved()["img_size"] == 128
 
 
 @pytest.mark.slow
