@@ -74,3 +74,41 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path) 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, model.state_dict(), meta)
     return path
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(tiny_checkpoint: Path, digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint exported once per session (export, quantize and validate tests).
+
+    Read-only: tests that change a bundle take `bundle_copy`.
+    """
+    from edgetl.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("exported") / "bundle"
+    export_checkpoint(tiny_checkpoint, out, parity_data=digits_dir, golden=4)
+    return out
+
+
+@pytest.fixture
+def bundle_copy(fp32_bundle: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(fp32_bundle, tmp_path / "bundle"))
+
+
+@pytest.fixture(scope="session")
+def colour_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Colour images for the hand-built colour classifier (tests/bundle_factory.py)."""
+    from bundle_factory import colour_images
+
+    out = tmp_path_factory.mktemp("colours")
+    colour_images(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def colour_bundle(tmp_path_factory: pytest.TempPathFactory, colour_dir: Path) -> Path:
+    """Read-only: fp32 + validated int8 ONNX, golden samples. Copy it before changing anything."""
+    from bundle_factory import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "colours", sorted(colour_dir.glob("*.png")))
