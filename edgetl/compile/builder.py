@@ -597,37 +597,20 @@ def compare_detections(
 def compare_outputs(
     got: dict[str, np.ndarray], expected: dict[str, np.ndarray], tolerance: dict[str, float], *, classify: bool
 ) -> dict[str, Any]:
-    """Per-output max/mean absolute difference and (classifiers) top-1 agreement, checked against ``tolerance``."""
-    per_output: dict[str, Any] = {}
-    failures = []
-    for name, ref in expected.items():
-        if name not in got:
-            failures.append(f"output {name!r} missing from the engine")
-            continue
-        out = np.asarray(got[name], dtype=np.float64)
-        ref64 = np.asarray(ref, dtype=np.float64)
-        if out.shape != ref64.shape:
-            failures.append(f"output {name!r} has shape {out.shape}, expected {ref64.shape}")
-            continue
-        diff = np.abs(out - ref64)
-        stats: dict[str, Any] = {
-            "max_abs": float(diff.max(initial=0.0)),
-            "mean_abs": float(diff.mean()) if diff.size else 0.0,
-        }
-        if classify and out.ndim == 2:
-            stats["top1_agreement"] = float(np.mean(out.argmax(1) == ref64.argmax(1)))
-        per_output[name] = stats
-        if "max_abs" in tolerance and stats["max_abs"] > float(tolerance["max_abs"]):
-            failures.append(f"{name}: max_abs {stats['max_abs']:.3g} > {tolerance['max_abs']}")
-        if "top1_agreement" in tolerance and "top1_agreement" in stats and stats["top1_agreement"] < float(
-            tolerance["top1_agreement"]
-        ):
-            failures.append(f"{name}: top-1 agreement {stats['top1_agreement']:.3f} < {tolerance['top1_agreement']}")
+    """The bundle's golden comparison (`edgetl.bundle.check.compare_outputs`) with the engine's summary.
+
+    Top-1 agreement gates classifier outputs only; a detector's raw outputs are held to ``max_abs``.
+    """
+    from edgetl.bundle.check import compare_outputs as compare_golden
+
+    gate = tolerance if classify else {k: v for k, v in tolerance.items() if k != "top1_agreement"}
+    result = compare_golden(got, expected, gate)
+    failures = result["failures"]
     samples = int(next(iter(expected.values())).shape[0]) if expected else 0
     summary = "; ".join(failures) if failures else (
         "within tolerance" if tolerance else "no tolerance recorded for this precision"
     )
-    return {"samples": samples, "outputs": per_output, "tolerance": tolerance, "passed": not failures,
+    return {"samples": samples, "outputs": result["outputs"], "tolerance": tolerance, "passed": result["passed"],
             "summary": summary}
 
 
