@@ -157,11 +157,10 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = lambda _m: None) -
     steps["export"] = time.perf_counter() - t
 
     t = step(4, "quantize", f"INT8 post-training quantization (QDQ, {settings['calib_size']} calibration images)")
-    # The demo deploys on this machine's CPU: uint8 activations are ONNX Runtime's fast CPU path, and 7-bit
-    # weights avoid the 16-bit saturation of its INT8 kernels on x86 CPUs without VNNI. A TensorRT target
-    # uses the default symmetric int8 instead (`edgetl quantize --activations int8`).
+    # The demo deploys on this machine's CPU: uint8 activations are ONNX Runtime's fast CPU path. A TensorRT
+    # target uses the default symmetric int8 instead (`edgetl quantize --activations int8`).
     quantize_bundle(bundle_dir, "int8", calib_data=str(data_dir), calib_size=settings["calib_size"],
-                    activation_type="uint8", reduce_range=True, seed=cfg.seed, progress=True)
+                    activation_type="uint8", seed=cfg.seed, progress=True)
     steps["quantize"] = time.perf_counter() - t
 
     t = step(5, "validate", "validating INT8 against the FP32 reference on the validation split")

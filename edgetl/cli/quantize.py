@@ -20,7 +20,9 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @click.option("--activations", "activation_type", type=click.Choice(["int8", "uint8"]), default="int8",
               show_default=True,
               help="int8: symmetric, TensorRT-compatible; uint8: ONNX Runtime CPU fast path (x86 without VNNI).")
-@click.option("--reduce-range", is_flag=True, help="7-bit weights (x86 AVX2 saturation workaround).")
+@click.option("--reduce-range/--no-reduce-range", default=True, show_default=True,
+              help="7-bit weights: avoids the 16-bit saturation of ONNX Runtime's INT8 kernels on x86 "
+                   "CPUs without VNNI.")
 @click.option("--max-drop", type=float, default=None,
               help="Accuracy budget in points (top-1; detectors: mAP@0.5:0.95): keep the most sensitive layers "
                    "in float until within it.")

@@ -63,7 +63,7 @@ def quantize_bundle(
     val_data: str | Path | None = None,
     seed: int = 0,
     activation_type: str = "int8",
-    reduce_range: bool = False,
+    reduce_range: bool = True,
     percentile: float = DEFAULT_PERCENTILE,
     min_agreement: float | None = None,
     val_size: int = 200,
@@ -88,7 +88,8 @@ def quantize_bundle(
             detectors: a data.yaml / COCO JSON).
         seed: seed of the calibration and validation draws.
         activation_type: ``int8`` (symmetric, TensorRT-compatible) or ``uint8`` (ONNX Runtime CPU fast path).
-        reduce_range: 7-bit weights (x86 AVX2 saturation workaround).
+        reduce_range: 7-bit weights (default). ONNX Runtime's INT8 kernels on x86 CPUs without VNNI sum pairs of
+            8-bit products in 16 bits and saturate; 7-bit weights cannot. Costs a little precision elsewhere.
         percentile: percentile for ``method="percentile"``.
         min_agreement: budget mode also requires this agreement with FP32 (top-1 agreement; detectors: the
             fraction of FP32 detections the candidate matches).

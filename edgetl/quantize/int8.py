@@ -48,7 +48,7 @@ class Int8Settings:
     method: str = "entropy"
     per_channel: bool = True
     activation_type: str = "int8"
-    reduce_range: bool = False
+    reduce_range: bool = True
     percentile: float = 99.999
 
     def __post_init__(self) -> None:
