@@ -192,11 +192,14 @@ def profile_ops(path: Path, one: np.ndarray, runs: int = 20) -> dict:
 
     import onnxruntime as ort
 
+    from edgetl.runtime.backends.onnxruntime import KEEP_FLOAT_LAYERS_FLOAT
+
     opts = ort.SessionOptions()
     opts.enable_profiling = True
     opts.profile_file_prefix = str(path.parent / "ort-profile")
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=KEEP_FLOAT_LAYERS_FLOAT)
     for _ in range(runs):
         sess.run(None, {sess.get_inputs()[0].name: one})
     trace_path = Path(sess.end_profiling())

@@ -92,6 +92,12 @@ def resolve_providers(device: str = "auto", trt_cache_dir: str | Path | None = N
     return providers
 
 
+#: ONNX Runtime's ``WeightBiasQuantization`` quantizes the float weights of a layer that sits between Q/DQ
+#: pairs so it can fuse it into an INT8 kernel: it undoes a "keep this layer in float" decision (and, with
+#: 8-bit weights on x86 without VNNI, the fused kernel saturates). Layers kept in float stay in float.
+KEEP_FLOAT_LAYERS_FLOAT = ["WeightBiasQuantization"]
+
+
 class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime session over one ``.onnx`` file.
 
@@ -123,7 +129,8 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = threads
         self.providers = resolve_providers(device, trt_cache_dir)
         try:
-            self.session = ort.InferenceSession(str(self.artifact), options, providers=self.providers)
+            self.session = ort.InferenceSession(str(self.artifact), options, providers=self.providers,
+                                                disabled_optimizers=KEEP_FLOAT_LAYERS_FLOAT)
         except Exception as exc:  # ORT raises its own exception types
             raise BadInputError(f"{self.artifact}: ONNX Runtime cannot load the model ({exc})") from exc
         inputs = self.session.get_inputs()
