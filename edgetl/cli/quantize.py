@@ -31,7 +31,9 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @click.option("--val-data", type=click.Path(), default=None,
               help="Labelled images for the budget (default: the validation split).")
 @click.option("--val-size", type=int, default=200, show_default=True, help="Images in the budget's sample.")
-@click.option("--max-kept", type=int, default=None, help="Most layers the budget may keep in float.")
+@click.option("--max-kept", type=int, default=None,
+              help="Most quantization points (layer weights, activations) the budget may keep in float "
+                   "(default: no limit).")
 @click.option("--exclude", "exclude", multiple=True, help="Layer (node) name to keep in float; repeatable.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @config_option
@@ -56,9 +58,9 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
             f"{'cached ranges reused' if cal['cache_hit'] else 'ranges computed and cached'} in {cal['cache']}")
     if result.budget:
         steps = result.budget["steps"]
-        say(format_table(["kept", "layer", "drop pts", "agreement", "sensitivity"],
-                         [[s["kept"], s["layer"] or "(all INT8)", s["drop"], s["agreement"], s["sensitivity"]]
-                          for s in steps]))
+        say(f"sensitivity of {result.budget['units']} quantization points measured; candidates scored:")
+        say(format_table(["kept in float", "last unit kept", "drop pts", "agreement", "sensitivity"],
+                         [[s["kept"], _unit(s["unit"]), s["drop"], s["agreement"], s["sensitivity"]] for s in steps]))
     golden = (info.get("golden") or {}).values()
     for g in golden:
         say(f"golden check: max abs diff {g['max_abs_diff']:.3g}"
@@ -66,3 +68,9 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
     say(f"wrote {result.path} ({result.precision}) in {result.seconds:.1f}s", fg="green")
     if as_json:
         emit_json(result.to_dict())
+
+
+def _unit(unit: dict | None) -> str:
+    if unit is None:
+        return "(all INT8)"
+    return unit["name"] if unit["kind"] == "layer" else f"{unit['name']} (activation)"

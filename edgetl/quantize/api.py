@@ -17,6 +17,7 @@ from edgetl.errors import BadInputError, GateFailedError
 from edgetl.export.onnx_graph import check_graph, load_onnx, save_onnx
 from edgetl.quantize.calibration import DEFAULT_PERCENTILE, make_reader, select_calibration
 from edgetl.quantize.int8 import Int8Settings, check_support, qdq_summary, quantize_file, unknown_nodes
+from edgetl.quantize.qdq_edit import float_outputs, list_units
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,10 @@ def quantize_bundle(
             fraction of FP32 detections the candidate matches).
         val_size: images in the budget's validation sample.
         nodes_to_exclude: layers to keep in float by name, in addition to the budget's choice.
-        max_kept: most layers the budget search may keep in float (default: a quarter).
-        budget_layers: restrict the sensitivity analysis to these layers (default: every Conv/Gemm/MatMul).
+        max_kept: most quantization points (layers' weights, activations) the budget search may keep in float
+            (default: all of them; the search stops at the fewest that meet the budget).
+        budget_layers: restrict the search to these layers' weights (default: every quantized Conv/Gemm/MatMul
+            and every activation).
         progress: show progress bars on stderr.
 
     Raises:
@@ -124,10 +127,11 @@ def quantize_bundle(
     if result.budget is not None and not result.budget["within_budget"]:
         final = result.budget["final"]
         raise GateFailedError(
-            f"INT8 model is not within the accuracy budget after keeping {len(result.budget['kept_layers'])} "
-            f"layers in float: {_budget_metric(bundle.task)} drop {final['drop']:.2f} points (budget {max_drop}), "
+            f"INT8 model is not within the accuracy budget with {len(result.budget['kept_layers'])} layer(s) and "
+            f"{len(result.budget['kept_activations'])} activation(s) of {result.budget['units']} quantization "
+            f"points in float: {_budget_metric(bundle.task)} drop {final['drop']:.2f} points (budget {max_drop}), "
             f"agreement {final['agreement']:.4f}; the best model found was written to {result.path}",
-            hint="raise --max-drop or --max-kept, try another --method, or deploy FP16",
+            hint="raise --max-drop, lower --min-agreement, try another --method, or deploy FP16",
         )
     return result
 
@@ -198,11 +202,13 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
         calib_seconds = time.perf_counter() - t0
         if not cache_hit:
             calib.save_meta({"seconds": round(calib_seconds, 2)})
+        save_onnx(float_outputs(load_onnx(full), model), full)
         kept: list[str] = list(extra_exclude)
+        kept_activations: list[str] = []
         budget = None
         final = full
         if max_drop is not None:
-            budget_outcome, candidate = _budget(bundle, src, full, support, settings, calib.cache_path, model,
+            budget_outcome, candidate = _budget(bundle, src, full, model,
                                                 source=val_data or _val_source(bundle, source), max_drop=max_drop,
                                                 min_agreement=min_agreement, val_size=val_size, seed=seed,
                                                 max_kept=max_kept, progress=progress, extra_exclude=extra_exclude,
@@ -210,12 +216,13 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
             budget = budget_outcome.to_dict()
             if candidate is not None:
                 final = candidate
-                kept += budget_outcome.kept
+                kept += budget_outcome.kept_layers
+                kept_activations = budget_outcome.kept_activations
         out = bundle.root / FILES["int8"]
         quantized = load_onnx(final)
         summary = qdq_summary(quantized)
         save_onnx(quantized, out)
-        if budget is not None and budget.get("kept_layers") and final != full:
+        if final != full:
             shutil.rmtree(final.parent, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -226,6 +233,7 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
                         "seed": seed, "cache": calib.cache_path.relative_to(bundle.root).as_posix(),
                         "cache_hit": cache_hit, "undecodable": len(calib.failures)},
         "kept_layers": kept,
+        "kept_activations": kept_activations,
         "graph": summary,
     }
     if float_tail:
@@ -233,9 +241,10 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
     if budget is not None:
         info["budget"] = {"max_drop": max_drop, "min_agreement": min_agreement,
                           "within_budget": budget["within_budget"], "final": budget["final"],
-                          "kept_layers": budget["kept_layers"]}
+                          "kept_layers": budget["kept_layers"], "kept_activations": budget["kept_activations"],
+                          "units": budget["units"]}
     info["golden"] = _golden_check(bundle, out)
-    precision = "mixed" if kept else "int8"
+    precision = "mixed" if kept or kept_activations else "int8"
     # Replace any earlier INT8 entry (its precision may differ) before recording this one.
     bundle.manifest["artifacts"] = [a for a in bundle.manifest["artifacts"] if a["path"] != FILES["int8"]]
     bundle.add_artifact(out, kind="onnx", precision=precision, created_by="quantize", info=info)
@@ -247,8 +256,8 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
     return QuantizeResult(bundle.root, out, precision, info, budget, warnings)
 
 
-def _budget(bundle: Bundle, src: Path, full: Path, support: dict[str, Any], settings: Int8Settings, cache: Path,
-            model: Any, *, source, max_drop, min_agreement, val_size, seed, max_kept, progress, extra_exclude, only):
+def _budget(bundle: Bundle, src: Path, full: Path, model: Any, *, source, max_drop, min_agreement, val_size, seed,
+            max_kept, progress, extra_exclude, only):
     from edgetl.quantize.budget import Sample, score, search
     from edgetl.validate.samples import balanced_indices, decode, find_images
 
@@ -270,10 +279,11 @@ def _budget(bundle: Bundle, src: Path, full: Path, support: dict[str, Any], sett
     run = _runner(bundle, all_outputs=bundle.task == "detect")
     sample = Sample(decoded.batch, labels, run(src, decoded.batch), str(images.source))
     full_metrics = scorer(run(full, decoded.batch), sample)
-    weights = _layer_params(model)
-    layers = [name for name in support["layers"] if name not in extra_exclude and (not only or name in only)]
-    return search(src, layers, weights, settings, cache, sample, run, max_drop=max_drop, min_agreement=min_agreement,
-                  full_metrics=full_metrics, max_kept=max_kept, progress=progress, scorer=scorer)
+    quantized = load_onnx(full)
+    units = [u for u in list_units(quantized, model, layers=only) if u.name not in extra_exclude]
+    return search(model, quantized, units, sample, run, max_drop=max_drop, min_agreement=min_agreement,
+                  full_metrics=full_metrics, weights=_layer_params(model), max_kept=max_kept, progress=progress,
+                  scorer=scorer)
 
 
 def _val_source(bundle: Bundle, calib_source: Any) -> Any:

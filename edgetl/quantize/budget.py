@@ -1,17 +1,20 @@
-"""Accuracy-budget mode: keep the most INT8-sensitive layers in float until the model is within budget.
+"""Accuracy-budget mode: put the most INT8-sensitive quantization points back in float until the model is within
+budget.
 
-1. Measure each layer's sensitivity: quantize that layer alone (calibrated ranges from the cache) and
-   compare its outputs with FP32 on a validation sample.
-2. Starting from the fully quantized model, keep layers in float, most sensitive first, re-measuring
-   the whole model after each, until the drop is within ``max_drop`` points and agreement reaches
-   ``min_agreement``.
+A quantization point ("unit", `edgetl.quantize.qdq_edit`) is a layer's weights or one activation tensor.
+
+1. Sensitivity: for each unit, a model with only that unit quantized (every other unit restored to float in
+   the fully quantized graph, so it keeps its calibrated scale) is compared with FP32 on a validation sample.
+2. Search: units are ordered most sensitive first; the candidate with the first ``k`` units in float is scored
+   on the whole sample for k = 1, 2, 4, 8... until one is within the budget, then a bisection finds the
+   smallest such k. About 2 log2(units) candidates are scored instead of one per unit.
 
 What "drop", "agreement" and "sensitivity" mean is the task's scorer: `score` for classifiers (top-1
 drop against labels, or disagreement with FP32 without labels; top-1 agreement; KL of the softmax),
 `edgetl.validate.detection.budget_scorer` for detectors (mAP@0.5:0.95 drop; box agreement; output
 error). The search itself is the same for every task.
 
-Every step is recorded so the report can say which layers were kept and what each bought.
+Every candidate scored is recorded so the report can say which units were kept and what each step bought.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.quantize.int8 import Int8Settings, quantize_file
+from edgetl.quantize.qdq_edit import ACTIVATION, LAYER, Unit, restore
 from edgetl.validate.metrics import classification_agreement, topk_accuracy
 
 log = logging.getLogger(__name__)
@@ -71,21 +74,32 @@ class BudgetOutcome:
     """Result of the budget search.
 
     Attributes:
-        kept: layers kept in float, in the order they were kept.
+        kept: units kept in float, most sensitive first.
         within_budget: whether the final model meets the budget.
         final: metrics of the final candidate.
-        steps: metrics after each kept layer (step 0: fully quantized).
-        sensitivity: per-layer sensitivity, most sensitive first.
+        steps: metrics of each candidate scored, by number of units kept (0: fully quantized).
+        sensitivity: per-unit sensitivity, most sensitive first.
+        units: how many units the search could choose from.
     """
 
-    kept: list[str]
+    kept: list[Unit]
     within_budget: bool
     final: dict[str, Any]
     steps: list[dict[str, Any]] = field(default_factory=list)
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    units: int = 0
+
+    @property
+    def kept_layers(self) -> list[str]:
+        return [u.name for u in self.kept if u.kind == LAYER]
+
+    @property
+    def kept_activations(self) -> list[str]:
+        return [u.name for u in self.kept if u.kind == ACTIVATION]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kept_layers": self.kept, "within_budget": self.within_budget, "final": self.final,
+        return {"kept_layers": self.kept_layers, "kept_activations": self.kept_activations,
+                "within_budget": self.within_budget, "final": self.final, "units": self.units,
                 "steps": self.steps, "sensitivity": self.sensitivity}
 
 
@@ -112,77 +126,103 @@ def within(metrics: dict[str, Any], max_drop: float, min_agreement: float | None
 
 
 def search(
-    src: Path,
-    layers: list[str],
-    weights: dict[str, int],
-    settings: Int8Settings,
-    cache_path: Path,
+    reference: Any,
+    quantized: Any,
+    units: list[Unit],
     sample: Sample,
     run: Callable[[Path, np.ndarray], Any],
     *,
     max_drop: float,
     min_agreement: float | None,
     full_metrics: dict[str, Any],
+    weights: dict[str, int] | None = None,
     max_kept: int | None = None,
     probe_images: int = 64,
     progress: bool = False,
     scorer: Scorer = score,
 ) -> tuple[BudgetOutcome, Path | None]:
-    """Run the sensitivity analysis and the greedy keep-in-float search.
+    """Run the sensitivity analysis and the search for the fewest units to keep in float.
 
     Args:
-        src: the FP32 model.
-        layers: names of quantizable layers.
-        weights: parameter count per layer (for the size cost of keeping it in float).
-        settings: INT8 settings (calibration ranges are read from ``cache_path``).
+        reference: the FP32 model (ONNX ModelProto).
+        quantized: the fully quantized QDQ model made from it.
+        units: the quantization points the search may put back in float (`qdq_edit.list_units`).
         sample: validation sample with the reference outputs.
         run: ``run(model_path, batch) -> output`` through the runtime backend (what ``scorer`` takes).
         full_metrics: metrics of the fully quantized model (step 0).
-        max_kept: give up after keeping this many layers (default: a quarter of them).
-        probe_images: the per-layer probes use an evenly strided subset of this many images (the ranking
+        weights: parameter count per layer (the size cost of keeping it in float).
+        max_kept: most units the search may keep in float (default: all of them).
+        probe_images: the per-unit probes use an evenly strided subset of this many images (the ranking
             needs far fewer than the budget decision, which always uses the whole sample).
         scorer: the task's scorer (`score` for classifiers).
 
     Returns:
-        The outcome, and the path of the final model in a temporary directory the caller must move
-        (``None`` when no layer had to be kept).
+        The outcome, and the path of the final model in a temporary directory the caller must remove
+        (``None`` when nothing had to be kept).
     """
-    steps = [{"kept": 0, "layer": None, **full_metrics}]
-    if within(full_metrics, max_drop, min_agreement):
-        return BudgetOutcome([], True, full_metrics, steps, []), None
+    import onnx
+
+    steps = [{"kept": 0, "unit": None, **full_metrics}]
+    if within(full_metrics, max_drop, min_agreement) or not units:
+        return BudgetOutcome([], within(full_metrics, max_drop, min_agreement), full_metrics, steps, [],
+                             len(units)), None
     tmp = Path(tempfile.mkdtemp(prefix="edgetl-budget-"))
-    sensitivity = []
-    iterator = layers
+    weights = weights or {}
+
+    def score_model(kept: list[Unit], on: Sample, name: str) -> dict[str, Any]:
+        path = tmp / name
+        onnx.save(restore(quantized, reference, kept), str(path))
+        return scorer(run(path, on.batch), on)
+
+    pick = np.unique(np.linspace(0, len(sample.batch) - 1, min(probe_images, len(sample.batch))).astype(int))
+    small = sample.subset(pick)
+    iterator: Any = units
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(layers, desc="layer sensitivity", unit="layer", leave=False)
-    probe = tmp / "probe.onnx"
-    pick = np.unique(np.linspace(0, len(sample.batch) - 1, min(probe_images, len(sample.batch))).astype(int))
-    small = sample.subset(pick)
-    for name in iterator:
-        quantize_file(src, probe, settings, reader=None, cache_path=cache_path, nodes_to_quantize=[name])
-        metrics = scorer(run(probe, small.batch), small)
-        sensitivity.append({"layer": name, "sensitivity": metrics["sensitivity"], "agreement": metrics["agreement"],
-                            "params": weights.get(name, 0)})
+        iterator = tqdm(units, desc="sensitivity", unit="unit", leave=False)
+    sensitivity = []
+    for unit in iterator:
+        alone = score_model([u for u in units if u != unit], small, "probe.onnx")
+        sensitivity.append({**unit.to_dict(), "sensitivity": alone["sensitivity"], "agreement": alone["agreement"],
+                            "params": weights.get(unit.name, 0) if unit.kind == LAYER else 0})
     sensitivity.sort(key=lambda s: (-s["sensitivity"], s["agreement"]))
-    limit = max_kept if max_kept is not None else max(1, len(layers) // 4)
-    kept: list[str] = []
-    metrics = full_metrics
-    candidate = tmp / "candidate.onnx"
-    for entry in sensitivity[:limit]:
-        kept.append(entry["layer"])
-        quantize_file(src, candidate, settings, reader=None, cache_path=cache_path, nodes_to_exclude=list(kept))
-        previous = metrics
-        metrics = scorer(run(candidate, sample.batch), sample)
-        steps.append({"kept": len(kept), "layer": entry["layer"], **metrics,
-                      "gain_points": previous["drop"] - metrics["drop"],
-                      "gain_agreement": metrics["agreement"] - previous["agreement"],
-                      "float_bytes_added": 3 * int(entry["params"])})
-        log.info("kept %s in float: drop %.2f points, agreement %.4f", entry["layer"], metrics["drop"],
-                 metrics["agreement"])
-        if within(metrics, max_drop, min_agreement):
+    order = [Unit(s["kind"], s["name"]) for s in sensitivity]
+    limit = min(len(order), max_kept if max_kept is not None else len(order))
+    scored: dict[int, dict[str, Any]] = {0: full_metrics}
+
+    def candidate(k: int) -> dict[str, Any]:
+        if k not in scored:
+            scored[k] = score_model(order[:k], sample, f"candidate-{k}.onnx")
+            log.info("%d unit(s) in float: drop %.2f points, agreement %.4f", k, scored[k]["drop"],
+                     scored[k]["agreement"])
+        return scored[k]
+
+    # Exponential steps, then bisection between the last miss and the first hit.
+    low, high, k = 0, None, 1
+    while k <= limit:
+        if within(candidate(k), max_drop, min_agreement):
+            high = k
             break
-    probe.unlink(missing_ok=True)
-    ok = within(metrics, max_drop, min_agreement)
-    return BudgetOutcome(kept, ok, metrics, steps, sensitivity), candidate
+        low = k
+        if k == limit:
+            break
+        k = min(2 * k, limit)
+    if high is not None:
+        while high - low > 1:
+            mid = (low + high) // 2
+            if within(candidate(mid), max_drop, min_agreement):
+                high = mid
+            else:
+                low = mid
+    chosen = high if high is not None else limit  # out of budget: the candidate closest to FP32
+    for n in sorted(scored):
+        if n:
+            steps.append({"kept": n, "unit": order[n - 1].to_dict(), **scored[n],
+                          "float_bytes_added": sum(3 * s["params"] for s in sensitivity[:n])})
+    final = tmp / f"candidate-{chosen}.onnx"
+    for path in tmp.glob("*.onnx"):
+        if path != final:
+            path.unlink()
+    outcome = BudgetOutcome(order[:chosen], high is not None, scored[chosen], steps, sensitivity, len(units))
+    return outcome, (final if chosen else None)

@@ -60,10 +60,26 @@ def test_budget_mode_keeps_sensitive_layers(bundle_copy: Path, digits_dir: Path)
     budget = art.info["budget"]
     assert len(art.info["kept_layers"]) == 2 and set(art.info["kept_layers"]) <= set(convs)
     section = open_bundle(bundle_copy).manifest["quantization"]["int8"]["budget"]
-    assert [s["layer"] for s in section["sensitivity"]] and len(section["sensitivity"]) == 3
+    assert {s["name"] for s in section["sensitivity"]} == set(convs)
     assert [s["kept"] for s in section["steps"]] == [0, 1, 2] and budget["within_budget"] is False
     # Kept layers really are float: their input does not come from a DequantizeLinear.
     assert set(art.info["kept_layers"]) <= set(art.info["graph"]["float_layers"])
+
+
+@pytest.mark.slow
+def test_budget_mode_searches_layers_and_activations(bundle_copy: Path, digits_dir: Path) -> None:
+    # Unrestricted, the search ranks every weight and activation; out of budget it keeps max_kept of them.
+    with pytest.raises(GateFailedError, match="activation"):
+        quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=16, method="minmax", max_drop=-1.0,
+                        val_size=12, max_kept=5)
+    info = open_bundle(bundle_copy).manifest["quantization"]["int8"]
+    budget = info["budget"]
+    kinds = {s["kind"] for s in budget["sensitivity"]}
+    assert kinds == {"layer", "activation"} and budget["units"] == len(budget["sensitivity"]) > 50
+    assert [s["kept"] for s in budget["steps"]] == [0, 1, 2, 4, 5]  # doubling, capped at max_kept
+    assert len(budget["kept_layers"]) + len(budget["kept_activations"]) == 5
+    assert [s["sensitivity"] for s in budget["sensitivity"]] == sorted(
+        (s["sensitivity"] for s in budget["sensitivity"]), reverse=True)
 
 
 def test_budget_mode_within_budget_needs_no_kept_layers(bundle_copy: Path, digits_dir: Path) -> None:

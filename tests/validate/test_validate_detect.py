@@ -86,7 +86,7 @@ def test_quantize_budget_on_detector_scores_map(det_copy: Path):
     assert res.exit_code in (0, 1), res.output
     budget = json.loads((det_copy / "manifest.json").read_text())["quantization"]["int8"]["budget"]
     step0 = budget["steps"][0]
-    assert step0["layer"] is None and {"map", "map50", "reference_map", "drop", "agreement"} <= set(step0)
+    assert step0["unit"] is None and {"map", "map50", "reference_map", "drop", "agreement"} <= set(step0)
     assert step0["drop"] == pytest.approx(100.0 * (step0["reference_map"] - step0["map"]))
     assert isinstance(budget["kept_layers"], list) and budget["within_budget"] == (res.exit_code == 0)
 
@@ -106,7 +106,7 @@ def test_quantize_budget_on_detector_keeps_layers(det_copy: Path):
     manifest = json.loads((det_copy / "manifest.json").read_text())
     info = manifest["quantization"]["int8"]
     assert len(info["kept_layers"]) == 2 and set(info["kept_layers"]) <= set(layers)
-    assert [s["layer"] for s in info["budget"]["sensitivity"]] and len(info["budget"]["sensitivity"]) == 3
+    assert {s["name"] for s in info["budget"]["sensitivity"]} == set(layers)
     assert [s["kept"] for s in info["budget"]["steps"]] == [0, 1, 2]
     assert any(a["path"] == "model.int8.onnx" and a["precision"] == "mixed" for a in manifest["artifacts"])
 
