@@ -42,7 +42,7 @@ def stub(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_keeps_the_fewest_most_costly_units(stub) -> None:
-    run, scorer, sample, full, calls = stub
+    run, scorer, sample, full, _ = stub
     outcome, path = search(onnx.ModelProto(), onnx.ModelProto(), UNITS, sample, run, max_drop=1.2,
                            min_agreement=None, full_metrics=full, scorer=scorer)
     # u3 (5.0), u1 (3.0), u7 (2.0), u5 (1.0) leave 1.05 <= 1.2; three would leave 2.05.

@@ -36,8 +36,9 @@ def _residual_net(path: Path) -> onnx.ModelProto:
     inits = [init("w1", (8, 3, 3, 3)), init("b1", (8,)), init("w2", (8, 8, 1, 1)), init("b2", (8,)),
              init("w3", (5, 8)), init("b3", (5,)), numpy_helper.from_array(np.float32(0.0), "lo"),
              numpy_helper.from_array(np.float32(6.0), "hi")]
-    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 5])], inits)
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 8, 8])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 5])]
+    graph = helper.make_graph(nodes, "net", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -90,7 +91,7 @@ def test_restoring_every_unit_gives_fp32_back(quantized) -> None:
 
 
 def test_restored_layer_runs_in_float(quantized) -> None:
-    reference, model, x, _ = quantized
+    reference, model, _, _ = quantized
     edited = restore(model, reference, [Unit(LAYER, "conv2")])
     conv2 = next(n for n in edited.graph.node if n.name == "conv2")
     inits = {i.name: i for i in edited.graph.initializer}
@@ -100,7 +101,7 @@ def test_restored_layer_runs_in_float(quantized) -> None:
 
 
 def test_graph_outputs_stay_float(quantized) -> None:
-    reference, model, x, _ = quantized
+    reference, model, _, _ = quantized
     edited = float_outputs(model, reference)
     producers = {o: n for n in edited.graph.node for o in n.output}
     assert producers["logits"].op_type != "DequantizeLinear"
