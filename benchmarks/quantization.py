@@ -128,8 +128,7 @@ def build_bundles(ckpt: Path, out: Path, calib: Path, val: Path | None, calib_si
         try:
             res = quantize_bundle(target, "int8", calib_data=calib, calib_size=calib_size, method="percentile",
                                   activation_type=act, max_drop=max_drop,
-                                  min_agreement=0.99 if max_drop is not None else None, val_data=val, val_size=300,
-                                  )
+                                  min_agreement=0.99 if max_drop is not None else None, val_data=val, val_size=300)
             info[name] = {"kept_layers": res.info["kept_layers"], "kept_activations": res.info["kept_activations"],
                           "seconds": time.perf_counter() - t0, "budget": res.budget and res.budget["final"],
                           "units": res.budget and res.budget["units"]}
@@ -140,7 +139,7 @@ def build_bundles(ckpt: Path, out: Path, calib: Path, val: Path | None, calib_si
     return {"paths": paths, "info": info}
 
 
-def evaluate(paths: dict, ckpt: Path, images: Path, labelled: bool) -> dict:
+def evaluate(paths: dict, ckpt: Path, images: Path, labelled: bool) -> tuple:
     from edgetl.bundle import open_bundle
     from edgetl.export.parity import backend_outputs
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -163,12 +162,14 @@ def evaluate(paths: dict, ckpt: Path, images: Path, labelled: bool) -> dict:
                    "agreement": float(np.mean(out.argmax(1) == ref)), "bytes": Path(path).stat().st_size}
     one = decoded.batch[:1]
     eight = np.repeat(decoded.batch[:1], 8, axis=0) if len(decoded.batch) < 8 else decoded.batch[:8]
-    return rows, backends, one, eight, decoded
+    return rows, backends, one, eight, decoded, logits
 
 
-def error_profile(fp32: Path, int8: Path, batch: np.ndarray, labels: np.ndarray) -> dict:
-    """Why INT8 disagrees with FP32: the FP32 top-1/top-2 logit margins against the size of INT8's logit error,
-    and the agreement with only the weights, or only the activations, quantized (`qdq_edit.restore`)."""
+def error_profile(fp32: Path, int8: Path, ref: np.ndarray, full: np.ndarray, batch: np.ndarray,
+                  labels: np.ndarray) -> dict:
+    """Why INT8 disagrees with FP32: the FP32 top-1/top-2 logit margins (``ref``) against the size of INT8's
+    logit error (``full``), and the agreement with only the weights, or only the activations, quantized
+    (`qdq_edit.restore`)."""
     import tempfile
 
     import onnx
@@ -184,7 +185,6 @@ def error_profile(fp32: Path, int8: Path, batch: np.ndarray, labels: np.ndarray)
         with OnnxRuntimeBackend(path, device="cpu") as backend:
             return backend_outputs(backend, batch)[backend.output_names[0]]
 
-    ref, full = logits_of(fp32), logits_of(int8)
     top2 = np.sort(ref, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
     error = np.abs(full - ref).max(axis=1)
@@ -273,21 +273,21 @@ def main() -> int:
 
     ckpt, digits = fit_digits_checkpoint(work, args.per_class, 224)
     built = build_bundles(ckpt, work / "digits-bundles", digits, digits, args.calib_size, not args.no_budget)
-    rows, backends, one, eight, decoded = evaluate(built["paths"], ckpt, digits, labelled=True)
+    rows, backends, one, eight, decoded, logits = evaluate(built["paths"], ckpt, digits, labelled=True)
     n = len(decoded.batch)
     times = timings(backends, one, eight, args.iters)
     profile = {k: profile_ops(built["paths"][k], one) for k in ("ort-fp32", "int8-trt", "int8-cpu", "int8-budget")
                if k in built["paths"]}
     for b in backends.values():
         b.close()
-    errors = error_profile(built["paths"]["ort-fp32"], built["paths"]["int8-trt"], decoded.batch,
-                           np.asarray(decoded.labels))
+    errors = error_profile(built["paths"]["ort-fp32"], built["paths"]["int8-trt"], logits["ort-fp32"],
+                           logits["int8-trt"], decoded.batch, np.asarray(decoded.labels))
     results["digits"] = {"images": n, "rows": rows, "times": times, "quantize": built["info"], "profile_ms": profile,
                          "int8_error_profile": errors}
 
     ick, photos, crops = imagenet_checkpoint(work)
     built_i = build_bundles(ick, work / "imagenet-bundles", crops, None, min(args.calib_size, 160), False)
-    rows_i, backends_i, *_ , decoded_i = evaluate(built_i["paths"], ick, photos, labelled=False)
+    rows_i, backends_i, _, _, decoded_i, _ = evaluate(built_i["paths"], ick, photos, labelled=False)
     n_i = len(decoded_i.batch)
     for b in backends_i.values():
         b.close()

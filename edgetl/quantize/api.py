@@ -202,13 +202,14 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
         calib_seconds = time.perf_counter() - t0
         if not cache_hit:
             calib.save_meta({"seconds": round(calib_seconds, 2)})
-        save_onnx(float_outputs(load_onnx(full), model), full)
+        quantized = float_outputs(load_onnx(full), model)
+        save_onnx(quantized, full)
         kept: list[str] = list(extra_exclude)
         kept_activations: list[str] = []
         budget = None
         final = full
         if max_drop is not None:
-            budget_outcome, candidate = _budget(bundle, src, full, model,
+            budget_outcome, candidate = _budget(bundle, src, full, quantized, model,
                                                 source=val_data or _val_source(bundle, source), max_drop=max_drop,
                                                 min_agreement=min_agreement, val_size=val_size, seed=seed,
                                                 max_kept=max_kept, progress=progress, extra_exclude=extra_exclude,
@@ -216,10 +217,10 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
             budget = budget_outcome.to_dict()
             if candidate is not None:
                 final = candidate
+                quantized = load_onnx(candidate)
                 kept += budget_outcome.kept_layers
                 kept_activations = budget_outcome.kept_activations
         out = bundle.root / FILES["int8"]
-        quantized = load_onnx(final)
         summary = qdq_summary(quantized)
         save_onnx(quantized, out)
         if final != full:
@@ -256,8 +257,8 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
     return QuantizeResult(bundle.root, out, precision, info, budget, warnings)
 
 
-def _budget(bundle: Bundle, src: Path, full: Path, model: Any, *, source, max_drop, min_agreement, val_size, seed,
-            max_kept, progress, extra_exclude, only):
+def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *, source, max_drop, min_agreement,
+            val_size, seed, max_kept, progress, extra_exclude, only):
     from edgetl.quantize.budget import Sample, score, search
     from edgetl.validate.samples import balanced_indices, decode, find_images
 
@@ -279,7 +280,6 @@ def _budget(bundle: Bundle, src: Path, full: Path, model: Any, *, source, max_dr
     run = _runner(bundle, all_outputs=bundle.task == "detect")
     sample = Sample(decoded.batch, labels, run(src, decoded.batch), str(images.source))
     full_metrics = scorer(run(full, decoded.batch), sample)
-    quantized = load_onnx(full)
     units = [u for u in list_units(quantized, model, layers=only) if u.name not in extra_exclude]
     return search(model, quantized, units, sample, run, max_drop=max_drop, min_agreement=min_agreement,
                   full_metrics=full_metrics, weights=_layer_params(model), max_kept=max_kept, progress=progress,

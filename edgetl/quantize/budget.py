@@ -20,6 +20,7 @@ Every candidate scored is recorded so the report can say which units were kept a
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,9 +164,9 @@ def search(
     import onnx
 
     steps = [{"kept": 0, "unit": None, **full_metrics}]
-    if within(full_metrics, max_drop, min_agreement) or not units:
-        return BudgetOutcome([], within(full_metrics, max_drop, min_agreement), full_metrics, steps, [],
-                             len(units)), None
+    already = within(full_metrics, max_drop, min_agreement)
+    if already or not units:
+        return BudgetOutcome([], already, full_metrics, steps, [], len(units)), None
     tmp = Path(tempfile.mkdtemp(prefix="edgetl-budget-"))
     weights = weights or {}
 
@@ -224,5 +225,7 @@ def search(
     for path in tmp.glob("*.onnx"):
         if path != final:
             path.unlink()
+    if not chosen:  # --max-kept 0: nothing was kept, nothing for the caller to pick up
+        shutil.rmtree(tmp, ignore_errors=True)
     outcome = BudgetOutcome(order[:chosen], high is not None, scored[chosen], steps, sensitivity, len(units))
     return outcome, (final if chosen else None)
