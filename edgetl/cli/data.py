@@ -1,7 +1,8 @@
 """``edgetl data``: sample datasets and dataset tools.
 
-``data sample digits`` lives here; the detection tools (``data sample shapes``, ``data convert``,
-``data check``) live in `edgetl.cli.data_detect` and are attached lazily when that module exists.
+``data sample fashion`` and ``data sample digits`` live here; the detection tools (``data sample shapes``,
+``data convert``, ``data check``) live in `edgetl.cli.data_detect` and are attached lazily when that module
+exists.
 """
 
 from __future__ import annotations
@@ -56,6 +57,39 @@ def command() -> None:
 @command.group(cls=_LazyGroup, name="sample", lazy={"shapes": "sample_shapes"})
 def sample() -> None:
     """Write a small real sample dataset (nothing is downloaded)."""
+
+
+@sample.command(name="fashion")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--per-class", type=click.IntRange(min=1), default=None,
+              help="Training images per class (default: all 100 shipped).")
+@click.option("--val-per-class", type=click.IntRange(min=1), default=None,
+              help="Validation images per class (default: all 30 shipped).")
+@click.option("--size", type=click.IntRange(min=8, max=1024), default=28, show_default=True,
+              help="Image side (px); 28 keeps the originals, larger sizes upscale.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+@config_option
+@json_option
+@handle_errors
+def fashion(out_dir: str, per_class: int | None, val_per_class: int | None, size: int, overwrite: bool,
+            as_json: bool) -> None:
+    """Write the shipped Fashion-MNIST subset (10 classes, grayscale) in ImageFolder layout (train/ and val/).
+
+    The images are a fixed seeded choice from Fashion-MNIST's official training split (Zalando Research,
+    MIT licence): up to 100 training and 30 validation images per class.
+    """
+    from edgetl.data.samples import write_fashion
+    from edgetl.errors import BadInputError
+
+    path = Path(out_dir)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise BadInputError(f"{path} exists and is not empty", hint="pass --overwrite to replace it")
+    summary = write_fashion(path, train_per_class=per_class, val_per_class=val_per_class, size=size)
+    if as_json:
+        emit_json(summary)
+    else:
+        say(f"wrote {summary['train_images']} training and {summary['val_images']} validation images "
+            f"of 10 Fashion-MNIST classes ({size} px) to {path}")
 
 
 @sample.command(name="digits")
