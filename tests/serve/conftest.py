@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,13 +37,3 @@ def served(tmp_path_factory: pytest.TempPathFactory, serve_bundles: dict[str, Pa
     config = ServeConfig(models_dir=models, port=0, max_body_mb=1.0, watch_interval=0)
     with BackgroundServer(config) as server:
         yield server
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``condition`` until it holds or ``timeout`` seconds pass (then fail, saying what)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from bundles import corrupt_copy, drop_in, sample_images
-from conftest import wait_until
+from polling import wait_until
 
 from edgetl.serve.config import ServeConfig
 from edgetl.serve.server import BackgroundServer

@@ -15,7 +15,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import wait_until
+from polling import wait_until
 
 BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32],
                                "data": np.zeros(3 * 32 * 32).tolist()}]}).encode()
