@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,9 @@ class Bundle:
     """
 
     def __init__(self, root: str | Path, manifest: dict[str, Any]) -> None:
-        self.root = Path(root)
+        # Absolute once, here: every stage builds artifact paths as ``bundle.root / name``, and a root
+        # relative to the working directory would be joined onto itself by `add_artifact`.
+        self.root = Path(os.path.abspath(root))
         self.manifest = manifest
 
     # -- creation and persistence -------------------------------------------------------------
@@ -171,12 +174,20 @@ class Bundle:
         compat: dict[str, Any] | None = None,
         info: dict[str, Any] | None = None,
     ) -> Artifact:
-        """Hash a file already written inside the bundle and record it (replacing a same-path entry)."""
+        """Hash a file already written inside the bundle and record it (replacing a same-path entry).
+
+        Args:
+            path: absolute, or relative to the bundle root. A relative path that names a file only when
+                read from the working directory (``bundles/x/model.onnx`` for the bundle ``bundles/x``)
+                is taken from there, as long as it lies inside the bundle.
+        """
         if kind not in ARTIFACT_KINDS:
             raise BundleError(f"unknown artifact kind {kind!r}")
         if precision not in PRECISIONS:
             raise BundleError(f"unknown precision {precision!r}")
-        full = Path(path) if Path(path).is_absolute() else self.root / path
+        full = self._locate(Path(path))
+        if not full.is_file():
+            raise BundleError(f"artifact {full} does not exist", hint="write the file before recording it")
         try:
             rel = full.resolve().relative_to(self.root.resolve()).as_posix()
         except ValueError as exc:
@@ -196,6 +207,15 @@ class Bundle:
         entries.append(artifact.to_dict())
         self.manifest["artifacts"] = entries
         return artifact
+
+    def _locate(self, path: Path) -> Path:
+        if path.is_absolute():
+            return path
+        inside = self.root / path
+        from_cwd = Path(os.path.abspath(path))
+        if not inside.exists() and from_cwd.exists() and from_cwd.is_relative_to(self.root):
+            return from_cwd
+        return inside
 
     def set_section(self, key: str, value: Any) -> None:
         """Set a top-level manifest section (``validation``, ``golden``, ``calibration``...)."""
