@@ -14,7 +14,9 @@ Endpoints:
     GET  /metrics                                    Prometheus exposition
 
 Errors always have the protocol's shape ``{"error": "..."}``: 400 bad input, 401 missing token,
-404 unknown model, 413 body too large, 503 busy (with ``Retry-After``) or not ready.
+404 unknown model, 413 body too large (the connection is then closed), 503 busy (with
+``Retry-After``), not ready, or shutting down; 500 when the model produced NaN or infinite values
+that a JSON response cannot carry. Every JSON body is RFC 8259 JSON: no ``NaN`` or ``Infinity``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import math
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +38,20 @@ from edgetl import __version__
 from edgetl.errors import BadInputError, optional_import
 from edgetl.preprocess import load_image
 from edgetl.serve.config import ServeConfig
-from edgetl.serve.limits import Admission, BodyLimitMiddleware, BodyTooLarge, MicroBatcher, Overloaded, _send_error
+from edgetl.serve.limits import (
+    DRAIN_EXPIRED_MESSAGE,
+    Admission,
+    BodyLimitMiddleware,
+    BodyTooLarge,
+    DrainExpired,
+    DrainGuard,
+    MicroBatcher,
+    Overloaded,
+    _send_error,
+)
 from edgetl.serve.metrics import UNKNOWN_MODEL, ServeMetrics
 from edgetl.serve.models import LoadedModel, ModelManager, ModelNotFound, VerificationError
-from edgetl.serve.protocol import ProtocolError, encode_infer_response, parse_infer_request
+from edgetl.serve.protocol import NonFiniteOutput, ProtocolError, encode_infer_response, parse_infer_request
 
 log = logging.getLogger("edgetl.serve")
 
@@ -63,6 +76,8 @@ class ServeState:
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrency + 2, thread_name_prefix="edgetl-infer")
         self.token = config.read_token()
         self.draining = False
+        #: Set once the drain timeout has passed after SIGTERM (see `DrainGuard`).
+        self.drain_expired = asyncio.Event()
         self.metrics.queue_depth.set_function(lambda: self.admission.queued)
         self.metrics.inflight.set_function(lambda: self.admission.running)
 
@@ -128,8 +143,32 @@ def _trim_top_k(result: Any, k: int) -> Any:
 # -- responses -------------------------------------------------------------------------------------
 
 def _json(starlette: Any, doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
-    body = json.dumps(doc, default=_jsonable).encode()
+    try:
+        body = json.dumps(doc, default=_jsonable, allow_nan=False).encode()
+    except ValueError:  # a NaN or an infinity in a descriptive field (a metric): JSON has none, send null
+        plain = json.loads(json.dumps(doc, default=_jsonable))
+        body = json.dumps(_finite_or_none(plain), allow_nan=False).encode()
     return starlette.responses.Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _count_non_finite(value: Any) -> int:
+    if isinstance(value, float):
+        return 0 if math.isfinite(value) else 1
+    if isinstance(value, dict):
+        return sum(_count_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_count_non_finite(v) for v in value)
+    return 0
 
 
 def _jsonable(value: Any) -> Any:
@@ -150,8 +189,17 @@ def _error_response(starlette: Any, exc: BaseException) -> tuple[Any, int]:
     if isinstance(exc, Overloaded):
         status, headers = 503, {"Retry-After": str(exc.retry_after)}
     elif isinstance(exc, BodyTooLarge):
-        status = 413
+        # Close the connection: the rest of an over-limit body is never read, and a client still
+        # streaming it would otherwise keep the connection (and uvicorn's keep-alive) open.
+        status, headers = 413, {"Connection": "close"}
         exc = BadInputError("request body exceeds the size limit (--max-body-mb)")
+    elif isinstance(exc, DrainExpired):
+        log.warning("drain timeout: a request whose body had not arrived got 503")
+        status, headers = 503, {"Connection": "close"}
+        exc = RuntimeError(DRAIN_EXPIRED_MESSAGE)
+    elif isinstance(exc, NonFiniteOutput):
+        log.warning("%s", exc)
+        status = 500
     elif isinstance(exc, ModelNotFound):
         status = 404
     elif isinstance(exc, (BadInputError, VerificationError)):
@@ -322,14 +370,16 @@ def create_app(state: ServeState) -> Any:
                 results = await state.batcher(model, "image").submit((images, top_k), rows=len(images))
             else:
                 results = await state.run(_predict_images, model, images, top_k)
+            dicts = _result_dicts(results)
+            bad = _count_non_finite(dicts)
+            if bad:
+                raise NonFiniteOutput(
+                    f"model {model.name!r} produced {bad} NaN or infinite number(s) in its results (scores or "
+                    "boxes), which JSON cannot carry; the model is broken for this input"
+                )
             return _json(
                 starlette,
-                {
-                    "model_name": model.name,
-                    "model_version": model.version,
-                    "task": model.task,
-                    "results": _result_dicts(results),
-                },
+                {"model_name": model.name, "model_version": model.version, "task": model.task, "results": dicts},
             )
 
     @endpoint("predict", None)
@@ -391,7 +441,7 @@ def create_app(state: ServeState) -> Any:
     wrapped: Any = BodyLimitMiddleware(app, config.max_body_bytes)
     if state.token is not None:
         wrapped = BearerAuthMiddleware(wrapped, state.token)
-    return wrapped
+    return DrainGuard(wrapped, state.drain_expired, lambda: state.draining)
 
 
 # -- request helpers -------------------------------------------------------------------------------

@@ -6,7 +6,10 @@
 - `MicroBatcher`: optional dynamic batching; requests that arrive within ``max_delay`` of each other
   run as one batch of at most ``max_batch`` rows.
 - `BodyLimitMiddleware`: an ASGI middleware refusing bodies over the byte limit, whether or not the
-  client sent ``Content-Length``.
+  client sent ``Content-Length``; the connection is closed after the 413, so a client still streaming
+  an over-limit body cannot hold it open.
+- `DrainGuard`: after SIGTERM, a request whose body has not arrived by the drain timeout gets the
+  daemon's JSON 503 instead of being cancelled mid-read.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,11 +28,22 @@ from typing import Any
 
 
 class Overloaded(Exception):
-    """The queue is full; the client should retry after ``retry_after`` seconds."""
+    """The queue is full; the client should retry after ``retry_after`` seconds.
 
-    def __init__(self, retry_after: int, queued: int) -> None:
-        super().__init__(f"server busy: {queued} requests queued, the limit is reached; retry in {retry_after} s")
+    The message counts what the limit counts: admitted requests (running, waiting for a slot, or
+    still being parsed and checked), against ``max_concurrency + max_queue``.
+    """
+
+    def __init__(self, retry_after: int, admitted: int, max_concurrency: int, max_queue: int) -> None:
+        super().__init__(
+            f"server busy: {admitted} requests admitted, the limit of {max_concurrency} running + {max_queue} "
+            f"queued (--max-concurrency, --max-queue) is reached; retry in {retry_after} s"
+        )
         self.retry_after = retry_after
+
+
+class DrainExpired(Exception):
+    """The drain timeout passed while a request was still waiting for its body (HTTP 503)."""
 
 
 class Admission:
@@ -67,7 +82,7 @@ class Admission:
     def ticket(self):
         """Admit one request or raise `Overloaded`; the ticket is held until the response is computed."""
         if self.admitted >= self.max_concurrency + self.max_queue:
-            raise Overloaded(self.retry_after(), self.queued)
+            raise Overloaded(self.retry_after(), self.admitted, self.max_concurrency, self.max_queue)
         self.admitted += 1
         try:
             yield
@@ -257,6 +272,75 @@ class BodyLimitMiddleware:
             f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes "
             f"({self.max_bytes / 2**20:.1f} MiB); send a smaller image or raise --max-body-mb"
         )
+
+
+class DrainGuard:
+    """ASGI middleware: once the drain deadline passes, requests still waiting for their body get 503.
+
+    uvicorn's own answer at its shutdown timeout is to cancel the request task, which logs a
+    `CancelledError` traceback and sends a plain-text 500. Here every ``receive`` races the
+    ``expired`` event instead, so a stalled upload ends in `DrainExpired`, which the app turns into
+    the daemon's JSON error (503, ``Connection: close``) and one log line, before uvicorn's timeout
+    (set a little later) is reached. A task uvicorn cancels anyway (an inference still running)
+    gets the same JSON 503 rather than uvicorn's 500.
+
+    Args:
+        app: the wrapped ASGI app.
+        expired: set when the drain timeout has passed.
+        draining: tells whether a drain is under way (a cancellation outside one is not ours to answer).
+    """
+
+    def __init__(self, app: Any, expired: asyncio.Event, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.expired = expired
+        self.draining = draining
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def guarded_receive() -> dict:
+            if self.expired.is_set():
+                raise DrainExpired()
+            message = asyncio.ensure_future(receive())
+            expiry = asyncio.ensure_future(self.expired.wait())
+            try:
+                await asyncio.wait({message, expiry}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (message, expiry):
+                    if not task.done():
+                        task.cancel()
+            if message.done() and not message.cancelled():
+                return message.result()
+            raise DrainExpired()
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, tracking_send)
+        except DrainExpired:
+            if not started:
+                await _send_error(send, 503, DRAIN_EXPIRED_MESSAGE)
+        except asyncio.CancelledError:
+            if not self.draining():
+                raise
+            # uvicorn's shutdown timeout cancelled a request still computing: answer it, end quietly.
+            logging.getLogger("edgetl.serve").warning("drain timeout: a request still running was cancelled (503)")
+            if not started:
+                await _send_error(send, 503, "server shutting down: the request did not finish within the drain "
+                                             "timeout (--drain-timeout); retry on another instance")
+
+
+#: The error of a request whose body had not arrived when the drain timeout passed.
+DRAIN_EXPIRED_MESSAGE = (
+    "server shutting down: the request body did not arrive within the drain timeout (--drain-timeout); retry"
+)
 
 
 async def _send_error(send: Callable, status: int, message: str, headers: list | None = None) -> None:

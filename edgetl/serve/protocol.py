@@ -5,6 +5,17 @@ request body may hold a JSON header of ``Inference-Header-Content-Length`` bytes
 little-endian bytes of every input whose ``parameters.binary_data_size`` is set, and outputs are sent
 back the same way when the client asks for ``binary_data`` (per output) or ``binary_data_output``
 (per request). Nothing here knows about models or HTTP frameworks, so it is tested on its own.
+
+Numbers: JSON (RFC 8259) has no NaN or infinity, yet Python's ``json`` reads and writes the literals
+``NaN``/``Infinity`` and a finite number such as ``1e39`` becomes infinity in FP32. Requests are
+therefore checked after decoding: a float input holding NaN, an infinity or a value outside its
+datatype's range is refused, naming the tensor (the binary extension included, as its bytes may
+encode NaN too). Responses never put a non-finite number into JSON: such an output raises
+`NonFiniteOutput`, and only the binary extension carries it.
+
+Nesting: the JSON decoder recurses once per nesting level, so a body of 100 000 ``[`` would exhaust
+the stack. The depth is measured first by a linear, non-recursive scan (`json_depth`) and anything
+deeper than `MAX_JSON_DEPTH` is refused before decoding.
 """
 
 from __future__ import annotations
@@ -37,10 +48,24 @@ _NP_TO_DATATYPE = {dt.newbyteorder("=") if dt.itemsize > 1 else dt: name for nam
 
 #: Largest number of elements one input may declare; bounds memory before any allocation.
 MAX_ELEMENTS = 1 << 28
+#: Deepest nesting of JSON arrays and objects accepted in a request. A request needs 3 levels plus
+#: one per dimension of a tensor sent as nested lists (the flat form needs one).
+MAX_JSON_DEPTH = 32
+
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_OPENERS, _CLOSERS = (ord("["), ord("{")), (ord("]"), ord("}"))
 
 
 class ProtocolError(BadInputError):
     """A request that does not follow the protocol (HTTP 400)."""
+
+
+class NonFiniteOutput(Exception):
+    """The model produced NaN or infinite values in an output the client asked for as JSON.
+
+    JSON cannot carry them (RFC 8259), and writing ``NaN`` would break every strict client, so the
+    response is an error instead; the binary extension carries the values unchanged.
+    """
 
 
 @dataclass
@@ -88,9 +113,12 @@ def parse_infer_request(body: bytes, header_length: str | int | None = None) -> 
         ProtocolError: malformed JSON, missing fields, inconsistent shapes or sizes.
     """
     json_part, binary = _split_body(body, header_length)
+    check_json_depth(json_part)
     try:
-        doc = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(json_part.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"request body is not valid JSON: not UTF-8 ({exc})") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ProtocolError("request body must be a JSON object with an 'inputs' list")
@@ -131,6 +159,47 @@ def parse_infer_request(body: bytes, header_length: str | int | None = None) -> 
         binary_output=default_binary,
         parameters=params,
     )
+
+
+def json_depth(text: bytes) -> int:
+    """The deepest nesting of arrays and objects in UTF-8 JSON text, found without recursion.
+
+    Vectorised over the positions of quotes and brackets only, so the cost is linear in the body
+    and small for the flat lists clients send. Brackets inside strings are skipped: a quote counts
+    unless an odd run of backslashes precedes it. In UTF-8 these ASCII bytes never occur inside a
+    multi-byte character. On text that is not JSON the result may be wrong, but the decoder refuses
+    such text at the first bad byte, before descending into anything the scan did not count.
+    """
+    buf = np.frombuffer(text, dtype=np.uint8)
+    quotes = np.flatnonzero(buf == _QUOTE)
+    slashes = np.flatnonzero(buf == _BACKSLASH)
+    if quotes.size and slashes.size:
+        starts = np.ones(slashes.size, dtype=bool)
+        starts[1:] = slashes[1:] != slashes[:-1] + 1
+        run_start = np.maximum.accumulate(np.where(starts, slashes, 0))  # first backslash of each one's run
+        last = np.searchsorted(slashes, quotes - 1, side="right") - 1  # the last backslash before each quote
+        safe = np.maximum(last, 0)
+        touching = (last >= 0) & (slashes[safe] == quotes - 1)
+        run = np.where(touching, quotes - run_start[safe], 0)
+        quotes = quotes[run % 2 == 0]
+    brackets = np.flatnonzero(np.isin(buf, _OPENERS + _CLOSERS))
+    outside = np.searchsorted(quotes, brackets) % 2 == 0  # an even number of quotes before: not in a string
+    brackets = brackets[outside]
+    if not brackets.size:
+        return 0
+    steps = np.where(np.isin(buf[brackets], _OPENERS), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+def check_json_depth(text: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise `ProtocolError` when ``text`` nests deeper than ``limit``; free when it cannot."""
+    if text.count(b"[") + text.count(b"{") <= limit:  # the common flat request: no scan needed
+        return
+    depth = json_depth(text)
+    if depth > limit:
+        raise ProtocolError(
+            f"request JSON is nested deeper than {limit} levels ({depth}); send tensor data as a flat list"
+        )
 
 
 def _split_body(body: bytes, header_length: str | int | None) -> tuple[bytes, bytes]:
@@ -182,17 +251,36 @@ def _parse_input(raw: Any, index: int, binary: bytes, offset: int) -> tuple[Inpu
         if offset + size > len(binary):
             raise ProtocolError(f"input {name!r}: body ends before its {size} binary bytes")
         array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+        _check_finite(name, datatype, array)
         return InputTensor(name, datatype, list(shape), array), size
     if "data" not in raw:
         raise ProtocolError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
     data = raw["data"]
     try:
-        array = np.asarray(data, dtype=dtype)
+        with np.errstate(over="ignore"):  # 1e39 -> inf in FP32: reported below with the tensor's name
+            array = np.asarray(data, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"input {name!r}: 'data' is not a {datatype} array ({exc})") from exc
     if array.size != count:
         raise ProtocolError(f"input {name!r}: 'data' has {array.size} elements but shape {shape} needs {count}")
+    _check_finite(name, datatype, array)
     return InputTensor(name, datatype, list(shape), array.reshape(shape)), 0
+
+
+def _check_finite(name: str, datatype: str, array: np.ndarray) -> None:
+    """Refuse NaN, infinities and numbers the datatype cannot hold: a model turns them into garbage."""
+    if array.dtype.kind != "f":
+        return
+    finite = np.isfinite(array).reshape(-1)
+    if finite.all():
+        return
+    bad = int(finite.size - np.count_nonzero(finite))
+    first = int(np.argmin(finite))
+    values = "value is" if bad == 1 else "values are"
+    raise ProtocolError(
+        f"input {name!r}: {bad} {values} NaN, infinite or outside the {datatype} range (the first at flat "
+        f"index {first}); send finite numbers only"
+    )
 
 
 def encode_infer_response(
@@ -208,6 +296,9 @@ def encode_infer_response(
     Args:
         outputs: output name -> array, in the order they are sent.
         binary: output name -> send as binary data (the extension) instead of JSON.
+
+    Raises:
+        NonFiniteOutput: an output to be sent as JSON holds NaN or an infinity.
     """
     doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
@@ -222,10 +313,18 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
+            if array.dtype.kind == "f":
+                finite = np.isfinite(array)
+                if not finite.all():
+                    raise NonFiniteOutput(
+                        f"the model produced {finite.size - np.count_nonzero(finite)} NaN or infinite value(s) in "
+                        f"output {name!r}, which JSON cannot carry; request the output with the binary tensor "
+                        'extension ("parameters": {"binary_data": true}) to receive them'
+                    )
             entry["data"] = array.reshape(-1).tolist()
         tensors.append(entry)
     doc["outputs"] = tensors
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
     return header + b"".join(blobs), {

@@ -6,7 +6,9 @@ Lifecycle of `run_server`:
 3. serve; send ``READY=1`` to systemd, then ``WATCHDOG=1`` keep-alives from the event loop;
 4. on SIGTERM/SIGINT: readiness turns false, ``STOPPING=1``, no new connections, in-flight requests
    get ``drain_timeout`` seconds to finish, models are closed, and `run_server` returns normally
-   (exit code 0), instead of re-raising the signal as uvicorn does by default.
+   (exit code 0), instead of re-raising the signal as uvicorn does by default. At the drain timeout
+   a request still waiting for its body gets a JSON 503 (`edgetl.serve.limits.DrainGuard`);
+   uvicorn's own timeout is `CANCEL_GRACE_S` later, for requests still computing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from edgetl.serve.config import ServeConfig
 from edgetl.serve.notify import Notifier
 
 log = logging.getLogger("edgetl.serve")
+
+#: Seconds between the drain timeout (stalled uploads get 503) and uvicorn cancelling what still runs:
+#: long enough for those 503s to be written before uvicorn's cancellation could preempt them.
+CANCEL_GRACE_S = 1.0
 
 
 @dataclass
@@ -81,18 +87,25 @@ def _make_server_class(uvicorn: Any) -> type:
             self.edgetl_state = state
             self.notifier = notifier
             self.on_started = on_started
+            self.loop: asyncio.AbstractEventLoop | None = None
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            self.loop = asyncio.get_running_loop()
             await super().startup(sockets=sockets)
             if self.started and not self.should_exit:
                 self.on_started()
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if not self.edgetl_state.draining:
-                log.info("signal %s: draining in-flight requests (up to %.0f s)", sig,
-                         self.edgetl_state.config.drain_timeout)
-                self.edgetl_state.draining = True
+            state = self.edgetl_state
+            if not state.draining:
+                log.info("signal %s: draining in-flight requests (up to %.0f s)", sig, state.config.drain_timeout)
+                state.draining = True
                 self.notifier.stopping()
+                if self.loop is not None:  # a signal handler runs between bytecodes: hand over to the loop
+                    loop = self.loop
+                    loop.call_soon_threadsafe(
+                        lambda: loop.call_later(state.config.drain_timeout, state.drain_expired.set)
+                    )
             super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
@@ -152,7 +165,7 @@ async def serve_async(
             log_config=None,
             log_level=log_level,
             access_log=access_log,
-            timeout_graceful_shutdown=config.drain_timeout,
+            timeout_graceful_shutdown=config.drain_timeout + CANCEL_GRACE_S,
             timeout_keep_alive=5,
             server_header=False,
         )

@@ -82,6 +82,15 @@ def test_v1_predict_matches_predictor_predict(served, reference) -> None:
         assert [r["label"] for r in multi.json()["results"]] == [r.label for r in reference.predict(images)]
 
 
+def strict_json(body: bytes) -> dict:
+    """Parse a response as RFC 8259 JSON: NaN, Infinity and -Infinity are not JSON and fail the test."""
+
+    def refuse(literal: str) -> None:
+        raise AssertionError(f"response holds {literal}, which is not JSON: {body[:200]!r}")
+
+    return json.loads(body, parse_constant=refuse)
+
+
 def _png_bomb(width: int = 20000, height: int = 20000) -> bytes:
     """A tiny PNG whose header claims width x height pixels (a decompression bomb)."""
 
@@ -103,6 +112,23 @@ def _infer_json(shape, datatype="FP32", name="input") -> bytes:
     count = int(np.prod(shape))
     return json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": [0] * count}]}).encode()
 
+
+def _infer_values(values: str, shape: list[int]) -> bytes:
+    """A JSON infer body whose ``data`` is the literal text ``values`` (JSON-invalid literals included)."""
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": [0]}]})
+    return head.replace("[0]", f"[{values}]").encode()
+
+
+def _binary_infer(x: np.ndarray) -> dict:
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    return {"content": header + x.astype("<f4").tobytes(),
+            "headers": {"inference-header-content-length": str(len(header))}}
+
+
+_PIXELS = 3 * 32 * 32
+_NAN_PIXELS = np.zeros((1, 3, 32, 32), np.float32)
+_NAN_PIXELS[0, 1, 2, 3] = np.nan
 
 BAD_REQUESTS = [
     ("truncated jpeg", "/v1/predict", {"content": _truncated_jpeg()}, 400, "cannot decode"),
@@ -133,6 +159,24 @@ BAD_REQUESTS = [
     ("bad encoding", "/v2/models/tiny/infer", {"content": b"x", "headers": {"content-encoding": "br"}}, 400,
      "Content-Encoding"),
     ("unknown route", "/v3/whatever", {"content": b""}, 404, "Not Found"),
+    ("NaN in JSON data", "/v2/models/tiny/infer",
+     {"content": _infer_values(", ".join(["0"] * (_PIXELS - 1) + ["NaN"]), [1, 3, 32, 32])}, 400,
+     "input 'input': 1 value is NaN, infinite"),
+    ("Infinity in JSON data", "/v2/models/tiny/infer",
+     {"content": _infer_values(", ".join(["Infinity"] + ["0"] * (_PIXELS - 1)), [1, 3, 32, 32])}, 400,
+     "input 'input': 1 value is NaN, infinite"),
+    ("-Infinity in JSON data", "/v2/models/tiny/infer",
+     {"content": _infer_values(", ".join(["-Infinity"] * 2 + ["0"] * (_PIXELS - 2)), [1, 3, 32, 32])}, 400,
+     "input 'input': 2 values are NaN, infinite"),
+    ("1e39 overflows FP32", "/v2/models/tiny/infer",
+     {"content": _infer_values(", ".join(["1e39"] + ["0"] * (_PIXELS - 1)), [1, 3, 32, 32])}, 400,
+     "outside the FP32 range"),
+    ("NaN in binary data", "/v2/models/tiny/infer", _binary_infer(_NAN_PIXELS), 400,
+     "input 'input': 1 value is NaN, infinite"),
+    ("JSON nested 100000 deep", "/v2/models/tiny/infer", {"content": b"[" * 100_000 + b"]" * 100_000}, 400,
+     "nested deeper than"),
+    ("deep nesting inside data", "/v2/models/tiny/infer",
+     {"content": _infer_values("[" * 5000 + "0" + "]" * 5000, [1])}, 400, "nested deeper than"),
 ]
 
 
@@ -143,7 +187,7 @@ def test_bad_input_gets_a_4xx_with_a_reason(served, what, path, kwargs, status, 
     with httpx.Client(base_url=served.url, timeout=30) as http:
         response = http.post(path, **kwargs)
         assert response.status_code == status, (what, response.text)
-        assert message in response.json()["error"], response.json()
+        assert message in strict_json(response.content)["error"], response.json()
         # The server keeps serving after every bad request.
         assert http.get("/v2/health/ready").status_code == 200
         ok = http.post("/v2/models/tiny/infer", content=_infer_json([1, 3, 32, 32]))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import socket
 import threading
 import time
 
@@ -160,3 +162,159 @@ def test_unix_socket(tmp_path, serve_bundles) -> None:
             response = http.post("/v2/models/tiny/infer", content=_infer_body(np.zeros((1, 3, 32, 32), np.float32)))
             assert response.status_code == 200 and response.json()["model_version"] == "1"
     assert not sock.exists()
+
+
+def test_busy_message_counts_what_the_limit_counts() -> None:
+    """34 admitted requests of which none runs yet must not read as "34 queued" beside --max-queue 32."""
+    from edgetl.serve.limits import Admission, Overloaded
+
+    admission = Admission(max_concurrency=2, max_queue=32)
+    tickets = [admission.ticket() for _ in range(34)]
+    for ticket in tickets:
+        ticket.__enter__()
+    with pytest.raises(Overloaded) as busy, admission.ticket():
+        pass
+    message = str(busy.value)
+    assert "34 queued" not in message, message
+    assert "34 requests admitted" in message and "2 running + 32 queued" in message, message
+    for ticket in tickets:
+        ticket.__exit__(None, None, None)
+    assert admission.admitted == 0
+
+
+def _raw_request(port: int, head: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head.encode())
+    return sock
+
+
+def _read_response(sock: socket.socket, timeout: float) -> bytes:
+    """Read until the response's body is complete (Content-Length) or the peer closes."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lengths = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    length = lengths[0] if lengths else 1 << 30  # no length: read until the peer closes
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Keep streaming chunks like a client that ignores the 413; True once the server has closed."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"10000\r\n" + b"0" * 0x10000 + b"\r\n")
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:  # reset or broken pipe: closed
+            return True
+    return False
+
+
+def test_413_on_chunked_body_closes_the_connection(served) -> None:
+    port = int(served.url.rsplit(":", 1)[1])
+    sock = _raw_request(port, "POST /v2/models/tiny/infer HTTP/1.1\r\nHost: edgetl\r\n"
+                              "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n")
+    try:
+        for _ in range(20):  # 20 x 64 KiB > the fixture's 1 MiB limit
+            sock.sendall(b"10000\r\n" + b"0" * 0x10000 + b"\r\n")
+        reply = _read_response(sock, 10)
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        assert b"connection: close" in reply.lower()
+        assert _closed_within(sock, 4), "the server kept the connection open after the 413"
+    finally:
+        sock.close()
+
+
+def test_stalled_upload_at_drain_timeout_gets_json_503_and_one_log_line(tmp_path, serve_bundles, caplog) -> None:
+    config = ServeConfig(models_dir=_repo(tmp_path, serve_bundles["v1"]), port=0, watch_interval=0,
+                         drain_timeout=1.0)
+    server = BackgroundServer(config).start()
+    port = int(server.url.rsplit(":", 1)[1])
+    caplog.set_level(logging.INFO)
+    sock = _raw_request(port, "POST /v2/models/tiny/infer HTTP/1.1\r\nHost: edgetl\r\n"
+                              "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"inputs\": [")
+    try:
+        time.sleep(0.3)  # the request is in flight, waiting for the rest of its body
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        reply = _read_response(sock, 15)
+        stopper.join(30)
+    finally:
+        sock.close()
+        server.stop()
+    assert reply.startswith(b"HTTP/1.1 503"), reply[:300]
+    head, body = reply.split(b"\r\n\r\n", 1)
+    assert b"application/json" in head.lower()
+    assert "drain" in json.loads(body)["error"]
+    text = "\n".join(f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "CancelledError" not in text and "Exception in ASGI application" not in text, text
+    stalled = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(stalled) == 1 and stalled[0].exc_info is None, text
+
+
+class NaNPredictor:
+    """The real predictor, whose outputs turn to NaN once ``poisoned`` is set (after the golden check)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.poisoned = False
+
+    def predict_batch(self, batch):
+        outputs = self._inner.predict_batch(batch)
+        if self.poisoned:
+            outputs = {name: np.full_like(value, np.nan) for name, value in outputs.items()}
+        return outputs
+
+    def predict(self, images, top_k=5):
+        if not self.poisoned:
+            return self._inner.predict(images, top_k=top_k)
+        from edgetl.runtime.results import ClassificationResult
+
+        many = isinstance(images, list)
+        result = ClassificationResult(label="0", index=0, score=float("nan"), top_k=[("0", float("nan"))])
+        return [result] * len(images) if many else result
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_model_nan_outputs_never_reach_a_json_response(tmp_path, serve_bundles) -> None:
+    from test_client import strict_json
+
+    created: list = []
+
+    def load(bundle, config):
+        created.append(NaNPredictor(default_loader(bundle, config)))
+        return created[-1]
+
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    config = ServeConfig(models_dir=_repo(tmp_path, serve_bundles["v1"]), port=0, watch_interval=0)
+    with BackgroundServer(config, loader=load) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        created[-1].poisoned = True
+        as_json = http.post("/v2/models/tiny/infer", content=_infer_body(x))
+        error = strict_json(as_json.content)["error"]
+        assert as_json.status_code == 500 and "output 'logits'" in error and "binary" in error, as_json.text
+        # The binary extension carries the model's NaN as it is.
+        request = json.loads(_infer_body(x))
+        request["outputs"] = [{"name": "logits", "parameters": {"binary_data": True}}]
+        binary = http.post("/v2/models/tiny/infer", content=json.dumps(request).encode())
+        assert binary.status_code == 200, binary.text
+        length = int(binary.headers["inference-header-content-length"])
+        assert np.isnan(np.frombuffer(binary.content[length:], "<f4")).all()
+        image = http.post("/v1/predict", content=sample_images(1)[0])
+        assert image.status_code == 500 and "NaN" in strict_json(image.content)["error"], image.text
+        assert http.get("/v2/health/ready").status_code == 200

@@ -77,3 +77,53 @@ def test_response_binary_and_json_outputs() -> None:
     assert headers == {"content-type": "application/json"}
     assert json.loads(body)["outputs"][0] == {"name": "logits", "datatype": "FP32", "shape": [1, 2],
                                               "data": [1.5, -2.0]}
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        (b'{"a": [1, [2, {"b": []}]]}', 5),
+        (b'{"s": "[[[[[[", "t": [1]}', 2),  # brackets inside a string do not count
+        (b'{"s": "\\"[[[[", "t": [[1]]}', 3),  # an escaped quote does not end the string
+        (b'{"s": "\\\\", "t": [[[1]]]}', 4),  # an escaped backslash does not escape the closing quote
+        (b'{"s": "\\\\\\"[[[[\\\\", "t": []}', 2),
+        (b"[" + b"[]," * 999 + b"[]]", 2),
+        (b"", 0),
+    ],
+)
+def test_json_depth_skips_strings(text: bytes, depth: int) -> None:
+    from edgetl.serve.protocol import json_depth
+
+    json.loads(text or b"0")  # each case is valid JSON
+    assert json_depth(text) == depth
+
+
+def test_json_depth_limit_and_time() -> None:
+    import time
+
+    from edgetl.serve.protocol import MAX_JSON_DEPTH
+
+    data = "[" * (MAX_JSON_DEPTH - 3) + "0" + "]" * (MAX_JSON_DEPTH - 3)
+    ok = f'{{"inputs": [{{"name": "input", "datatype": "FP32", "shape": [1], "data": {data}}}]}}'.encode()
+    assert parse_infer_request(ok).inputs[0].array.shape == (1,)
+    with pytest.raises(ProtocolError, match=f"nested deeper than {MAX_JSON_DEPTH}"):
+        parse_infer_request(ok.replace(b"[0]", b"[[0]]"))
+    start = time.perf_counter()
+    for hostile in (b"[" * 8_000_000, b'"\\' * 4_000_000 + b"[" * 100, b'["' * 4_000_000):
+        with pytest.raises(ProtocolError):
+            parse_infer_request(hostile)
+    assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_outputs_are_not_written_as_json(value: float) -> None:
+    from edgetl.serve.protocol import NonFiniteOutput
+
+    logits = np.array([[1.0, value]], np.float32)
+    with pytest.raises(NonFiniteOutput, match="output 'logits'"):
+        encode_infer_response(model_name="m", model_version="1", request_id=None, outputs={"logits": logits},
+                              binary={})
+    body, headers = encode_infer_response(model_name="m", model_version="1", request_id=None,
+                                          outputs={"logits": logits}, binary={"logits": True})
+    length = int(headers["inference-header-content-length"])
+    np.testing.assert_array_equal(np.frombuffer(body[length:], "<f4").reshape(1, 2), logits)
