@@ -6,18 +6,29 @@ when it:
 * has an absolute path, a drive letter, or a ``..`` component, or would land outside the target;
 * is a symbolic or hard link whose target leaves the target directory;
 * is a device file, FIFO or anything but a regular file, directory or in-bundle link;
+* repeats an earlier member's name, or needs a directory where an earlier member is a file;
 * is larger than ``max_member_bytes``, or the members together exceed ``max_total_bytes``, or there
   are more than ``max_members`` of them.
 
-Python's ``tarfile`` ``data`` filter (3.12, back-ported to 3.8.17+/3.11.4+) is applied on top where
-available. Extraction goes to a temporary directory beside the target; the manifest is then
-validated and every artifact's sha256 checked before the directory is renamed into place.
+Links are judged the way the kernel will resolve them, not lexically: `_Tree` builds the tree member
+by member as extraction will, and every path is resolved through the links already in it (``a -> .``
+then ``b -> a/..`` makes ``b`` the target's parent, although ``a/..`` reads as ``.``). Each member
+is checked against the tree as it stands when it is written, and every link again against the final
+tree, since a later link can change where an earlier one leads.
+
+Python's ``tarfile`` ``data`` filter (3.12, back-ported to 3.8.17+, 3.9.17+, 3.10.12+, 3.11.4+) is
+applied on top where available. Without it (3.10.0-3.10.11 and 3.11.0-3.11.3 meet
+``requires-python``) the checks above are the whole guard, and edgetl applies the filter's rules on
+file attributes itself: set-uid/set-gid/sticky bits and group/other write permission dropped, owner
+read/write kept, no ownership taken from the archive. Extraction goes to a temporary directory
+beside the target; the manifest is then validated and every artifact's sha256 checked before the
+directory is renamed into place.
 """
 
 from __future__ import annotations
 
+import copy
 import os
-import posixpath
 import shutil
 import tarfile
 import tempfile
@@ -73,40 +84,152 @@ def pack(bundle_dir: str | Path, out_tar_gz: str | Path, *, verify: bool = True)
     return Path(out_tar_gz)
 
 
-def _inside(target: str, name: str) -> bool:
-    """Whether archive path ``name`` (already normalised, relative) stays in ``target``."""
-    full = os.path.realpath(os.path.join(target, name))
-    return full == target or full.startswith(target + os.sep)
+#: Symbolic links followed while resolving one path before it counts as a loop (Linux's limit).
+_MAX_LINK_HOPS = 40
+
+_Path = tuple[str, ...]
 
 
-def _check_member(member: tarfile.TarInfo, target: str, seen_files: set[str]) -> str:
-    """Return the member's normalised name, or raise naming the rule it breaks."""
+class _Escapes(Exception):
+    """A path resolves above the target directory (or to an absolute link target)."""
+
+
+class _Tree:
+    """The directory tree extraction will build, with paths resolved as the kernel will resolve them.
+
+    Nodes are ``"dir"``, ``"file"`` or ``("link", target)``, keyed by their real location (components
+    below the target). ``tarfile`` creates missing parent directories, follows links in a member's
+    parent path and (for files) opens the path itself, so those are the rules simulated here.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[_Path, str | tuple[str, str]] = {(): "dir"}
+
+    def resolve(self, parts: list[str], *, base: _Path = (), follow_last: bool = True) -> _Path:
+        """The real location of ``parts`` taken from directory ``base``.
+
+        Raises:
+            _Escapes: the path leads above the target directory or through an absolute link.
+            BundleError: too many links (a loop), or a path through a regular file.
+        """
+        current = list(base)
+        pending = list(reversed(parts))
+        hops = 0
+        while pending:
+            name = pending.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if not current:
+                    raise _Escapes()
+                current.pop()
+                continue
+            here = (*current, name)
+            node = self.nodes.get(here)
+            if isinstance(node, tuple) and (pending or follow_last):
+                hops += 1
+                if hops > _MAX_LINK_HOPS:
+                    raise BundleError(f"{'/'.join(here)}: symbolic links loop")
+                target = node[1]
+                if target.startswith("/"):
+                    raise _Escapes()
+                pending.extend(reversed(target.split("/")))
+                continue
+            if node == "file" and pending:
+                raise BundleError(f"archive path {'/'.join(here)!r} is a file but is used as a directory")
+            current.append(name)
+        return tuple(current)
+
+    def add(self, member: tarfile.TarInfo, parts: list[str], where: str) -> None:
+        """Check ``member`` against the tree as it stands, then add it."""
+        try:
+            parent = self.resolve(parts[:-1])
+        except _Escapes:
+            raise BundleError(f"{where}: its directory resolves, through the archive's links, outside the target "
+                              "directory") from None
+        if self.nodes.get(parent) == "file":
+            raise BundleError(f"{where}: {'/'.join(parent)!r} is a file of the archive, not a directory")
+        for depth in range(1, len(parent) + 1):  # the parents tarfile will create
+            self.nodes.setdefault(parent[:depth], "dir")
+        if not parts:  # "." itself
+            if not member.isdir():
+                raise BundleError(f"{where}: only a directory may be named '.'")
+            return
+        here = (*parent, parts[-1])
+        existing = self.nodes.get(here)
+        if existing is not None and not (existing == "dir" and member.isdir()):
+            raise BundleError(f"{where}: appears twice in the archive (a later member would replace or write "
+                              "through the earlier one)")
+        if member.issym():
+            try:
+                self.resolve(member.linkname.split("/"), base=parent)
+            except _Escapes:
+                raise BundleError(f"{where}: symbolic link to {member.linkname!r} leaves the target directory "
+                                  "(resolved through the archive's links)") from None
+            self.nodes[here] = ("link", member.linkname)
+        elif member.islnk():
+            try:
+                source = self.resolve(member.linkname.split("/"))
+            except _Escapes:
+                raise BundleError(f"{where}: hard link to {member.linkname!r} leaves the target directory "
+                                  "(resolved through the archive's links)") from None
+            if self.nodes.get(source) != "file":
+                raise BundleError(
+                    f"{where}: hard link to {member.linkname!r}, which is not an earlier file of the archive"
+                )
+            self.nodes[here] = "file"
+        else:
+            self.nodes[here] = "dir" if member.isdir() else "file"
+
+    def check_links(self) -> None:
+        """Every link of the finished tree must still resolve inside it (later links change earlier ones)."""
+        for path, node in list(self.nodes.items()):
+            if isinstance(node, tuple):
+                try:
+                    self.resolve(list(path))
+                except _Escapes:
+                    raise BundleError(
+                        f"archive member {'/'.join(path)!r}: symbolic link to {node[1]!r} leaves the target "
+                        "directory once later members are extracted (resolved through the archive's links)"
+                    ) from None
+
+
+def _check_member(member: tarfile.TarInfo, tree: _Tree) -> None:
+    """Check one member (in archive order) or raise naming the rule it breaks."""
     name = member.name
     where = f"archive member {name!r}"
     if not name or "\x00" in name:
         raise BundleError(f"{where}: empty or NUL in name")
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise BundleError(f"{where}: absolute path refused")
-    parts = name.replace("\\", "/").split("/")
+    if "\\" in name:  # a separator on Windows, a plain character here: one meaning only is safe
+        raise BundleError(f"{where}: backslash in path refused")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise BundleError(f"{where}: '..' in path refused")
-    norm = posixpath.normpath(name.replace("\\", "/"))
-    if not _inside(target, norm):
-        raise BundleError(f"{where}: would be written outside the target directory")
-    if member.issym():
-        link = member.linkname
-        dest = posixpath.normpath(posixpath.join(posixpath.dirname(norm), link))
-        if link.startswith(("/", "\\")) or dest.startswith("../") or dest == ".." or not _inside(target, dest):
-            raise BundleError(f"{where}: symbolic link to {link!r} leaves the target directory")
-    elif member.islnk():
-        link = posixpath.normpath(member.linkname)
-        if member.linkname.startswith(("/", "\\")) or link.startswith("..") or not _inside(target, link):
-            raise BundleError(f"{where}: hard link to {member.linkname!r} leaves the target directory")
-        if link not in seen_files:
-            raise BundleError(f"{where}: hard link to {member.linkname!r}, which is not an earlier file of the archive")
+    if member.issym() or member.islnk():
+        if "\x00" in member.linkname or not member.linkname:
+            raise BundleError(f"{where}: empty or NUL in link target")
+        if "\\" in member.linkname:
+            raise BundleError(f"{where}: backslash in link target refused")
+        if member.linkname.startswith("/") or (len(member.linkname) > 1 and member.linkname[1] == ":"):
+            kind = "symbolic" if member.issym() else "hard"
+            raise BundleError(f"{where}: {kind} link to {member.linkname!r} leaves the target directory (absolute)")
     elif not (member.isfile() or member.isdir()):
         raise BundleError(f"{where}: device files, FIFOs and other special members are refused")
-    return norm
+    tree.add(member, parts, where)
+
+
+def _data_filter_equivalent(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """What the ``data`` filter does to attributes, for Pythons without it (paths are checked already)."""
+    clean = member.replace(deep=False) if hasattr(member, "replace") else copy.copy(member)
+    if not clean.issym():
+        mode = clean.mode & 0o755  # no set-uid, set-gid, sticky; no group/other write
+        clean.mode = (mode | 0o600) if clean.isfile() or clean.islnk() else mode
+    # Ownership from the archive is never applied: as root, tarfile would chown to these ids.
+    clean.uid, clean.gid = os.getuid(), os.getgid()
+    clean.uname = clean.gname = ""
+    return clean
 
 
 def unpack(
@@ -146,7 +269,7 @@ def unpack(
             with tarfile.open(src, "r:*") as tar:
                 members: list[tarfile.TarInfo] = []
                 total = 0
-                seen_files: set[str] = set()
+                tree = _Tree()
                 for member in tar:
                     if len(members) >= max_members:
                         raise BundleError(f"{src}: more than {max_members} members; refusing to unpack")
@@ -158,16 +281,15 @@ def unpack(
                     total += max(member.size, 0)
                     if total > max_total_bytes:
                         raise BundleError(f"{src}: members add up to more than {max_total_bytes} bytes; refusing")
-                    norm = _check_member(member, target, seen_files)
-                    if member.isfile():
-                        seen_files.add(norm)
+                    _check_member(member, tree)
                     members.append(member)
+                tree.check_links()
                 if hasattr(tarfile, "data_filter"):
                     tar.extractall(target, members=members, filter="data")
-                else:  # pragma: no cover - old Pythons: our checks above are the filter
-                    tar.extractall(target, members=members)
+                else:  # Python 3.10.0-3.10.11, 3.11.0-3.11.3: our checks are the filter
+                    tar.extractall(target, members=[_data_filter_equivalent(m) for m in members])
         except tarfile.TarError as exc:
-            if type(exc).__name__.endswith("FilterError"):  # the data filter refused a member
+            if isinstance(exc, getattr(tarfile, "FilterError", ())):  # the data filter refused a member
                 raise BundleError(f"{src}: unsafe archive member refused ({exc})") from exc
             raise BundleError(f"{src}: not a readable tar archive ({exc})") from exc
         except (OSError, EOFError) as exc:

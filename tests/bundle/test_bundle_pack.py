@@ -58,6 +58,9 @@ HOSTILE = {
     "absolute symlink": (_member("link", tarfile.SYMTYPE, "/etc/passwd"), "symbolic link"),
     "hardlink escape": (_member("hard", tarfile.LNKTYPE, "../../etc/passwd"), "hard link"),
     "hardlink absolute": (_member("hard", tarfile.LNKTYPE, "/etc/passwd"), "hard link"),
+    "backslash dot-dot": (_member("golden\\..\\..\\evil.txt"), "backslash"),
+    "duplicate name": (_member("manifest.json"), "appears twice"),
+    "file used as a directory": (_member("manifest.json/x"), "not a directory"),
     "device file": (_member("dev", tarfile.CHRTYPE), "device files"),
     "fifo": (_member("fifo", tarfile.FIFOTYPE), "device files"),
 }
@@ -117,3 +120,82 @@ def test_pack_refuses_corrupt_bundle_and_symlinks(colour_bundle: Path, tmp_path:
     with pytest.raises(BundleError, match="sha256"):
         pack(bundle, tmp_path / "b.tar.gz")
     assert not (tmp_path / "b.tar.gz").exists()
+
+
+def _with_members(path: Path, colour_bundle: Path, extra: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    """A real packed bundle followed by the given members, in order."""
+    with tarfile.open(path, "w:gz") as tar:
+        for f in sorted(colour_bundle.rglob("*")):
+            if f.is_file():
+                tar.add(f, arcname=f.relative_to(colour_bundle).as_posix())
+        for info, data in extra:
+            info.size = len(data) if info.isfile() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    return path
+
+
+#: Links that are harmless one by one, lexically, but escape once the tree is built.
+LINK_CHAINS = {
+    "dot then dot-dot through it": [
+        (_member("a", tarfile.SYMTYPE, "."), b""), (_member("b", tarfile.SYMTYPE, "a/.."), b""),
+        (_member("b/pwned"), b"owned"),
+    ],
+    "link made dangerous by a later link": [
+        (_member("a", tarfile.SYMTYPE, "x/.."), b""), (_member("x", tarfile.SYMTYPE, "."), b""),
+        (_member("a/pwned"), b"owned"),
+    ],
+    "escaping link nothing is written through": [
+        (_member("a", tarfile.SYMTYPE, "x/.."), b""), (_member("x", tarfile.SYMTYPE, "."), b""),
+    ],
+    "deep chain": [
+        (_member("d1", tarfile.DIRTYPE), b""), (_member("d1/up", tarfile.SYMTYPE, ".."), b""),
+        (_member("top", tarfile.SYMTYPE, "d1/up/d1/up"), b""), (_member("esc", tarfile.SYMTYPE, "top/.."), b""),
+        (_member("esc/pwned"), b"owned"),
+    ],
+    "hard link through a link": [
+        (_member("a", tarfile.SYMTYPE, "."), b""), (_member("b", tarfile.SYMTYPE, "a/.."), b""),
+        (_member("h", tarfile.LNKTYPE, "b/pwned"), b""),
+    ],
+}
+
+
+@pytest.mark.parametrize("with_filter", [True, False], ids=["data-filter", "no-filter"])
+@pytest.mark.parametrize("case", sorted(LINK_CHAINS))
+def test_unpack_resolves_link_chains_against_the_final_tree(
+    colour_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, with_filter: bool
+) -> None:
+    """edgetl's own checks catch the chain, with the real reason, also where tarfile has no data filter."""
+    if not with_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)  # Python 3.10.0-3.10.11, 3.11.0-3.11.3
+    archive = _with_members(tmp_path / "chain.tar.gz", colour_bundle, LINK_CHAINS[case])
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BundleError, match=r"(link .* leaves|resolves, through the archive's links, outside) the "
+                                         r"target directory") as err:
+        unpack(archive, tmp_path / "out" / "b")
+    assert "not a readable tar" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.rglob("pwned")) == []
+    assert not (tmp_path / "out" / "b").exists() and _leftovers(tmp_path / "out") == []
+
+
+def test_unpack_without_data_filter_applies_its_rules(
+    colour_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where tarfile lacks the data filter, edgetl drops set-uid bits and group/other write itself."""
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    extra = _member("notes/readme.txt")
+    extra.mode = 0o6777
+    extra.uid, extra.gid, extra.uname, extra.gname = 4242, 4242, "someone", "somegroup"
+    archive = _with_members(tmp_path / "modes.tar.gz", colour_bundle,
+                            [(extra, b"hello"), (_member("lib", tarfile.SYMTYPE, "notes"), b"")])
+    out = unpack(archive, tmp_path / "out" / "b")
+    mode = (out.root / "notes" / "readme.txt").stat().st_mode & 0o7777
+    assert mode == 0o755, oct(mode)
+    assert (out.root / "lib" / "readme.txt").read_bytes() == b"hello"  # links that stay inside are kept
+
+
+def test_unpack_accepts_dot_slash_names(colour_bundle: Path, tmp_path: Path) -> None:
+    """``tar -C bundle -czf x.tar.gz .`` names members ``./…`` and includes ``./`` itself."""
+    archive = tmp_path / "dot.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(colour_bundle, arcname=".")
+    assert unpack(archive, tmp_path / "out").root.is_dir()
