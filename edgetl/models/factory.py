@@ -80,8 +80,9 @@ def create(
         drop_rate: dropout before the classifier.
 
     Returns:
-        A ``torch.nn.Module`` with ``edgetl_weights`` (where its weights came from) and
-        ``edgetl_info`` (the registry record) attributes.
+        A ``torch.nn.Module`` with ``edgetl_weights`` (where its weights came from), ``edgetl_info``
+        (the registry record) and ``edgetl_new_head`` (True when the classifier was not loaded from
+        the weights, so training should initialise it: `edgetl.train.strategies.init_new_head`) attributes.
     """
     info = get_model_info(name)
     timm = _timm()
@@ -89,6 +90,7 @@ def create(
     full = timm.create_model(info.timm_name, num_classes=1000, **kwargs)
     source_desc = "none (random init)"
     file_state: dict[str, Any] | None = None
+    full_head_loaded = head_loaded = False
     if weights not in (None, "none", "scratch"):
         source: WeightSource
         if weights == "pretrained":
@@ -98,7 +100,8 @@ def create(
         state = load_state_dict_file(source.path)
         if source.key_mapping == "ordered":
             state = _map_ordered(state, full.state_dict(), str(source.path))
-        _load_into(full, state, str(source.path), allow_head_mismatch=True)
+        missing = _load_into(full, state, str(source.path), allow_head_mismatch=True)
+        full_head_loaded = not _classifier_keys(full) & set(missing)
         if source.kind == "file":
             file_state = state
         source_desc = source.describe()
@@ -112,8 +115,10 @@ def create(
     elif num_classes != 1000 or drop_rate:
         model = timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
         _load_into(model, full.state_dict(), name, allow_head_mismatch=True)
+        head_loaded = full_head_loaded and num_classes == 1000
     else:
         model = full
+        head_loaded = full_head_loaded
     if file_state is not None and not features_only and model is not full:
         # a fine-tuned file's head fits a model with its class count: keep it (continued training)
         own = model.state_dict()
@@ -121,6 +126,8 @@ def create(
                 if k in _classifier_keys(model) and tuple(v.shape) == tuple(own[k].shape)}
         if head:
             model.load_state_dict(head, strict=False)
+            head_loaded = True
+    model.edgetl_new_head = not features_only and not head_loaded
     model.edgetl_weights = source_desc
     model.edgetl_info = info
     return model

@@ -8,6 +8,15 @@
 - ``scratch``: random initialisation, everything trains at one learning rate (the baseline that shows
   what pretraining buys).
 
+A new classifier head starts at zero (`init_new_head`): every class gets the same logit, so the first
+loss is ln(number of classes). timm's default initialisation of EfficientNet heads draws weights
+uniformly from ±1/sqrt(num_classes), scaled for 1000 classes; with a handful of classes and pooled
+features of norm 20-60 (they are not normalised), the first logits spread by ±10 and the first loss is
+6 (3 classes) to 16 (10 classes). The head then spends its epochs unlearning that start: on the
+Fashion-MNIST sample (96 px, 20 epochs) the linear probe reached 67 % top-1 from timm's start and 83 %
+from zero. A zero start is safe for the last layer: the rows still get different gradients because
+the targets differ.
+
 Frozen parts keep their BatchNorm running statistics: their BN layers stay in eval mode during
 training (`TrainPlan.apply_train_mode`), so a small, differently distributed dataset cannot drift the
 ImageNet statistics the frozen weights were fitted with.
@@ -64,6 +73,23 @@ def backbone_stages(model: Any) -> list[list[Any]]:
     return [stem, *stages]
 
 
+def init_new_head(model: Any) -> bool:
+    """Zero the classifier head when it is new (``model.edgetl_new_head``); True when it did.
+
+    A head loaded from the weights (a fine-tuned checkpoint with the same classes) is left as it is.
+    """
+    import torch
+
+    if not getattr(model, "edgetl_new_head", False):
+        return False
+    head = model.get_classifier()
+    with torch.no_grad():
+        for param in head.parameters():
+            param.zero_()
+    model.edgetl_new_head = False
+    return True
+
+
 @dataclass
 class TrainPlan:
     """The outcome of applying a strategy to a model."""
@@ -100,6 +126,8 @@ def apply_strategy(
 ) -> TrainPlan:
     """Freeze/unfreeze ``model`` in place for ``strategy`` and build the optimizer parameter groups.
 
+    A new classifier head is zeroed first (`init_new_head`), so training starts from a loss of ln(C).
+
     Args:
         model: a timm classifier from `edgetl.models.create`.
         strategy: one of `STRATEGIES`.
@@ -108,6 +136,7 @@ def apply_strategy(
         backbone_lr_scale: backbone learning rate as a fraction of ``lr`` (``partial`` and ``full``).
     """
     check_strategy(strategy)
+    init_new_head(model)
     groups = backbone_stages(model)
     stages = groups[1:]
     if strategy == "partial" and not 0 <= unfreeze <= len(stages):
