@@ -4,15 +4,17 @@ One build:
   1. pick the source graph for the precision (the QDQ graph for INT8 = explicit quantization; the
      FP16 graph on TensorRT 11, where precision lives in the graph; else the FP32 reference),
   2. parse it with TensorRT's ONNX parser, reporting each failing node by index, name and operator,
-  3. configure the builder: workspace pool, precision flags (TensorRT 8.6/10) or a strongly typed
-     network (TensorRT 11), an entropy calibrator for INT8 without a QDQ graph (TensorRT 10 and
-     older only), DLA core with GPU fallback, optimisation profiles for a dynamic batch, optimisation
-     level, hardware / version compatibility, and the bundle's timing cache,
+  3. configure the builder: workspace pool, precision flags (TensorRT 10) or a strongly typed
+     network (TensorRT 11), an entropy calibrator for INT8 without a QDQ graph (TensorRT 10 only),
+     DLA core with GPU fallback, optimisation profiles for a dynamic batch, optimisation level,
+     hardware / version compatibility, and the bundle's timing cache,
   4. serialise the engine to ``engines/<cc>-trt<ver>-<prec>.engine`` atomically and record its
      compatibility key in the manifest,
-  5. run it on the bundle's golden samples and record the agreement with the FP32 outputs.
+  5. run it on the bundle's golden samples and record the agreement with the FP32 outputs (a
+     version-compatible engine is opened with host code allowed, as its compatibility key says).
 
-TensorRT is imported when a build starts, never at import time.
+Requires TensorRT 10 or newer, like the runtime. TensorRT is imported when a build starts, never at
+import time.
 """
 
 from __future__ import annotations
@@ -26,17 +28,21 @@ import numpy as np
 
 from edgetl.bundle.manifest import Artifact, Bundle, open_bundle
 from edgetl.compile.compat import (
+    HOST_CODE_ENV,
     TIMING_CACHE_DIR,
     DeviceInfo,
     compat_key,
     engine_relpath,
+    host_code_allowed,
+    host_code_refusal,
+    needs_host_code,
     probe_device,
     short_version,
 )
 from edgetl.compile.nms import INFO_NAME, NMS_OUTPUTS, add_efficient_nms, check_nms_request
 from edgetl.errors import BadInputError, EnvironmentMissingError, GateFailedError
 from edgetl.fileio import write_bytes
-from edgetl.runtime.backends.tensorrt import TensorRTError, get_logger, import_tensorrt
+from edgetl.runtime.backends.tensorrt import TensorRTError, check_tensorrt_version, get_logger, import_tensorrt
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 
@@ -50,7 +56,7 @@ class BuildOptions:
         workspace_mb: the builder's workspace memory pool (MiB).
         dla_core: build for this DLA core (Jetson Xavier/Orin), with layers DLA cannot run on the GPU.
         batch: ``(min, opt, max)`` batch sizes of the optimisation profile when the batch is dynamic.
-        builder_level: builder optimisation level 0-5 (TensorRT 8.6+); higher builds slower, may run faster.
+        builder_level: builder optimisation level 0-5; higher builds slower, may run faster.
         hardware_compat: build for every Ampere or newer GPU (``HardwareCompatibilityLevel.AMPERE_PLUS``).
         version_compat: build an engine later TensorRT releases can run (``BuilderFlag.VERSION_COMPATIBLE``).
         contexts: identical optimisation profiles, one per concurrent execution context at run time.
@@ -146,7 +152,7 @@ class _Plan:
 
 
 def weak_typing_supported(trt: Any) -> bool:
-    """TensorRT 8.6/10 accept precision builder flags; TensorRT 11 builds strongly typed networks only."""
+    """TensorRT 10 accepts precision builder flags; TensorRT 11 builds strongly typed networks only."""
     return hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "INT8")
 
 
@@ -206,10 +212,8 @@ def plan_precision(trt: Any, bundle: Bundle, precision: str, *, dla: bool = Fals
 # --------------------------------------------------------------------------------------------------
 def parse_onnx(trt: Any, builder: Any, onnx_path: Path, *, strongly_typed: bool) -> tuple[Any, Any]:
     """Create the network and parse ``onnx_path``; a parse failure lists every failing node."""
-    flags = 0
+    flags = 0  # TensorRT 10 networks are explicit-batch always (EXPLICIT_BATCH is deprecated and ignored)
     creation = trt.NetworkDefinitionCreationFlag
-    if hasattr(creation, "EXPLICIT_BATCH") and int(str(trt.__version__).split(".")[0]) < 10:
-        flags |= 1 << int(creation.EXPLICIT_BATCH)  # required before TensorRT 10, deprecated (ignored) after
     if strongly_typed and hasattr(creation, "STRONGLY_TYPED"):
         flags |= 1 << int(creation.STRONGLY_TYPED)
     network = builder.create_network(flags)
@@ -300,8 +304,6 @@ def configure(
             )
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     if options.version_compat:
-        if not hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"):
-            raise EnvironmentMissingError(f"TensorRT {trt.__version__} cannot build version-compatible engines (8.6+)")
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
     name, shape = network_input(network)
@@ -361,7 +363,13 @@ def compile_bundle(
     """
     if nms != "keep":  # a usage error is exit 2 whether or not TensorRT is installed
         _check_nms(bundle_dir, nms)
+    if version_compat and not host_code_allowed():
+        raise BadInputError(
+            host_code_refusal("a --version-compat engine"),
+            hint=f"build without --version-compat, or unset {HOST_CODE_ENV} where host code is acceptable",
+        )
     trt = import_tensorrt()
+    check_tensorrt_version(trt)
     batch = tuple(int(b) for b in batch)
     if len(batch) == 1:
         batch = (batch[0], batch[0], batch[0])
@@ -427,7 +435,7 @@ def compile_bundle(
     seconds = time.perf_counter() - started
 
     golden = golden_agreement(engine_path, bundle, plan.effective, device=device,
-                              allow_host_code=options.version_compat, nms=nms_info is not None)
+                              allow_host_code=needs_host_code(key), nms=nms_info is not None)
     info = {
         "source": plan.source.path,
         "flags": plan.flags + (["STRONGLY_TYPED"] if plan.strongly_typed else []),

@@ -6,6 +6,13 @@ names the file after it (``engines/<cc>-trt<version>-<precision>.engine``); the 
 key with the GPU and TensorRT it finds, picks a matching engine, and otherwise says exactly why not,
 so the caller can fall back to ONNX Runtime instead of crashing inside deserialisation.
 
+Host code: a version-compatible engine (``--version-compat``) carries TensorRT's lean runtime
+inside it, which TensorRT 10 runs only when ``IRuntime.engine_host_code_allowed`` is set. The key
+records this as ``host_code``, so every place that opens the engine (runtime, validate, serve, the
+compile-time golden check) allows it for that engine alone. A machine may forbid host code
+altogether with ``EDGETL_TRT_ALLOW_HOST_CODE=0``: such engines then do not match here, and the
+runtime falls back to ONNX Runtime, saying why.
+
 This module is torch-free and imports neither tensorrt nor CUDA libraries at import time; the GPU is
 probed through the CUDA driver library with ctypes.
 """
@@ -26,6 +33,9 @@ TIMING_CACHE_DIR = "engines/timing"
 _ATTR_CC_MAJOR = 75
 _ATTR_CC_MINOR = 76
 _ATTR_INTEGRATED = 18
+
+#: Set to 0 (or false/no/off) to forbid engines that run host code (version-compatible engines) here.
+HOST_CODE_ENV = "EDGETL_TRT_ALLOW_HOST_CODE"
 
 #: Version-compatible engines may cross these major-version boundaries (TensorRT support matrix);
 #: within one major version any later runtime works.
@@ -121,7 +131,8 @@ def compat_key(
         profile: the optimisation profile, ``{"input": name, "min": [...], "opt": [...], "max": [...]}``.
         dla_core: the DLA core the engine targets, or None for the GPU.
         hardware_compat: built with ``HardwareCompatibilityLevel.AMPERE_PLUS`` (runs on any Ampere+ dGPU).
-        version_compat: built with ``BuilderFlag.VERSION_COMPATIBLE`` (runs on later TensorRT releases).
+        version_compat: built with ``BuilderFlag.VERSION_COMPATIBLE`` (runs on later TensorRT releases);
+            such an engine needs host code allowed when it is deserialised (``host_code`` in the key).
     """
     return {
         "compute_capability": device.compute_capability,
@@ -132,7 +143,28 @@ def compat_key(
         "dla_core": dla_core,
         "hardware_compat": bool(hardware_compat),
         "version_compat": bool(version_compat),
+        # TensorRT 10 embeds the lean runtime in every version-compatible engine (edgetl never sets
+        # EXCLUDE_LEAN_RUNTIME), and deserialising it needs runtime.engine_host_code_allowed.
+        "host_code": bool(version_compat),
     }
+
+
+def needs_host_code(compat: dict[str, Any]) -> bool:
+    """Whether an engine with this key runs host code (keys written before ``host_code``: version-compatible)."""
+    return bool(compat.get("host_code", compat.get("version_compat", False)))
+
+
+def host_code_allowed() -> bool:
+    """The machine's policy: False when `HOST_CODE_ENV` is set to 0/false/no/off."""
+    return os.environ.get(HOST_CODE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def host_code_refusal(path: str) -> str:
+    """The one sentence explaining why an engine that needs host code is not opened here."""
+    return (
+        f"{path} is version-compatible and runs host code (the lean runtime inside it), which "
+        f"{HOST_CODE_ENV}=0 forbids on this machine"
+    )
 
 
 def engine_relpath(compat: dict[str, Any]) -> str:
@@ -163,11 +195,21 @@ class CompatCheck:
     exact: bool = False
 
 
-def check_compat(compat: dict[str, Any], device: DeviceInfo | None, tensorrt_version: str | None) -> CompatCheck:
+def check_compat(
+    compat: dict[str, Any],
+    device: DeviceInfo | None,
+    tensorrt_version: str | None,
+    *,
+    allow_host_code: bool | None = None,
+) -> CompatCheck:
     """Decide whether an engine with key ``compat`` runs on ``device`` under TensorRT ``tensorrt_version``.
 
-    Rules (TensorRT's engine portability rules):
+    Args:
+        allow_host_code: whether engines that run host code may be opened; None reads `HOST_CODE_ENV`.
+
+    Rules (TensorRT's engine portability rules, plus this machine's host-code policy):
       * without a GPU or without TensorRT nothing runs;
+      * an engine that runs host code (version-compatible) does not run where host code is forbidden;
       * the compute capability must be equal, unless the engine is hardware-compatible (Ampere+), which
         needs compute capability >= 8.0 here;
       * the TensorRT version (major.minor.patch) must be equal, unless the engine is version-compatible,
@@ -178,6 +220,8 @@ def check_compat(compat: dict[str, Any], device: DeviceInfo | None, tensorrt_ver
         return CompatCheck(False, "no CUDA GPU is visible on this machine")
     if not tensorrt_version:
         return CompatCheck(False, "TensorRT is not installed on this machine")
+    if needs_host_code(compat) and not (host_code_allowed() if allow_host_code is None else allow_host_code):
+        return CompatCheck(False, host_code_refusal("the engine") + "; rebuild it without --version-compat")
     built_cc = str(compat.get("compute_capability", "?"))
     built_trt = str(compat.get("tensorrt_version", "?"))
     built_name = str(compat.get("device_name", "?"))

@@ -76,9 +76,11 @@ def _open_backend(bundle: Bundle, picked: Choice, threads: int) -> Backend:
         cache = bundle.root / "engines" / "ort-trt-cache"
         return OnnxRuntimeBackend(path, device=picked.device, threads=threads, trt_cache_dir=cache)
     if picked.backend == "tensorrt":
+        from edgetl.compile.compat import needs_host_code
         from edgetl.runtime.backends.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(path)
+        # A version-compatible engine runs host code; its compatibility key says so (policy permitting).
+        return TensorRTBackend(path, allow_host_code=needs_host_code(picked.artifact.compat))
     from edgetl.runtime.backends.torch_backend import TorchBackend
 
     return TorchBackend(path, device=picked.device)

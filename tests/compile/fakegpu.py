@@ -47,6 +47,7 @@ class FakeGpu:
         self.builds: list[dict[str, Any]] = []
         self.contexts: list[Any] = []
         self.plugins_initialised = False
+        self.runtimes: list[Any] = []
         self.trt = _make_trt_module(self)
         self.cudart = _make_cudart_module(self)
 
@@ -713,6 +714,7 @@ def _make_trt_module(gpu: FakeGpu) -> types.ModuleType:
         def __init__(self, logger: Any) -> None:
             self.logger = logger
             self.engine_host_code_allowed = False
+            gpu.runtimes.append(self)
 
         def deserialize_cuda_engine(self, data: bytes) -> FakeEngine | None:
             gpu.record("deserialize_cuda_engine")

@@ -35,7 +35,7 @@ def test_fp16_build_records_engine_compat_and_golden(fake_gpu, tiny_bundle):
         "compute_capability": "8.7", "device_name": "Orin", "tensorrt_version": "10.3.0", "precision": "fp16",
         "profile": {"input": "input", "min": [1, 3, 16, 16], "opt": [4, 3, 16, 16], "max": [8, 3, 16, 16],
                     "count": 2},
-        "dla_core": None, "hardware_compat": False, "version_compat": False,
+        "dla_core": None, "hardware_compat": False, "version_compat": False, "host_code": False,
     }
     golden = engine.info["golden"]
     assert golden["passed"] is True and golden["samples"] == 8
@@ -163,12 +163,19 @@ def test_hardware_compat_on_ampere_dgpu(monkeypatch, tiny_bundle):
     assert gpu.violations == []
 
 
-def test_tensorrt_86_uses_explicit_batch_flag(monkeypatch, tiny_bundle):
-    """Contract: before TensorRT 10 the network must be created with EXPLICIT_BATCH (the fake fails otherwise)."""
+def test_tensorrt_before_10_is_refused_clearly(monkeypatch, tiny_bundle):
+    """TensorRT 8.x (JetPack 5, JetPack 6.0) is refused up front, by compile and runtime alike (exit 3)."""
+    from edgetl.errors import EnvironmentMissingError
+    from edgetl.runtime.backends.tensorrt import TensorRTBackend
+
     gpu = fakegpu.FakeGpu(trt_version="8.6.2.3")
     fakegpu.install(monkeypatch, gpu)
-    result = compile_bundle(tiny_bundle, "fp16")
-    assert result.engine.name == "sm87-trt8.6.2-fp16.engine"
+    with pytest.raises(EnvironmentMissingError, match=r"8\.6\.2\.3 is too old: edgetl needs TensorRT 10") as err:
+        compile_bundle(tiny_bundle, "fp16")
+    assert err.value.exit_code == 3 and gpu.builds == []
+    (tiny_bundle / "some.engine").write_bytes(b"{}")
+    with pytest.raises(EnvironmentMissingError, match="needs TensorRT 10"):
+        TensorRTBackend(tiny_bundle / "some.engine")
     assert gpu.violations == []
 
 

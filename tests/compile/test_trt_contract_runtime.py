@@ -194,3 +194,48 @@ def test_fake_cudart_names_exist_in_cuda_python():
     fake = fakegpu.FakeGpu().cudart
     names = [n for n in vars(fake) if n.startswith("cuda")]
     assert names and all(hasattr(real, n) for n in names), [n for n in names if not hasattr(real, n)]
+
+
+def test_version_compatible_engine_opens_with_host_code_everywhere(fake_gpu, tiny_bundle):
+    """Contract: load/validate/serve open a --version-compat engine with runtime.engine_host_code_allowed."""
+    from edgetl.runtime import load
+    from edgetl.serve.config import ServeConfig
+    from edgetl.serve.models import default_loader
+    from edgetl.validate.api import _open_backend as validate_open
+
+    result = compile_bundle(tiny_bundle, "fp16", version_compat=True)
+    assert result.artifact.compat["host_code"] is True
+    x = np.load(tiny_bundle / "golden/input.npy")
+    with load(tiny_bundle) as predictor:  # the runtime's auto choice
+        assert predictor.backend.name == "tensorrt"
+        np.testing.assert_allclose(predictor.predict_batch(x)["logits"], _reference(tiny_bundle, x), atol=5e-2)
+    with TensorRTBackend(result.engine) as backend:  # the engine's key is read from its bundle's manifest
+        assert backend.describe()["host_code"] is True
+    with validate_open(result.engine, "auto") as backend:
+        assert backend.name == "tensorrt"
+    served = default_loader(open_bundle(tiny_bundle), ServeConfig(bundle=tiny_bundle))
+    assert served.backend.name == "tensorrt"
+    served.close()
+
+
+def test_host_code_policy_falls_back_to_onnxruntime_with_a_warning(fake_gpu, tiny_bundle, monkeypatch, caplog):
+    from edgetl.errors import EnvironmentMissingError
+    from edgetl.runtime import load
+
+    result = compile_bundle(tiny_bundle, "fp16", version_compat=True)
+    compiled = len(fake_gpu.runtimes)  # the compile-time golden check allowed host code, as it should
+    monkeypatch.setenv("EDGETL_TRT_ALLOW_HOST_CODE", "0")
+    with caplog.at_level("WARNING", logger="edgetl.runtime"), load(tiny_bundle) as predictor:
+        assert predictor.backend.name == "onnxruntime"
+        assert "host code" in predictor.describe()["why"]
+    assert any("EDGETL_TRT_ALLOW_HOST_CODE" in r.getMessage() for r in caplog.records), caplog.text
+    backend, why = open_engine_or_fallback(open_bundle(tiny_bundle))
+    with backend:
+        assert backend.name == "onnxruntime" and "falling back to ONNX Runtime" in why
+    with pytest.raises(TensorRTError, match="EDGETL_TRT_ALLOW_HOST_CODE"):
+        TensorRTBackend(result.engine)
+    with pytest.raises(EnvironmentMissingError, match="host code"):
+        load(tiny_bundle, backend="tensorrt")
+    assert not any(r.engine_host_code_allowed for r in fake_gpu.runtimes[compiled:]), "host code was allowed"
+    with pytest.raises(BadInputError, match="--version-compat"):  # nor is such an engine built here
+        compile_bundle(tiny_bundle, "fp32", version_compat=True)

@@ -12,14 +12,23 @@ N callers at once. On engines with a dynamic batch, TensorRT lets one optimisati
 one context at a time, so the pool size is bounded by the profiles the engine was built with
 (``edgetl compile --contexts``).
 
-Requires TensorRT 8.5 or newer (name-based tensor API). Never imports torch unless cuda-python is
-missing and torch is present (see `edgetl.runtime.backends.cuda_mem`).
+Host code: a version-compatible engine (``edgetl compile --version-compat``) embeds TensorRT's lean
+runtime, which TensorRT 10 deserialises only with ``runtime.engine_host_code_allowed = True``. That
+is set for exactly the engines whose compatibility key says ``host_code`` (`edgetl.compile.compat`),
+and never where ``EDGETL_TRT_ALLOW_HOST_CODE=0`` forbids it; `select_engine` then skips such engines
+with a warning and the runtime falls back to ONNX Runtime.
+
+Requires TensorRT 10 or newer (``pip install 'edgetl[tensorrt]'`` asks for ``tensorrt>=10.0``; JetPack
+6.1+). Never imports torch unless cuda-python is missing and torch is present (see
+`edgetl.runtime.backends.cuda_mem`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import json
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -35,8 +44,12 @@ from edgetl.runtime.backends.cuda_mem import CudaApi, DeviceBuffer, HostBuffer, 
 if TYPE_CHECKING:
     from edgetl.bundle.manifest import Artifact, Bundle
 
+log = logging.getLogger("edgetl.runtime")
+
 #: The one message for a machine without TensorRT (the CLI prints it and exits 3).
 TENSORRT_MISSING = "TensorRT not found: install edgetl[tensorrt] or use JetPack's python3-libnvinfer"
+#: The oldest TensorRT major version edgetl builds and runs engines with (the ``tensorrt`` extra's pin).
+MIN_TENSORRT_MAJOR = 10
 
 
 class TensorRTError(EdgetlError):
@@ -51,6 +64,20 @@ def import_tensorrt() -> Any:
         return importlib.import_module("tensorrt")
     except ImportError as exc:
         raise MissingDependencyError(TENSORRT_MISSING) from exc
+
+
+def check_tensorrt_version(trt: Any) -> None:
+    """Refuse TensorRT releases older than `MIN_TENSORRT_MAJOR` with a message saying what to install."""
+    version = str(getattr(trt, "__version__", "0"))
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = 0
+    if major < MIN_TENSORRT_MAJOR:
+        raise EnvironmentMissingError(
+            f"TensorRT {version} is too old: edgetl needs TensorRT {MIN_TENSORRT_MAJOR} or newer",
+            hint="install edgetl[tensorrt] (tensorrt>=10) or move to JetPack 6.1+, or use the ONNX Runtime backend",
+        )
 
 
 def tensorrt_version() -> str | None:
@@ -167,7 +194,13 @@ class TensorRTBackend(Backend):
             removes launch overhead for single-image latency.
         cuda: ``"auto"`` (cuda-python, else torch), ``"cuda-python"``, ``"torch"`` or a `CudaApi`.
         allow_host_code: let TensorRT run the lean runtime embedded in a version-compatible engine
-            (``runtime.engine_host_code_allowed``). Only for engines you built or trust.
+            (``runtime.engine_host_code_allowed``). None (default): when the engine's compatibility
+            key in the manifest of the bundle holding it says ``host_code``; an engine no manifest
+            vouches for gets no host code. Whatever is passed, ``EDGETL_TRT_ALLOW_HOST_CODE=0`` wins.
+
+    Raises:
+        TensorRTError: the engine does not deserialise here, or it needs host code the policy forbids.
+        EnvironmentMissingError: TensorRT is older than 10.
     """
 
     name = "tensorrt"
@@ -180,7 +213,7 @@ class TensorRTBackend(Backend):
         contexts: int | None = None,
         cuda_graph: bool = False,
         cuda: str | CudaApi = "auto",
-        allow_host_code: bool = False,
+        allow_host_code: bool | None = None,
     ) -> None:
         super().__init__(artifact)
         self._closed = True
@@ -188,24 +221,34 @@ class TensorRTBackend(Backend):
         if not self.artifact.is_file():
             raise BadInputError(f"TensorRT engine not found: {self.artifact}")
         trt = self.trt = import_tensorrt()
-        if not hasattr(trt.ICudaEngine, "num_io_tensors"):
-            raise EnvironmentMissingError(
-                f"TensorRT {trt.__version__} is too old: edgetl needs 8.5 or newer (name-based tensor API)",
-                hint="upgrade JetPack / TensorRT, or use the ONNX Runtime backend",
+        check_tensorrt_version(trt)
+        from edgetl.compile.compat import HOST_CODE_ENV, host_code_allowed, host_code_refusal, needs_host_code
+
+        if allow_host_code is None:
+            key = engine_compat_key(self.artifact)
+            allow_host_code = key is not None and needs_host_code(key)
+        if allow_host_code and not host_code_allowed():
+            raise TensorRTError(
+                host_code_refusal(str(self.artifact)),
+                hint=f"rebuild the engine without --version-compat, unset {HOST_CODE_ENV}, or use ONNX Runtime",
             )
+        self.host_code = bool(allow_host_code)
         self.device_index = device
         self.cuda = get_cuda_api(cuda)
         self.cuda.set_device(device)
         self.logger = get_logger(trt)
         self.runtime = trt.Runtime(self.logger)
-        if allow_host_code:
+        if self.host_code:
             self.runtime.engine_host_code_allowed = True
         self.engine = self.runtime.deserialize_cuda_engine(self.artifact.read_bytes())
         if self.engine is None:
+            details = self.logger.take() or "no details from TensorRT"
+            hint = "engines are tied to a GPU and a TensorRT version: rebuild it here with `edgetl compile`"
+            if "host code" in details and not self.host_code:
+                hint = ("a version-compatible engine needs host code allowed: open it from its bundle (the "
+                        "manifest's compat key says so) or pass allow_host_code=True for an engine you trust")
             raise TensorRTError(
-                f"{self.artifact}: TensorRT {trt.__version__} cannot deserialize this engine "
-                f"({self.logger.take() or 'no details from TensorRT'})",
-                hint="engines are tied to a GPU and a TensorRT version: rebuild it here with `edgetl compile`",
+                f"{self.artifact}: TensorRT {trt.__version__} cannot deserialize this engine ({details})", hint=hint
             )
         self._inspect_io()
         self.cuda_graph = bool(cuda_graph) and self.min_batch <= 1
@@ -367,6 +410,7 @@ class TensorRTBackend(Backend):
             "batch_range": [self.min_batch, self.max_batch],
             "contexts": len(self._slots),
             "cuda_graph": self.cuda_graph,
+            "host_code": self.host_code,
         }
 
     def close(self) -> None:
@@ -395,6 +439,29 @@ class TensorRTBackend(Backend):
 BEST_ORDER = ("best", "int8", "fp16", "fp32")
 
 
+def engine_compat_key(engine: Path, levels: int = 3) -> dict[str, Any] | None:
+    """The compatibility key the manifest of the bundle holding ``engine`` records for it, or None.
+
+    Looks in the engine's directory and up to ``levels - 1`` parents for a ``manifest.json`` whose
+    artifacts list this file, so that a caller holding only a path (``edgetl validate --model
+    engines/x.engine``) opens the engine the way its bundle says.
+    """
+    target = engine.resolve()
+    for root in list(target.parents)[:levels]:
+        manifest = root / "manifest.json"
+        if not manifest.is_file():
+            continue
+        try:
+            artifacts = json.loads(manifest.read_text(encoding="utf-8")).get("artifacts") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for entry in artifacts:
+            path, compat = (entry.get("path"), entry.get("compat")) if isinstance(entry, dict) else (None, None)
+            if isinstance(path, str) and isinstance(compat, dict) and (root / path).resolve() == target:
+                return compat
+    return None
+
+
 def _engine_precision(artifact: Artifact) -> str:
     return str(artifact.compat.get("precision") or artifact.precision)
 
@@ -411,7 +478,7 @@ def select_engine(bundle: Bundle, precision: str = "best", *, device: int = 0) -
         ``(artifact, reason)``; ``artifact`` is None when nothing matches, and ``reason`` then lists
         every engine with what differs, ending with the fallback the runtime takes.
     """
-    from edgetl.compile.compat import check_compat, probe_device
+    from edgetl.compile.compat import HOST_CODE_ENV, check_compat, host_code_allowed, needs_host_code, probe_device
 
     engines = bundle.find(kind="engine")
     if not engines:
@@ -437,6 +504,9 @@ def select_engine(bundle: Bundle, precision: str = "best", *, device: int = 0) -
             fits.append((artifact, verdict))
         else:
             rejected.append(f"{artifact.path}: {verdict.reason}")
+            if needs_host_code(artifact.compat) and not host_code_allowed():
+                log.warning("skipping TensorRT engine %s: it runs host code, which %s=0 forbids here; another "
+                            "engine or ONNX Runtime is used instead", artifact.path, HOST_CODE_ENV)
     if fits:
         # Keep the precision preference; within it, an exact GPU/TensorRT match wins.
         best_rank = _engine_precision(fits[0][0])
@@ -463,7 +533,7 @@ def open_engine_or_fallback(
     Returns:
         ``(backend, reason)`` with the reason the runtime reports in ``describe()``.
     """
-    from edgetl.compile.compat import ORT_TRT_CACHE_DIR
+    from edgetl.compile.compat import ORT_TRT_CACHE_DIR, needs_host_code
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     artifact, reason = select_engine(bundle, precision, device=device)
@@ -474,7 +544,7 @@ def open_engine_or_fallback(
                 device,
                 contexts=contexts,
                 cuda_graph=cuda_graph,
-                allow_host_code=bool(artifact.compat.get("version_compat")),
+                allow_host_code=needs_host_code(artifact.compat),
             )
             return backend, f"TensorRT engine {artifact.path}: {reason}"
         except EdgetlError as exc:
