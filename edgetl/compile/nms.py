@@ -10,9 +10,16 @@ runtime reads as postprocess ``outputs: "nms"``:
     det_classes int32 (N, K)   with K = the manifest's ``max_detections``.
 
 The ONNX graphs in the bundle are not touched; only the engine artifact records the changed layout.
-EfficientNMS_TRT is an ``IPluginV2DynamicExt`` plugin (TensorRT 8.x-11.0), added with
+EfficientNMS_TRT is an ``IPluginV2DynamicExt`` plugin (TensorRT 10-11.0), added with
 ``add_plugin_v2``; should a TensorRT release hand back an ``IPluginV3`` object instead, it goes
 through ``add_plugin_v3``.
+
+Plugin versions differ in the attributes they know, and an unknown attribute is ignored silently:
+``class_agnostic`` is missing from older EfficientNMS_TRT builds, which always run per-class NMS.
+So the attributes are checked against what the creator declares (``creator.field_names``) before
+anything is sent: a missing required one, or ``class_agnostic: true`` on a plugin that does not
+declare it, stops the build with the reason (host NMS honours it); ``class_agnostic: false`` there
+is simply left out, since per-class NMS is what that plugin does.
 """
 
 from __future__ import annotations
@@ -75,6 +82,47 @@ def plugin_params(postprocess: dict[str, Any]) -> dict[str, Any]:
 
 
 _FLOAT_FIELDS = ("score_threshold", "iou_threshold")
+#: Attributes only some plugin versions declare; the value at which leaving them out changes nothing.
+_OPTIONAL_FIELDS = {"class_agnostic": 0}
+
+
+def declared_fields(creator: Any) -> set[str] | None:
+    """The attribute names a plugin creator declares, or None when it does not say."""
+    fields = getattr(creator, "field_names", None)
+    if fields is None:
+        return None
+    try:
+        return {str(f.name) for f in fields}
+    except (TypeError, AttributeError):
+        return None
+
+
+def supported_params(params: dict[str, Any], declared: set[str] | None, version: str) -> dict[str, Any]:
+    """``params`` restricted to what the plugin declares; raise where leaving one out would change the result.
+
+    Args:
+        params: the attributes from `plugin_params`.
+        declared: `declared_fields` of the creator (None: unknown, so optional attributes are not relied on).
+        version: TensorRT's version, for the message.
+    """
+    kept = {}
+    for name, value in params.items():
+        default = _OPTIONAL_FIELDS.get(name)
+        if (name in declared) if declared is not None else default is None:
+            kept[name] = value  # declared, or a required attribute of a plugin that does not list them
+            continue
+        if default is not None and value == default:
+            continue  # the plugin's own behaviour already: do not send a field it would ignore
+        said = "does not declare" if declared is not None else "does not list its attributes, so it may ignore"
+        raise EnvironmentMissingError(
+            f"{PLUGIN_NAME} in TensorRT {version} {said} {name!r} (it declares "
+            f"{', '.join(sorted(declared or [])) or 'nothing'}); an unknown attribute is ignored silently, "
+            f"so the engine would not do what the manifest's postprocess asks ({name}={value})",
+            hint="compile without --nms trt (host NMS honours every postprocess setting), or use a TensorRT "
+            "whose plugin library has this attribute" + (", or set class_agnostic to false in the manifest"
+                                                         if name == "class_agnostic" else ""),
+        )
+    return kept
 
 
 def _fields(trt: Any, params: dict[str, Any]) -> Any:
@@ -92,10 +140,7 @@ def _creator(trt: Any, logger: Any) -> Any:
     # The plugin library registers its creators only when asked to; without this the lookup fails.
     trt.init_libnvinfer_plugins(logger, "")
     registry = trt.get_plugin_registry()
-    if hasattr(registry, "get_creator"):  # TensorRT 10+: V2 and V3 creators alike
-        creator = registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, "")
-    else:  # TensorRT 8.x
-        creator = registry.get_plugin_creator(PLUGIN_NAME, PLUGIN_VERSION, "")
+    creator = registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, "")  # TensorRT 10+: V2 and V3 creators alike
     if creator is None:
         raise EnvironmentMissingError(
             f"TensorRT {trt.__version__} has no {PLUGIN_NAME} version {PLUGIN_VERSION} plugin",
@@ -135,6 +180,7 @@ def add_efficient_nms(trt: Any, network: Any, postprocess: dict[str, Any], logge
     if len(b_shape) != 3 or b_shape[2] != 4 or len(s_shape) != 3:
         raise BadInputError(f"--nms trt expects boxes (N, A, 4) and scores (N, A, C), got {b_shape} and {s_shape}")
     creator = _creator(trt, logger)
+    params = supported_params(params, declared_fields(creator), str(trt.__version__))
     fields = _fields(trt, params)
     if hasattr(trt, "IPluginCreatorV3One") and isinstance(creator, trt.IPluginCreatorV3One):
         plugin = creator.create_plugin("edgetl_nms", fields, trt.TensorRTPhase.BUILD)

@@ -30,7 +30,12 @@ class ContractViolation(Exception):
 class FakeGpu:
     """Shared state of one fake GPU: memory, streams, graphs, TensorRT objects, and the violation log."""
 
-    def __init__(self, *, trt_version: str = "10.3.0.26", dla_cores: int = 0, unsupported_ops: tuple[str, ...] = ()):
+    def __init__(self, *, trt_version: str = "10.3.0.26", dla_cores: int = 0, unsupported_ops: tuple[str, ...] = (),
+                 nms_fields: tuple[str, ...] | None = None):
+        """``nms_fields``: the attributes this EfficientNMS_TRT declares (default: all; an older plugin
+        lacks ``class_agnostic`` and, like the real one, ignores it silently when given)."""
+        self.nms_fields = {n: t for n, t in EFFICIENT_NMS_FIELDS.items() if nms_fields is None or n in nms_fields}
+        self.ignored_fields: list[str] = []
         self.trt_version = trt_version
         self.major = int(trt_version.split(".")[0])
         self.dla_cores = dla_cores
@@ -922,6 +927,12 @@ def _make_trt_module(gpu: FakeGpu) -> types.ModuleType:
         def __init__(self, name: str, version: str) -> None:
             self.name, self.plugin_version, self.plugin_namespace = name, version, ""
 
+        @property
+        def field_names(self) -> PluginFieldCollection:
+            """The attributes the plugin declares (TensorRT: ``IPluginCreator.field_names``)."""
+            return PluginFieldCollection(PluginField(n, None, getattr(trt.PluginFieldType, t))
+                                         for n, t in gpu.nms_fields.items())
+
         def create_plugin(self, name: str, field_collection: Any) -> FakePlugin:
             gpu.record("create_plugin")
             if not isinstance(field_collection, PluginFieldCollection):
@@ -930,9 +941,12 @@ def _make_trt_module(gpu: FakeGpu) -> types.ModuleType:
             for f in field_collection:
                 if not isinstance(f, PluginField):
                     gpu.violate(f"create_plugin got {f!r}, not a PluginField")
-                want = EFFICIENT_NMS_FIELDS.get(f.name)
+                want = gpu.nms_fields.get(f.name)
+                if want is None and f.name in EFFICIENT_NMS_FIELDS:  # a newer version's field: ignored silently
+                    gpu.ignored_fields.append(f.name)
+                    continue
                 if want is None:
-                    gpu.violate(f"EfficientNMS_TRT has no attribute {f.name!r} (has {sorted(EFFICIENT_NMS_FIELDS)})")
+                    gpu.violate(f"EfficientNMS_TRT has no attribute {f.name!r} (has {sorted(gpu.nms_fields)})")
                 if f.type.name != want:
                     gpu.violate(f"EfficientNMS_TRT attribute {f.name!r} is {want}, got {f.type.name}")
                 data = np.asarray(f.data)

@@ -231,3 +231,54 @@ def test_contract_plugin_outputs_must_be_marked(monkeypatch, fake_gpu, detect_bu
     with pytest.raises(fakegpu.ContractViolation, match="not marked as a network output"):
         compile_bundle(detect_bundle, "fp32", nms="trt")
     fake_gpu.violations.clear()
+
+
+def _class_agnostic(detect_bundle: Path, value: bool) -> None:
+    bundle = open_bundle(detect_bundle)
+    bundle.set_section("postprocess", {**POSTPROCESS, "class_agnostic": value})
+    bundle.save()
+
+
+def test_class_agnostic_on_a_plugin_without_the_field_is_refused(monkeypatch, detect_bundle):
+    """Contract: an older EfficientNMS_TRT lacks class_agnostic and ignores it silently, so it is checked first."""
+    from edgetl.errors import EnvironmentMissingError
+
+    gpu = fakegpu.FakeGpu(nms_fields=tuple(fakegpu.EFFICIENT_NMS_REQUIRED))
+    fakegpu.install(monkeypatch, gpu)
+    _class_agnostic(detect_bundle, True)
+    with pytest.raises(EnvironmentMissingError, match="does not declare 'class_agnostic'") as err:
+        compile_bundle(detect_bundle, "fp32", nms="trt", batch=(1, 4, 8))
+    assert "without --nms trt" in err.value.hint
+    assert gpu.builds == [] and gpu.ignored_fields == [] and gpu.violations == []
+    assert open_bundle(detect_bundle).find(kind="engine") == []
+
+
+def test_per_class_nms_on_a_plugin_without_the_field_builds(monkeypatch, detect_bundle):
+    """Per-class NMS is what such a plugin does anyway: the field is left out, nothing is sent to be ignored."""
+    gpu = fakegpu.FakeGpu(nms_fields=tuple(fakegpu.EFFICIENT_NMS_REQUIRED))
+    fakegpu.install(monkeypatch, gpu)
+    result = compile_bundle(detect_bundle, "fp32", nms="trt", batch=(1, 4, 8))
+    assert gpu.ignored_fields == [] and "class_agnostic" not in result.artifact.info["nms_plugin"]["params"]
+    assert result.artifact.info["golden"]["passed"] is True
+    assert gpu.violations == []
+
+
+def test_class_agnostic_reaches_a_plugin_that_declares_it(fake_gpu, detect_bundle):
+    _class_agnostic(detect_bundle, True)
+    compile_bundle(detect_bundle, "fp32", nms="trt", batch=(1, 4, 8))
+    assert fake_gpu.builds[-1]["nms"]["params"]["class_agnostic"] == 1
+
+
+def test_supported_params_rules():
+    from edgetl.compile.nms import plugin_params, supported_params
+    from edgetl.errors import EnvironmentMissingError
+
+    params = plugin_params({**POSTPROCESS, "class_agnostic": True})
+    everything = set(params)
+    assert supported_params(params, everything, "10.3") == params
+    with pytest.raises(EnvironmentMissingError, match="does not declare 'iou_threshold'"):
+        supported_params(params, everything - {"iou_threshold"}, "10.3")
+    with pytest.raises(EnvironmentMissingError, match="may ignore 'class_agnostic'"):
+        supported_params(params, None, "10.3")  # undeclared: required ones are sent, optional ones not relied on
+    per_class = {**params, "class_agnostic": 0}
+    assert supported_params(per_class, None, "10.3") == {k: v for k, v in params.items() if k != "class_agnostic"}
