@@ -3,7 +3,7 @@
 Library code raises these; `edgetl.cli` turns them into a message on stderr and an exit code in one
 place, so no logging call ever doubles as control flow.
 
-Exit codes (ARCHITECTURE.md): 0 success, 1 a validation gate failed, 2 bad usage or bad input,
+Exit codes (docs/architecture.md): 0 success, 1 a validation gate failed, 2 bad usage or bad input,
 3 the environment lacks something (GPU, TensorRT, an optional extra).
 """
 

@@ -1,6 +1,6 @@
 """Deployment bundles: a directory with ``manifest.json`` and the artifacts a device needs.
 
-Torch-free by contract (ARCHITECTURE.md): a device installs only the runtime extra.
+Torch-free by contract (docs/architecture.md): a device installs only the runtime extra.
 
 * `open_bundle` / `Bundle`: read, validate (``manifest.schema.json``), verify hashes, update.
 * `pack` / `unpack`: ship a bundle as one ``.tar.gz``; unpacking refuses unsafe members.

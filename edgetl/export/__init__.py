@@ -1,6 +1,6 @@
 """Export a checkpoint to an ONNX bundle, with a parity check and golden samples.
 
-``export_checkpoint`` is the first stage that creates a bundle (ARCHITECTURE.md): ``manifest.json``,
+``export_checkpoint`` is the first stage that creates a bundle (docs/architecture.md): ``manifest.json``,
 ``model.onnx`` (the FP32 reference every later stage compares against) and ``golden/``.
 """
 
