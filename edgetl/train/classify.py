@@ -3,6 +3,8 @@
 A run writes into ``cfg.out``: ``best.pt`` (best validation top-1), ``last.pt`` (latest state, with
 optimizer and progress for ``resume``), ``metrics.json``, ``curves.png``, ``confusion.png`` and
 ``config.yaml`` (the resolved configuration, reusable as ``edgetl train classify --config``).
+Before the first epoch the run logs its dataset (classes, counts per split and class, how the validation
+split was made, skipped files) and its plan with an estimated time (`edgetl.train.announce`).
 
 Ctrl-C: ``last.pt`` is written atomically at the end of every epoch, so an interrupted run keeps the
 state of its last complete epoch (or, if none completed, the current weights) and ``metrics.json``
@@ -16,6 +18,7 @@ uninterrupted one would.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -28,6 +31,7 @@ from edgetl.data.transforms import SpecTransform, train_transform
 from edgetl.errors import BadInputError, EnvironmentMissingError, optional_import
 from edgetl.fileio import write_text
 from edgetl.preprocess import PreprocessSpec
+from edgetl.train import announce
 from edgetl.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from edgetl.train.loop import StepContext, build_optimizer, predict, run_epoch, tensor_batches
 from edgetl.train.metrics import classification_metrics
@@ -328,6 +332,7 @@ class _Run:
         import yaml
 
         write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        self._announce()
         ctx = self._context()
         stopped = "completed"
         epoch = self.start_epoch
@@ -358,6 +363,32 @@ class _Run:
             self._report(started, "interrupted")
             raise
         return self._finish(started, stopped)
+
+    def _announce(self) -> None:
+        """Log the dataset and the plan before the first epoch (`edgetl.train.announce`).
+
+        The time estimate runs the model on a few training images, so it is only measured when
+        someone listens (the logger is enabled for INFO).
+        """
+        if not announce.log.isEnabledFor(logging.INFO):
+            return
+        cfg = self.cfg
+        epochs = max(0, cfg.epochs - self.start_epoch + 1)
+        steps = None if cfg.max_steps is None else max(0, cfg.max_steps - self.step)
+        lines = announce.dataset_lines(self.data, source=str(cfg.data), val_fraction=cfg.val_fraction,
+                                       seed=cfg.seed)
+        per_image, setup = announce.measure(self.model, self.data.train, self.spec, device=self.device,
+                                            channels_last=self.channels_last)
+        seconds = announce.estimate_seconds(cfg.strategy, per_image=per_image, setup=setup,
+                                            train_images=len(self.data.train),
+                                            val_images=len(self.data.val), epochs=epochs, steps=steps,
+                                            batch_size=cfg.batch_size)
+        lines.append(announce.plan_line(strategy=cfg.strategy, epochs=epochs, train_images=len(self.data.train),
+                                        batch_size=cfg.batch_size, img_size=self.spec.size[0], device=self.device,
+                                        seconds=seconds if per_image else None, max_steps=steps))
+        if self.start_epoch > 1:
+            lines.append(f"  resuming at epoch {self.start_epoch} (step {self.step})")
+        announce.announce(lines)
 
     def _image_epochs(self) -> Callable[[StepContext, int], dict[str, Any]]:
         import torch
