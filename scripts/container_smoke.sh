@@ -18,7 +18,8 @@
 #                    Jetson build mechanics (apt step, --system-site-packages venv, its lock) and the
 #                    entrypoint's first-start compile path: `edgetl compile` runs, fails for want of a
 #                    GPU, and the bundle is served with ONNX Runtime. Its apt step needs the network.
-#   --summary FILE   also write the JSON summary (timings, image size, checks) to FILE
+#   --summary FILE   also write the JSON summary (timings, image size, checks) to FILE; the README's
+#                    image size comes from `--summary benchmarks/results/container_cpu.json`
 #   --keep           leave the container running instead of stopping it (for poking at it)
 # Environment: EDGETL_CI_CACHE (default /var/cache/edgetl-ci), EDGETL_SMOKE_PORT (default 18080),
 #   PYTHON (default: python3 of the active venv; needs edgetl, onnx and tritonclient).
@@ -43,7 +44,7 @@ while [[ $# -gt 0 ]]; do
         --variant) VARIANT="$2"; shift 2 ;;
         --summary) SUMMARY="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
-        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "container_smoke.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -147,6 +148,8 @@ stage_end wheels
 # -- 3. build ------------------------------------------------------------------------------------------
 stage_start "build $DOCKERFILE on $BASE_TAG (build network: $BUILD_NETWORK)"
 revision="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+# Whether the build context differed from that commit (uncommitted changes in what the image copies).
+dirty="$(git -C "$ROOT" status --porcelain -- edgetl pyproject.toml README.md docker 2>/dev/null | grep -c . || true)"
 # --layers=false: one commit per stage. With vfs storage every layer is a full copy of the root, so a
 # layered build is 3-5x slower here and its cache rarely survives a source change anyway.
 pm build --format docker --network "$BUILD_NETWORK" --layers=false \
@@ -225,6 +228,8 @@ except Exception as exc:
     client = {"checks": {"client": False}, "error": str(exc)}
 doc = {
     "variant": "$VARIANT", "image": "$IMAGE_TAG", "base_image": "$BASE_TAG",
+    "revision": "$revision", "uncommitted_files": int("${dirty:-0}"),
+    "built_at": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
     "image_bytes": int("$image_bytes"), "base_bytes": int("$base_bytes"),
     "seconds": {"base": ${TIMES[base]}, "wheels": ${TIMES[wheels]}, "build": ${TIMES[build]},
                 "run": ${TIMES[run]}, "stop": ${TIMES[stop]:-0}, "total": $total},
