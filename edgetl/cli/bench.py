@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, parse_int_list, say
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, parse_int_list, show
 
 
 @click.command()
@@ -42,4 +42,4 @@ def command(bundle: str, backend: str, precision: str, batch: str, iters: int, w
     if as_json:
         emit_json(report)
     else:
-        say(format_bench(report))
+        show(format_bench(report))

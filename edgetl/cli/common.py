@@ -13,12 +13,15 @@ so the rules of ARCHITECTURE.md (stderr for humans, one JSON document on stdout,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import sys
-from collections.abc import Callable, Iterable
+import traceback
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 
@@ -26,7 +29,8 @@ from edgetl.errors import EdgetlError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK, EXIT_GATE, EXIT_BAD_INPUT, EXIT_ENV = 0, 1, 2, 3
+EXIT_OK, EXIT_GATE, EXIT_BAD_INPUT, EXIT_ENV, EXIT_INTERNAL = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -65,21 +69,136 @@ json_option = click.option(
 )
 
 
+class _JsonRun:
+    """The one ``--json`` document of the running verb: where it goes and whether it went out.
+
+    While a verb runs under ``--json``, ``sys.stdout`` points at stderr, so whatever a library prints
+    (ONNX Runtime's calibration reports, pycocotools' summaries) cannot corrupt the document; the
+    document itself is written to the real stdout kept here.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.emitted = False
+
+
+_json_runs: list[_JsonRun] = []
+
+
+class _TerminalLog(logging.Handler):
+    """edgetl's log records as plain lines on stderr while a verb runs: announcements of long steps
+    ("measuring the sensitivity of 144 points", "about 3 min") and warnings, written around progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            prefix = "warning: " if record.levelno >= logging.WARNING else ""
+            tqdm.write(prefix + self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+_terminal_handlers: list[_TerminalLog] = []
+
+
+@contextlib.contextmanager
+def _terminal_log() -> Iterator[None]:
+    """Route the ``edgetl`` loggers to `_TerminalLog` for one verb, and only there.
+
+    Records do not propagate to the root logger meanwhile: libraries configure it behind our back
+    (ONNX Runtime's calibration calls ``logging.info``, which installs a handler printing
+    ``INFO:edgetl...:``), and one line per record is what a person at a terminal should see.
+    """
+    logger = logging.getLogger("edgetl")
+    handler = _TerminalLog(logging.INFO)
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    _terminal_handlers.append(handler)
+    logger.propagate = False
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if handler in _terminal_handlers:
+            _terminal_handlers.remove(handler)
+            logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def hand_logging_to_root() -> None:
+    """For a verb that configures logging itself (the daemon): its records go to the root logger's handlers."""
+    logger = logging.getLogger("edgetl")
+    while _terminal_handlers:
+        logger.removeHandler(_terminal_handlers.pop())
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
 def handle_errors(func: F) -> F:
-    """Map edgetl's exceptions to a one-paragraph message on stderr and the right exit code."""
+    """Run a verb with the CLI's contract: exit codes, stderr for humans, and one JSON document under ``--json``.
+
+    edgetl's own exceptions become a one-paragraph message and their exit code. Anything else is a bug:
+    its traceback goes to stderr and the exit code is `EXIT_INTERNAL`, never 1, which scripts read as
+    "the validation gate failed". Under ``--json`` a failure that printed no document prints an error
+    document instead, so stdout always parses.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        run = _JsonRun(sys.stdout) if kwargs.get("as_json") else None
         try:
-            return func(*args, **kwargs)
+            with _terminal_log():
+                if run is None:
+                    return func(*args, **kwargs)
+                _json_runs.append(run)
+                try:
+                    with contextlib.redirect_stdout(sys.stderr):
+                        return func(*args, **kwargs)
+                finally:
+                    _json_runs.remove(run)
         except EdgetlError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
+            _error_document(run, exc.exit_code, exc.message, hint=exc.hint, kind=type(exc).__name__)
             sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _error_document(run, exc.exit_code, exc.format_message(), kind=type(exc).__name__)
+            exc.json_reported = True  # type: ignore[attr-defined]
+            raise
         except KeyboardInterrupt:
             click.echo("interrupted: outputs written so far are complete; partial files were discarded", err=True)
-            sys.exit(130)
+            _error_document(run, EXIT_INTERRUPTED, "interrupted", kind="KeyboardInterrupt")
+            sys.exit(EXIT_INTERRUPTED)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BAD_INPUT)
+            if code:
+                _error_document(run, code, str(exc.code) if isinstance(exc.code, str) else f"exit code {code}")
+            raise
+        except Exception as exc:
+            click.echo(traceback.format_exc(), err=True, nl=False)
+            message = f"unexpected {type(exc).__name__}: {exc}"
+            click.secho(f"error: {message}\n  this is a bug in edgetl; please report it with the traceback above",
+                        fg="red", err=True)
+            _error_document(run, EXIT_INTERNAL, message, kind=type(exc).__name__)
+            sys.exit(EXIT_INTERNAL)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error_document(run: _JsonRun | None, exit_code: int, message: str, *, hint: str | None = None,
+                    kind: str | None = None) -> None:
+    """Under ``--json``, the failure as the run's one document, unless the verb already wrote its own."""
+    if run is None or run.emitted:
+        return
+    _write(run, {"error": {"exit_code": exit_code, "message": message, "hint": hint, "type": kind}})
+
+
+def json_error_document(exit_code: int, message: str, *, kind: str | None = None) -> None:
+    """The error document for a failure before any verb ran (a usage error found while parsing flags)."""
+    _write(_JsonRun(sys.stdout),
+           {"error": {"exit_code": exit_code, "message": message, "hint": None, "type": kind}})
 
 
 def say(message: str = "", **style: Any) -> None:
@@ -87,11 +206,28 @@ def say(message: str = "", **style: Any) -> None:
     click.secho(message, err=True, **style)
 
 
-def emit_json(document: Any) -> None:
-    """Print the one JSON document of a ``--json`` run."""
+def show(text: str) -> None:
+    """A verb's result (a table, a listing) for people: stdout, so it can be piped to grep or a file.
+
+    Progress, notes and warnings go through `say` (stderr); under ``--json`` call `emit_json` instead.
+    """
+    click.echo(text)
+
+
+def emit_json(document: Any, *, indent: int | None = 2) -> None:
+    """Print the one JSON document of a ``--json`` run (a second one is a bug in the verb)."""
+    run = _json_runs[-1] if _json_runs else _JsonRun(sys.stdout)
+    if run.emitted:
+        raise RuntimeError("a --json run prints exactly one JSON document; this verb tried to print two")
+    _write(run, document, indent=indent)
+
+
+def _write(run: _JsonRun, document: Any, *, indent: int | None = 2) -> None:
     from edgetl.fileio import _json_default
 
-    click.echo(json.dumps(document, indent=2, default=_json_default))
+    run.stream.write(json.dumps(document, indent=indent, default=_json_default) + "\n")
+    run.stream.flush()
+    run.emitted = True
 
 
 def format_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:

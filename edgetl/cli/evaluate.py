@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
+from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say, show
 
 
 @click.command()
@@ -18,10 +20,17 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @json_option
 @handle_errors
 def command(checkpoint: str, data: str, split: str, batch_size: int, device: str, as_json: bool) -> None:
-    """Evaluate CHECKPOINT on a dataset: top-1, top-5 and per-class accuracy (classifier) or mAP (detector)."""
+    """Evaluate CHECKPOINT on a dataset: top-1, top-5 and per-class accuracy (classifier) or mAP (detector).
+
+    The results go to stdout (one JSON document with --json); what is being evaluated goes to stderr.
+    """
     from edgetl.train.checkpoint import load_checkpoint
 
     _, meta = load_checkpoint(checkpoint)
+    images = _count_images(meta, data, split)
+    size = "x".join(str(v) for v in meta.preprocess.size)
+    count = f"{images} {split} image(s)" if images is not None else f"the {split} images"
+    say(f"evaluating {meta.model} ({checkpoint}) on {count} of {data} at {size} px on {device}...")
     if meta.task == "detect":
         from edgetl.detect.evaluate import evaluate_detector_checkpoint
 
@@ -30,19 +39,38 @@ def command(checkpoint: str, data: str, split: str, batch_size: int, device: str
             emit_json(result)
         else:
             scalars = [(k, v) for k, v in result.items() if not isinstance(v, dict | list)]
-            say(format_table(["metric", "value"], scalars))
+            show(format_table(["metric", "value"], scalars))
         return
     from edgetl.train.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data, split, batch_size=batch_size, device=device)
-    if as_json:
-        emit_json(result)
-        return
-    say(f"{checkpoint} on {data} ({split}, {result['images']} images)")
-    say(f"top-1 {result['top1']:.2f}%   top-5 {result['top5']:.2f}%")
-    rows = [(name, "-" if acc is None else f"{acc:.1f}%") for name, acc in result["per_class"].items()]
-    say(format_table(["class", "accuracy"], rows))
     if result["skipped"]["count"]:
         say(f"skipped {result['skipped']['count']} unreadable file(s):", fg="yellow")
         for line in result["skipped"]["files"][:20]:
             say(f"  {line}")
+    if as_json:
+        emit_json(result)
+        return
+    show(f"{checkpoint} on {data} ({split}, {result['images']} images)")
+    show(f"top-1 {result['top1']:.2f}%   top-5 {result['top5']:.2f}%")
+    rows = [(name, "-" if acc is None else f"{acc:.1f}%") for name, acc in result["per_class"].items()]
+    show(format_table(["class", "accuracy"], rows))
+
+
+def _count_images(meta: Any, data: str, split: str) -> int | None:
+    """How many images the evaluation will run on, from the file listing alone (nothing is decoded)."""
+    from edgetl.errors import BadInputError
+
+    try:
+        if meta.task == "detect":
+            from edgetl.data.detection import load_detection_data
+
+            dataset = load_detection_data(data, verify_images=False, seed=int(meta.train_config.get("seed", 0)))
+            return len(dataset.val if split == "val" else dataset.train)
+        from edgetl.data.imagefolder import load_classification_data
+
+        listing = load_classification_data(data, verify=False)
+        return {"val": len(listing.val), "train": len(listing.train), "all": len(listing.train) + len(listing.val)}[
+            split]
+    except (BadInputError, KeyError):  # the evaluation itself reports what is wrong with the data
+        return None

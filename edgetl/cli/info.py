@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, show
 
 
 @click.command()
@@ -27,4 +27,4 @@ def command(bundle: str, no_verify: bool, as_json: bool) -> None:
     if as_json:
         emit_json(info)
     else:
-        say(format_info(info))
+        show(format_info(info))

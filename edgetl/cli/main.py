@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 
 import click
 
 from edgetl import __version__
+from edgetl.cli.common import EXIT_INTERNAL, json_error_document
+
+_WANTS_JSON = "edgetl.wants_json"
 
 # verb -> (module exposing `command`, one-line help shown by `edgetl --help`)
 VERBS: dict[str, tuple[str, str]] = {
@@ -49,6 +53,28 @@ class LazyGroup(click.Group):
             raise
         return module.command
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                           list[str]]:
+        # Remembered before the verb parses its flags: a usage error found while parsing them still
+        # owes a --json caller its one JSON document.
+        ctx.meta[_WANTS_JSON] = "--json" in args
+        return super().resolve_command(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if ctx.meta.get(_WANTS_JSON) and not getattr(exc, "json_reported", False):
+                json_error_document(exc.exit_code, exc.format_message(), kind=type(exc).__name__)
+            raise
+        except Exception as exc:  # outside any verb's handle_errors (loading it): a bug, not a failed gate
+            click.echo(traceback.format_exc(), err=True, nl=False)
+            click.secho(f"error: unexpected {type(exc).__name__}: {exc}", fg="red", err=True)
+            if ctx.meta.get(_WANTS_JSON):
+                json_error_document(EXIT_INTERNAL, f"unexpected {type(exc).__name__}: {exc}",
+                                    kind=type(exc).__name__)
+            sys.exit(EXIT_INTERNAL)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, help_text) in VERBS.items()]
         with formatter.section("Commands"):
@@ -72,8 +98,9 @@ def cli() -> None:
 
     \b
     Pipeline:  train -> export -> quantize -> compile -> validate -> bundle -> predict / serve
-    Exit codes: 0 ok, 1 validation gate failed, 2 bad usage or input, 3 environment lacks something.
-    Every verb takes --config FILE.yaml (flags override it) and most take --json.
+    Exit codes: 0 ok, 1 validation gate failed, 2 bad usage or input, 3 environment lacks something,
+    4 an internal error (a bug in edgetl; the traceback is printed).
+    Every verb takes --config FILE.yaml (flags override it) and --json (one JSON document on stdout).
     """
 
 

@@ -11,7 +11,16 @@ from typing import Any
 
 import click
 
-from edgetl.cli.common import EXIT_BAD_INPUT, config_option, emit_json, format_table, handle_errors, json_option, say
+from edgetl.cli.common import (
+    EXIT_BAD_INPUT,
+    config_option,
+    emit_json,
+    format_table,
+    handle_errors,
+    json_option,
+    say,
+    show,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -83,7 +92,7 @@ def command(bundle: str, inputs: tuple[str, ...], top_k: int, backend: str, prec
         emit_json({"bundle": bundle, "predictor": desc, "results": entries,
                    "ok": len(paths) - bad, "errors": bad})
     else:
-        say(format_table(["image", "prediction", "score", "next" if predictor.task == "classify" else "top"], rows))
+        show(format_table(["image", "prediction", "score", "next" if predictor.task == "classify" else "top"], rows))
         say(f"{len(paths) - bad} predicted, {bad} failed")
     if bad:
         raise SystemExit(EXIT_BAD_INPUT)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import click
 
-from edgetl.cli.common import config_option, handle_errors, json_option, say
+from edgetl.cli.common import config_option, emit_json, hand_logging_to_root, handle_errors, json_option, say
 from edgetl.preprocess import DEFAULT_MAX_PIXELS
 
 
@@ -71,6 +70,7 @@ def command(bundle: Path | None, models: Path | None, host: str, port: int, unix
     from edgetl.serve.server import run_server
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hand_logging_to_root()
     config = ServeConfig(
         bundle=bundle, models_dir=models, host=host, port=port, unix_socket=unix_socket, token_file=token_file,
         max_concurrency=max_concurrency, max_queue=max_queue, max_body_mb=max_body_mb, max_pixels=max_pixels,
@@ -87,7 +87,6 @@ def command(bundle: Path | None, models: Path | None, host: str, port: int, unix
             # One compact line, so a supervisor can read it while the daemon keeps running.
             doc = {"event": "listening", "url": info.url, "host": info.host, "port": info.port,
                    "unix_socket": info.unix_socket, "models": info.models}
-            click.echo(json.dumps(doc))
-            click.get_text_stream("stdout").flush()
+            emit_json(doc, indent=None)
 
     run_server(config, on_listening=listening, log_level="warning" if log_level != "debug" else "info")
