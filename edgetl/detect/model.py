@@ -16,66 +16,22 @@ Names are ``yolo-<backbone>-<size>``: ``yolo-lite0-n``, ``yolo-lite0-s``, ``yolo
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+# The names live in a torch-free module; importers of this one keep finding them here.
+from edgetl.detect.names import DEFAULT_DETECTOR, DetectorInfo, get_detector_info
+from edgetl.detect.names import list_detectors as list_detectors
 from edgetl.errors import BadInputError
 from edgetl.preprocess import PreprocessSpec
 
 STRIDES = (8, 16, 32)
 DEFAULT_REG_MAX = 16
 BACKBONE_STRATEGIES = ("frozen", "partial", "full")
-
-
-@dataclass(frozen=True)
-class DetectorInfo:
-    """A named detector configuration.
-
-    Args:
-        name: ``yolo-<backbone>-<size>``.
-        backbone: registry name of the backbone (`edgetl.models.list_models`).
-        width: channels of every neck and head level.
-        depth: residual depthwise blocks per neck fusion and per head branch.
-    """
-
-    name: str
-    backbone: str
-    width: int
-    depth: int
-
-
-_BACKBONES = {"lite0": "efficientnet_lite0", "lite1": "efficientnet_lite1", "mbv3": "mobilenetv3_large_100",
-              "mbv2": "mobilenetv2_100"}
-_SIZES = {"n": (64, 1), "s": (96, 2)}
-_DETECTORS: dict[str, DetectorInfo] = {
-    f"yolo-{short}-{size}": DetectorInfo(f"yolo-{short}-{size}", backbone, *_SIZES[size])
-    for short, backbone in _BACKBONES.items()
-    for size in _SIZES
-}
-DEFAULT_DETECTOR = "yolo-lite0-n"
-
-
-def list_detectors(pattern: str = "*") -> list[str]:
-    """Detector names matching a shell-style pattern (``yolo-lite0-*``)."""
-    return sorted(n for n in _DETECTORS if fnmatch.fnmatch(n, pattern))
-
-
-def get_detector_info(name: str) -> DetectorInfo:
-    """Look up a detector configuration; unknown names get close matches in the error."""
-    try:
-        return _DETECTORS[name]
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(_DETECTORS), n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known detectors: {', '.join(list_detectors())}"
-        raise BadInputError(f"unknown detector {name!r}", hint=hint) from None
 
 
 def detector_preprocess_spec(name: str, size: int | tuple[int, int]) -> PreprocessSpec:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.errors import BadInputError
-from edgetl.models.registry import DEFAULT_MODEL, ModelInfo, get_model_info
+from edgetl.models.registry import DEFAULT_MODEL, get_model_info
 from edgetl.models.weights import WeightSource, load_state_dict_file, require_pretrained
 
 
@@ -131,25 +131,3 @@ def create(
     model.edgetl_weights = source_desc
     model.edgetl_info = info
     return model
-
-
-def describe(info: ModelInfo) -> dict[str, Any]:
-    """Registry facts for `edgetl models` (parameter count needs timm; cheap at these sizes)."""
-    from edgetl.models.weights import find_pretrained
-
-    source = find_pretrained(info)
-    row: dict[str, Any] = {
-        "name": info.name,
-        "architecture": info.timm_name,
-        "input_size": list(info.input_size),
-        "interpolation": info.interpolation,
-        "crop_pct": info.crop_pct,
-        "weights_offline": source.describe() if source else None,
-        "description": info.description,
-    }
-    try:
-        model = _timm().create_model(info.timm_name, pretrained=False)
-        row["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
-    except Exception:  # timm missing: the listing still works without the count
-        row["params_m"] = None
-    return row

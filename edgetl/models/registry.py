@@ -31,6 +31,8 @@ class ModelInfo:
         hf_hub_id: timm's Hugging Face weights id, found in the local cache when present.
         url: timm's legacy weights URL; its file name is looked up in the torch hub cache.
         stages: number of backbone stages that ``--unfreeze N`` counts over.
+        params_m: parameters in millions with the 1000-class ImageNet head. Recorded, not counted, so that
+            listing the registry needs no torch (a test checks it against the built model).
     """
 
     name: str
@@ -47,6 +49,7 @@ class ModelInfo:
     url: str | None = None
     stages: int = 7
     tags: tuple[str, ...] = field(default_factory=tuple)
+    params_m: float | None = None
 
     def preprocess_spec(self, size: int | tuple[int, int] | None = None) -> PreprocessSpec:
         """The evaluation preprocessing of these pretrained weights, optionally at another size."""
@@ -92,7 +95,7 @@ def list_models(pattern: str = "*") -> list[str]:
 _TIMM_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights"
 
 
-def _lite(index: int, size: int, crop_pct: float) -> ModelInfo:
+def _lite(index: int, size: int, crop_pct: float, params_m: float) -> ModelInfo:
     return ModelInfo(
         name=f"efficientnet_lite{index}",
         timm_name=f"tf_efficientnet_lite{index}",
@@ -107,30 +110,32 @@ def _lite(index: int, size: int, crop_pct: float) -> ModelInfo:
         hf_hub_id=f"timm/tf_efficientnet_lite{index}.in1k",
         stages=7,
         tags=("edge", "int8-friendly"),
+        params_m=params_m,
     )
 
 
 _ENTRIES: list[ModelInfo] = [
-    _lite(0, 224, 0.875),
-    _lite(1, 240, 0.882),
-    _lite(2, 260, 0.890),
+    _lite(0, 224, 0.875, 4.65),
+    _lite(1, 240, 0.882, 5.42),
+    _lite(2, 260, 0.890, 6.09),
     ModelInfo(
         "mobilenetv3_large_100", "mobilenetv3_large_100", (224, 224), "bicubic", 0.875,
         IMAGENET_MEAN, IMAGENET_STD, "MobileNetV3-Large 1.0: hard-swish, squeeze-excite",
         hf_hub_id="timm/mobilenetv3_large_100.ra_in1k",
-        url=f"{_TIMM_RELEASES}/mobilenetv3_large_100_ra-f55367f5.pth", stages=7, tags=("edge",),
+        url=f"{_TIMM_RELEASES}/mobilenetv3_large_100_ra-f55367f5.pth", stages=7, tags=("edge",), params_m=5.48,
     ),
     ModelInfo(
         "mobilenetv3_small_100", "mobilenetv3_small_100", (224, 224), "bicubic", 0.875,
         IMAGENET_MEAN, IMAGENET_STD, "MobileNetV3-Small 1.0: the smallest, for MCU-class budgets",
         hf_hub_id="timm/mobilenetv3_small_100.lamb_in1k",
-        url=f"{_TIMM_RELEASES}/mobilenetv3_small_100_lamb-266a294c.pth", stages=6, tags=("edge",),
+        url=f"{_TIMM_RELEASES}/mobilenetv3_small_100_lamb-266a294c.pth", stages=6, tags=("edge",), params_m=2.54,
     ),
     ModelInfo(
         "mobilenetv2_100", "mobilenetv2_100", (224, 224), "bicubic", 0.875,
         IMAGENET_MEAN, IMAGENET_STD, "MobileNetV2 1.0: inverted residuals, ReLU6",
         hf_hub_id="timm/mobilenetv2_100.ra_in1k",
         url=f"{_TIMM_RELEASES}/mobilenetv2_100_ra-b33bc2c4.pth", stages=7, tags=("edge", "int8-friendly"),
+        params_m=3.5,
     ),
     ModelInfo(
         "resnet18", "resnet18", (224, 224), "bicubic", 0.95,
@@ -139,6 +144,7 @@ _ENTRIES: list[ModelInfo] = [
         url="https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-rsb-weights/"
         "resnet18_a1_0-d63eafa0.pth",
         stages=4,
+        params_m=11.69,
     ),
 ]
 for _info in _ENTRIES:

@@ -1,0 +1,61 @@
+"""``edgetl models``: every classifier and detector, from recorded facts, without importing torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgetl.cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_models_lists_detectors_without_importing_torch() -> None:
+    code = ("import json, sys; from click.testing import CliRunner; from edgetl.cli.main import cli; "
+            "r = CliRunner().invoke(cli, ['models', '--json']); "
+            "heavy = sorted(m for m in ('torch', 'timm', 'onnx', 'onnxruntime') if m in sys.modules); "
+            "print(json.dumps({'code': r.exit_code, 'heavy': heavy, 'doc': json.loads(r.stdout)}))")
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    report = json.loads(out.stdout)
+    assert report["code"] == 0 and report["heavy"] == []
+    rows = {r["name"]: r for r in report["doc"]["models"]}
+    assert rows["efficientnet_lite0"]["task"] == "classify" and rows["efficientnet_lite0"]["params_m"] == 4.65
+    assert rows["yolo-lite0-n"]["task"] == "detect" and rows["yolo-lite0-n"]["backbone"] == "efficientnet_lite0"
+    assert {"yolo-lite0-s", "yolo-mbv3-n", "yolo-mbv2-s"} <= set(rows)
+    assert seconds < 10, f"listing took {seconds:.1f} s"  # 14 s when it built every model; well under 1 s now
+
+
+def test_models_table_is_on_stdout_and_filters_by_pattern() -> None:
+    everything = CliRunner().invoke(cli, ["models"])
+    assert everything.exit_code == 0
+    assert "efficientnet_lite0" in everything.stdout and "yolo-lite0-n" in everything.stdout
+    assert "efficientnet_lite0" not in everything.stderr
+    detectors = CliRunner().invoke(cli, ["models", "yolo-*"])
+    assert "yolo-lite0-n" in detectors.stdout and "detect" in detectors.stdout
+    assert "efficientnet_lite0 " not in detectors.stdout and "classify" not in detectors.stdout
+
+
+@pytest.mark.slow
+def test_recorded_parameter_counts_match_the_built_models() -> None:
+    pytest.importorskip("torch")
+    from edgetl.detect.model import build_detector
+    from edgetl.detect.names import PARAMS_CLASSES, get_detector_info, list_detectors
+    from edgetl.models import get_model_info, list_models
+    from edgetl.models.factory import _timm
+
+    for name in list_models():
+        model = _timm().create_model(get_model_info(name).timm_name, pretrained=False)
+        count = sum(p.numel() for p in model.parameters()) / 1e6
+        assert get_model_info(name).params_m == pytest.approx(count, abs=0.006), name
+    for name in list_detectors():
+        model = build_detector(name, num_classes=PARAMS_CLASSES, weights="none")
+        count = sum(p.numel() for p in model.parameters()) / 1e6
+        assert get_detector_info(name).params_m == pytest.approx(count, abs=0.006), name
