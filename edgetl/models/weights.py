@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise BadInputError(
-            f"{path}: not a loadable weights file ({type(exc).__name__}: {exc})",
-            hint="edgetl loads with weights_only=True; save a plain state dict with torch.save(model.state_dict())",
+            f"{path}: not a loadable weights file: {why_not_loadable(exc, path)}",
+            hint="save a plain state dict with torch.save(model.state_dict(), PATH); edgetl never runs code "
+                 "from a weights file",
         ) from exc
     if isinstance(data, dict):
         for key in ("state_dict", "model", "model_state_dict"):
@@ -115,3 +117,25 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not data:
         raise BadInputError(f"{path}: does not hold a state dict")
     return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def why_not_loadable(exc: BaseException, path: str | Path) -> str:
+    """What a file is, judged from its first bytes and the error of a safe ``torch.load(weights_only=True)``.
+
+    PyTorch's own message advises loading again with ``weights_only=False``, which runs whatever code
+    the file carries; edgetl never does that, so the message is replaced, not passed on.
+    """
+    try:
+        with Path(path).open("rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        head = b""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return (f"it holds a pickled Python object ({found.group(1)}), not only tensors: a whole model or "
+                "training state saved with torch.save(obj), which cannot be read without running its code")
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a PyTorch file holding more than tensors, which cannot be read without running its code"
+    if head.startswith(b"\x80"):
+        return "it is a plain Python pickle, not a PyTorch file of tensors"
+    return f"it is not a PyTorch file (it does not start like one: {head!r}), or it is truncated"

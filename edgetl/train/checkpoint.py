@@ -32,6 +32,8 @@ from edgetl.preprocess import PreprocessSpec
 
 CHECKPOINT_FORMAT = "edgetl-checkpoint"
 CHECKPOINT_VERSION = 1
+NOT_A_CHECKPOINT_HINT = ("pass the best.pt or last.pt that `edgetl train` wrote (runs/<name>/best.pt); to start "
+                         "from other weights, train with --weights FILE (a plain state dict)")
 
 
 @dataclass
@@ -83,12 +85,13 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> tuple[dic
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise BadInputError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+        from edgetl.models.weights import why_not_loadable
+
+        raise BadInputError(f"{path} is not an edgetl checkpoint: {why_not_loadable(exc, path)}",
+                            hint=NOT_A_CHECKPOINT_HINT) from exc
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-        raise BadInputError(
-            f"{path}: not an edgetl checkpoint",
-            hint="pass a checkpoint written by `edgetl train` (runs/<name>/best.pt)",
-        )
+        raise BadInputError(f"{path} is not an edgetl checkpoint: it has no edgetl labels, preprocessing or model name",
+                            hint=NOT_A_CHECKPOINT_HINT)
     if raw.get("version", 0) > CHECKPOINT_VERSION:
         raise BadInputError(f"{path}: checkpoint version {raw['version']} is newer than this edgetl supports")
     meta = CheckpointMeta(

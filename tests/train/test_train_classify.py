@@ -143,7 +143,7 @@ def test_cli_train_evaluate_and_config_reuse(tiny_digits: Path, tmp_path: Path) 
         (["train", "classify", "--data", "{digits}", "--strategy", "partial", "--unfreeze", "9"], 2, "has 7 stages"),
         (["train", "classify", "--data", "{digits}", "--strategy", "warp"], 2, "Invalid value"),
         (["train", "classify", "--data", "{digits}", "--weights", "none"], 2, "--strategy scratch"),
-        (["evaluate", "{junk}", "--data", "{digits}"], 2, "cannot load checkpoint"),
+        (["evaluate", "{junk}", "--data", "{digits}"], 2, "not an edgetl checkpoint"),
         (["data", "sample", "digits", "{digits}"], 2, "--overwrite"),
     ],
     ids=["missing-data", "unknown-model", "unfreeze-range", "bad-strategy", "weights-none", "bad-ckpt", "exists"],

@@ -1,0 +1,41 @@
+"""Messages a new user meets: what a file is, which image failed, whether a gate means anything, what
+a long step is about to do. Each says what, where and what to do next.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from edgetl.cli.main import cli
+
+
+def _invoke(args: list[str]) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _document(result: Result) -> dict:
+    return json.loads(result.stdout)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_file_that_is_not_a_checkpoint_says_so_and_never_advises_unsafe_loading(tmp_path: Path,
+                                                                                   digits_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a pickled object: weights_only refuses it
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "state_dict.pt")
+    with (tmp_path / "pickle.pt").open("wb") as fh:
+        pickle.dump({"a": 1}, fh, protocol=4)
+    for name, what in [("text.pt", "not a PyTorch file"), ("module.pt", "torch.nn.modules.linear.Linear"),
+                       ("state_dict.pt", "no edgetl labels"), ("pickle.pt", "a plain Python pickle")]:
+        for args in (["evaluate", tmp_path / name, "--data", digits_dir], ["export", tmp_path / name, tmp_path / "b"]):
+            result = _invoke(args)
+            assert result.exit_code == 2, (name, result.output)
+            assert f"{tmp_path / name} is not an edgetl checkpoint" in result.stderr, result.stderr
+            assert what in result.stderr and "runs/<name>/best.pt" in result.stderr
+            assert "weights_only" not in result.output and "trust" not in result.output
