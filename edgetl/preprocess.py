@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,7 +132,7 @@ class LetterboxInfo:
 
 
 def load_image(
-    source: ImageSource, *, bgr: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    source: ImageSource, *, bgr: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None
 ) -> Image.Image:
     """Decode any supported image source into an RGB PIL image.
 
@@ -140,22 +141,25 @@ def load_image(
         bgr: the numpy array is BGR (OpenCV's order); ignored for encoded sources.
         max_pixels: refuse images with more pixels than this before decoding them (decompression bombs);
             ``None`` disables the check.
+        name: what error messages call the image (a request's part, an upload's file name); default: its
+            path, or "the image bytes". Bytes have no name of their own, and a message that cannot say
+            which of several inputs failed does not help.
 
     Raises:
         BadInputError: the source cannot be decoded, or is too large.
     """
     if isinstance(source, Image.Image):
-        return _check_pixels(source, max_pixels, "image").convert("RGB")
+        return _check_pixels(source, max_pixels, name or "image").convert("RGB")
     if isinstance(source, np.ndarray):
         return _array_to_image(source, bgr)
     if isinstance(source, (bytes, bytearray)):
-        return _open_encoded(io.BytesIO(bytes(source)), "<bytes>", max_pixels)
+        return _open_encoded(io.BytesIO(bytes(source)), name or "the image bytes", max_pixels)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise BadInputError(f"image not found: {path}")
         with path.open("rb") as fh:
-            return _open_encoded(io.BytesIO(fh.read()), str(path), max_pixels)
+            return _open_encoded(io.BytesIO(fh.read()), name or str(path), max_pixels)
     raise BadInputError(f"unsupported image source type {type(source).__name__}")
 
 
@@ -177,8 +181,13 @@ def _open_encoded(stream: io.BytesIO, where: str, max_pixels: int | None) -> Ima
         return image.convert("RGB")
     except BadInputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadInputError(f"{where}: cannot decode image ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise BadInputError(f"{where}: cannot decode image: not in an image format Pillow reads "
+                            "(JPEG, PNG, BMP, GIF, WebP, TIFF, PPM...)") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # Pillow names the stream it read (``<_io.BytesIO object at 0x...>``), which means nothing to anyone.
+        detail = re.sub(r"<_?io\.\w+ object at 0x[0-9a-fA-F]+>", "it", str(exc))
+        raise BadInputError(f"{where}: cannot decode image ({detail})") from exc
 
 
 def _array_to_image(array: np.ndarray, bgr: bool) -> Image.Image:

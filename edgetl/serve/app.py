@@ -505,7 +505,8 @@ def _int_param(raw: str | None, name: str, *, default: int, low: int, high: int)
     return value
 
 
-async def _image_payloads(request: Any, config: ServeConfig) -> list[bytes]:
+async def _image_payloads(request: Any, config: ServeConfig) -> list[tuple[str, bytes]]:
+    """The request's images as ``(what an error message calls it, bytes)``."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
@@ -515,9 +516,10 @@ async def _image_payloads(request: Any, config: ServeConfig) -> list[bytes]:
         except Exception as exc:  # malformed multipart or over the file count
             raise BadInputError(f"cannot parse the multipart body: {exc}") from exc
         payloads = []
-        for _key, value in form.multi_items():
+        for key, value in form.multi_items():
             if hasattr(value, "read"):
-                payloads.append(await value.read())
+                label = f"part {key!r}" + (f" ({value.filename})" if getattr(value, "filename", None) else "")
+                payloads.append((label, await value.read()))
         await form.close()
         if not payloads:
             raise BadInputError("the multipart body holds no file; send the image as a file field")
@@ -525,18 +527,11 @@ async def _image_payloads(request: Any, config: ServeConfig) -> list[bytes]:
     body = await _read_body(request, config.max_body_bytes)
     if not body:
         raise BadInputError("empty body: send the image bytes (JPEG, PNG...) or a multipart form with a file")
-    return [body]
+    return [("the request body", body)]
 
 
-def _decode_images(payloads: list[bytes], max_pixels: int) -> list[Any]:
-    images = []
-    for index, payload in enumerate(payloads):
-        try:
-            images.append(load_image(payload, max_pixels=max_pixels))
-        except BadInputError as exc:
-            where = f"image {index}" if len(payloads) > 1 else "the image"
-            raise BadInputError(f"{where}: {exc.message}", hint=exc.hint) from exc
-    return images
+def _decode_images(payloads: list[tuple[str, bytes]], max_pixels: int) -> list[Any]:
+    return [load_image(payload, max_pixels=max_pixels, name=label) for label, payload in payloads]
 
 
 def _predict_images(model: LoadedModel, images: list[Any], top_k: int) -> list[Any]:

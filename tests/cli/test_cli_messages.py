@@ -39,3 +39,14 @@ def test_a_file_that_is_not_a_checkpoint_says_so_and_never_advises_unsafe_loadin
             assert f"{tmp_path / name} is not an edgetl checkpoint" in result.stderr, result.stderr
             assert what in result.stderr and "runs/<name>/best.pt" in result.stderr
             assert "weights_only" not in result.output and "trust" not in result.output
+
+
+def test_undecodable_images_are_named_by_their_path(colour_bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = _invoke(["predict", colour_bundle, tmp_path / "notes.txt", tmp_path / "corrupt.png", "--json"])
+    assert result.exit_code == 2
+    errors = {Path(e["source"]).name: e["error"] for e in _document(result)["results"]}
+    assert errors["notes.txt"].startswith(f"{tmp_path / 'notes.txt'}: cannot decode image")
+    assert errors["corrupt.png"].startswith(f"{tmp_path / 'corrupt.png'}: cannot decode image")
+    assert "BytesIO" not in result.output
