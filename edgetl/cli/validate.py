@@ -24,25 +24,38 @@ from edgetl.cli.common import EXIT_GATE, config_option, emit_json, format_table,
               help="Gate (detectors): mAP@0.5:0.95 drop, in points.")
 @click.option("--device", "backend_device", default="cpu", show_default=True, help="ONNX Runtime device.")
 @click.option("--latency-runs", type=int, default=20, show_default=True)
+@click.option("--numerics", type=click.Choice(["both", "exact", "device"]), default="both", show_default=True,
+              help="How a quantized candidate is computed: exact (integer-exact QDQ semantics: TensorRT, VNNI/AMX "
+                   "CPUs), device (this machine's ONNX Runtime kernels), or both; the gate uses the target's.")
 @config_option
 @json_option
 @handle_errors
 def command(bundle, candidate, reference, data, limit, max_top1_drop, min_agreement, max_map_drop, backend_device,
-            latency_runs, as_json: bool) -> None:
+            latency_runs, numerics, as_json: bool) -> None:
     """Validate a candidate model of BUNDLE against the reference; writes report.json, report.md and the manifest."""
     from edgetl.validate import validate_bundle
 
     report = validate_bundle(bundle, candidate=candidate, reference=reference, data=data, limit=limit,
                              max_top1_drop=max_top1_drop, min_agreement=min_agreement, max_map_drop=max_map_drop,
                              backend_device=backend_device,
-                             latency_runs=latency_runs)
+                             latency_runs=latency_runs, numerics=numerics)
     doc = report.to_dict()
     say(f"{doc['reference']['artifact']} vs {doc['candidate']['artifact']} on {doc['images']['count']} images")
     if doc["images"]["undecodable"]:
         say(f"warning: {doc['images']['undecodable']} image(s) could not be decoded and were skipped", fg="yellow")
-    say(format_table(["check", "value", "limit", "result"],
-                     [[c["name"], c["value"], f"{c['op']} {c['limit']}", "pass" if c["passed"] else "FAIL"]
-                      for c in doc["checks"]]))
+    if "map" not in doc["metrics"].get("reference", {}):
+        from edgetl.validate.resolution import unresolved_limits
+
+        coarse = unresolved_limits(doc["images"]["count"], max_top1_drop=max_top1_drop, min_agreement=min_agreement)
+        for limit in coarse:
+            say(f"warning: {limit.message()}", fg="yellow")
+        doc["gate_resolution"] = [limit.to_dict() for limit in coarse]
+    modes = doc["numerics"].get("modes") or {}
+    gate = doc["numerics"].get("gate", "device")
+    say(format_table(["numerics", "check", "value", "limit", "result"],
+                     [[_numerics_label(mode) + (" (gate)" if mode == gate else ""), c["name"], c["value"],
+                       f"{c['op']} {c['limit']}", "pass" if c["passed"] else "FAIL"]
+                      for mode, result in modes.items() for c in result["checks"]]))
     metrics = doc["metrics"]
     if "map" in metrics.get("reference", {}):
         ref, cand, delta = metrics["reference"], metrics["candidate"], metrics["delta"]
@@ -69,3 +82,7 @@ def _num(value) -> str:
 
 def _pct(value):
     return None if value is None else 100.0 * value
+
+
+def _numerics_label(mode: str) -> str:
+    return {"exact": "exact", "device": "this machine"}.get(mode, mode)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,18 @@ def test_undecodable_images_are_named_by_their_path(colour_bundle: Path, tmp_pat
     assert errors["notes.txt"].startswith(f"{tmp_path / 'notes.txt'}: cannot decode image")
     assert errors["corrupt.png"].startswith(f"{tmp_path / 'corrupt.png'}: cannot decode image")
     assert "BytesIO" not in result.output
+
+
+def test_validate_warns_when_the_gate_is_coarser_than_its_limits(int8_bundle: Path, digits_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    bundle = shutil.copytree(int8_bundle, tmp_path / "b")
+    result = _invoke(["validate", bundle, "--data", digits_dir, "--limit", "12", "--max-top1-drop", "0.5",
+                      "--min-agreement", "0.99", "--latency-runs", "1", "--json"])
+    assert result.exit_code in (0, 1), result.output
+    assert "--max-top1-drop 0.5 points cannot be resolved on 12 images" in result.stderr
+    assert "needs at least 200 images" in result.stderr and "needs at least 100 images" in result.stderr
+    limits = {g["option"]: g for g in _document(result)["gate_resolution"]}
+    assert limits["--max-top1-drop"]["needed"] == 200 and limits["--min-agreement"]["needed"] == 100
+    fine = _invoke(["validate", bundle, "--data", digits_dir, "--limit", "12", "--max-top1-drop", "10",
+                    "--min-agreement", "0.9", "--latency-runs", "1"])
+    assert "cannot be resolved" not in fine.stderr
