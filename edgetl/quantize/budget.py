@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,10 +184,17 @@ def search(
 
         iterator = tqdm(units, desc="sensitivity", unit="unit", leave=False)
     sensitivity = []
+    log.info("budget mode: measuring the sensitivity of %d quantization points, one run on %d images each",
+             len(units), len(small.batch))
+    started = time.perf_counter()
     for unit in iterator:
         alone = score_model([u for u in units if u != unit], small, "probe.onnx")
         sensitivity.append({**unit.to_dict(), "sensitivity": alone["sensitivity"], "agreement": alone["agreement"],
                             "params": weights.get(unit.name, 0) if unit.kind == LAYER else 0})
+        if len(sensitivity) == 1 and len(units) > 1:
+            estimate = (time.perf_counter() - started) * len(units)
+            log.info("budget mode: about %s for the sensitivity (%.1f s per point), then a few candidates",
+                     f"{estimate / 60:.0f} min" if estimate >= 90 else f"{estimate:.0f} s", estimate / len(units))
     sensitivity.sort(key=lambda s: (-s["sensitivity"], s["agreement"]))
     order = [Unit(s["kind"], s["name"]) for s in sensitivity]
     limit = min(len(order), max_kept if max_kept is not None else len(order))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -66,3 +67,17 @@ def test_validate_warns_when_the_gate_is_coarser_than_its_limits(int8_bundle: Pa
     fine = _invoke(["validate", bundle, "--data", digits_dir, "--limit", "12", "--max-top1-drop", "10",
                     "--min-agreement", "0.9", "--latency-runs", "1"])
     assert "cannot be resolved" not in fine.stderr
+
+
+@pytest.mark.slow
+def test_budget_mode_announces_the_sensitivity_run(bundle_copy: Path, digits_dir: Path) -> None:
+    # An unreachable budget (no drop, full agreement, one point in float at most): the search must run.
+    result = _invoke(["quantize", bundle_copy, "--precision", "int8", "--method", "minmax", "--calib-size", "8",
+                      "--per-tensor", "--calib-data", digits_dir, "--max-drop", "0", "--min-agreement", "1.0",
+                      "--val-size", "12", "--max-kept", "1"])
+    assert result.exit_code in (0, 1), result.output
+    assert re.search(r"budget mode: measuring the sensitivity of \d+ quantization points, one run on 12 images",
+                     result.stderr), result.stderr
+    assert re.search(r"budget mode: about \d+ (s|min) for the sensitivity", result.stderr), result.stderr
+    # announced before the work it announces
+    assert result.stderr.index("budget mode: measuring") < result.stderr.index("1 unit(s) in float")
