@@ -13,16 +13,22 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @click.option("--calib-data", type=click.Path(), default=None,
               help="Calibration images (dataset: its training split; or a folder). Default: the training dataset.")
 @click.option("--calib-size", type=int, default=300, show_default=True, help="Images, seeded and class-balanced.")
-@click.option("--method", type=click.Choice(["entropy", "minmax", "percentile"]), default="entropy",
-              show_default=True, help="Calibration method.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="Calibration method (ranges from streamed statistics; see docs/quantize.md).")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="For --method percentile.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales.")
-@click.option("--activations", "activation_type", type=click.Choice(["int8", "uint8"]), default="int8",
-              show_default=True,
-              help="int8: symmetric, TensorRT-compatible; uint8: ONNX Runtime CPU fast path (x86 without VNNI).")
-@click.option("--reduce-range/--no-reduce-range", default=True, show_default=True,
-              help="7-bit weights: avoids the 16-bit saturation of ONNX Runtime's INT8 kernels on x86 "
-                   "CPUs without VNNI.")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="tensorrt: symmetric int8 activations (TensorRT's format, gated in exact numerics); cpu: uint8 "
+                   "activations, what ONNX Runtime's x86 kernels run fastest (gated in this machine's numerics).")
+@click.option("--activations", "activation_type", type=click.Choice(["int8", "uint8"]), default=None,
+              help="Override the target's activation type (int8: symmetric; uint8: asymmetric).")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="Correct each layer's bias for the mean shift of its rounded weights.")
+@click.option("--weight-scales", type=click.Choice(["max", "mse"]), default="max", show_default=True,
+              help="Per-channel weight scales: largest magnitude, or least squared error.")
+@click.option("--reduce-range/--no-reduce-range", default=False, show_default=True,
+              help="7-bit weights on non-depthwise layers, for other runtimes on x86 CPUs without VNNI (edgetl's "
+                   "runtime uses ONNX Runtime's precise kernels there instead).")
 @click.option("--max-drop", type=float, default=None,
               help="Accuracy budget in points (top-1; detectors: mAP@0.5:0.95): keep the most sensitive layers "
                    "in float until within it.")
@@ -39,14 +45,16 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @config_option
 @json_option
 @handle_errors
-def command(bundle, precision, calib_data, calib_size, method, percentile, per_channel, activation_type,
-            reduce_range, max_drop, min_agreement, val_data, val_size, max_kept, exclude, seed, as_json: bool) -> None:
+def command(bundle, precision, calib_data, calib_size, method, percentile, per_channel, target, activation_type,
+            bias_correction, weight_scales, reduce_range, max_drop, min_agreement, val_data, val_size, max_kept,
+            exclude, seed, as_json: bool) -> None:
     """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated)."""
     from edgetl.quantize import quantize_bundle
 
     result = quantize_bundle(bundle, precision, calib_data=calib_data, calib_size=calib_size, method=method,
                              per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
-                             activation_type=activation_type, reduce_range=reduce_range, percentile=percentile,
+                             activation_type=activation_type, target=target, reduce_range=reduce_range,
+                             bias_correction=bias_correction, weight_scales=weight_scales, percentile=percentile,
                              min_agreement=min_agreement, val_size=val_size, nodes_to_exclude=list(exclude),
                              max_kept=max_kept, progress=not as_json)
     for note in result.warnings:
@@ -61,10 +69,17 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
         say(f"sensitivity of {result.budget['units']} quantization points measured; candidates scored:")
         say(format_table(["kept in float", "last unit kept", "drop pts", "agreement", "sensitivity"],
                          [[s["kept"], _unit(s["unit"]), s["drop"], s["agreement"], s["sensitivity"]] for s in steps]))
+    if precision == "int8":
+        w = info["weights"]
+        seven = f" (7-bit on {w['seven_bit_layers']} layers)" if w["seven_bit_layers"] else ""
+        say(f"weights: 8-bit per channel{seven}, bias correction on {w['bias_corrected_layers']} layers; "
+            f"{info['graph']['int8_layers']} layers INT8, {len(info['graph']['float_layers'])} in float")
     golden = (info.get("golden") or {}).values()
     for g in golden:
-        say(f"golden check: max abs diff {g['max_abs_diff']:.3g}"
-            + (f", top-1 agreement {g['top1_agreement']:.3f}" if "top1_agreement" in g else ""))
+        for mode, entry in (g.get("numerics") or {"this machine's kernels": g}).items():
+            label = {"exact": "exact numerics", "device": "this machine's kernels"}.get(mode, mode)
+            say(f"golden check ({label}): max abs diff {entry['max_abs_diff']:.3g}"
+                + (f", top-1 agreement {entry['top1_agreement']:.3f}" if "top1_agreement" in entry else ""))
     say(f"wrote {result.path} ({result.precision}) in {result.seconds:.1f}s", fg="green")
     if as_json:
         emit_json(result.to_dict())

@@ -15,8 +15,12 @@ import numpy as np
 from edgetl.bundle.manifest import Bundle, open_bundle
 from edgetl.errors import BadInputError, GateFailedError
 from edgetl.export.onnx_graph import check_graph, load_onnx, save_onnx
-from edgetl.quantize.calibration import DEFAULT_PERCENTILE, make_reader, select_calibration
-from edgetl.quantize.int8 import Int8Settings, check_support, qdq_summary, quantize_file, unknown_nodes
+from edgetl.quantize.calibration import (
+    DEFAULT_PERCENTILE,
+    MIN_BIAS_CORRECTION_IMAGES,
+    select_calibration,
+)
+from edgetl.quantize.int8 import TARGETS, Int8Settings, check_support, qdq_summary, quantize_file, unknown_nodes
 from edgetl.quantize.qdq_edit import float_outputs, list_units
 
 log = logging.getLogger(__name__)
@@ -58,13 +62,16 @@ def quantize_bundle(
     *,
     calib_data: str | Path | None = None,
     calib_size: int = 300,
-    method: str = "entropy",
+    method: str = "minmax",
     per_channel: bool = True,
     max_drop: float | None = None,
     val_data: str | Path | None = None,
     seed: int = 0,
-    activation_type: str = "int8",
-    reduce_range: bool = True,
+    activation_type: str | None = None,
+    target: str = "tensorrt",
+    reduce_range: bool = False,
+    bias_correction: bool = True,
+    weight_scales: str = "max",
     percentile: float = DEFAULT_PERCENTILE,
     min_agreement: float | None = None,
     val_size: int = 200,
@@ -81,16 +88,23 @@ def quantize_bundle(
         calib_data: calibration images (a dataset: its training split is used, or a folder); defaults to
             the dataset recorded at export.
         calib_size: images drawn, seeded and class-balanced.
-        method: calibration method ``minmax`` | ``entropy`` | ``percentile``.
+        method: calibration method ``minmax`` (default: the most accurate on EfficientNet-Lite0 in
+            ``benchmarks/quantization.py``) | ``entropy`` | ``percentile``.
         per_channel: per-channel weight scales.
         max_drop: accuracy budget in points (classifiers: top-1; detectors: mAP@0.5:0.95, scored against the
             dataset's boxes); enables the sensitivity search.
         val_data: labelled images for the budget (default: the validation split of the calibration data;
             detectors: a data.yaml / COCO JSON).
         seed: seed of the calibration and validation draws.
-        activation_type: ``int8`` (symmetric, TensorRT-compatible) or ``uint8`` (ONNX Runtime CPU fast path).
-        reduce_range: 7-bit weights (default). ONNX Runtime's INT8 kernels on x86 CPUs without VNNI sum pairs of
-            8-bit products in 16 bits and saturate; 7-bit weights cannot. Costs a little precision elsewhere.
+        activation_type: ``int8`` (symmetric, TensorRT-compatible) or ``uint8`` (ONNX Runtime CPU fast path);
+            default: the one of ``target``.
+        target: ``tensorrt`` (int8 activations; gated in exact numerics) or ``cpu`` (uint8 activations, what
+            ONNX Runtime's x86 kernels run fastest; gated in this machine's numerics).
+        reduce_range: 7-bit weights on non-depthwise layers, for other runtimes on x86 CPUs without VNNI
+            (edgetl's runtime avoids their saturation without it; see `edgetl.runtime.cpu`).
+        bias_correction: correct each layer's bias for the mean shift its weight rounding causes (needs
+            at least 32 calibration images; skipped with a warning below that).
+        weight_scales: ``max`` or ``mse`` per-channel weight scales.
         percentile: percentile for ``method="percentile"``.
         min_agreement: budget mode also requires this agreement with FP32 (top-1 agreement; detectors: the
             fraction of FP32 detections the candidate matches).
@@ -109,6 +123,9 @@ def quantize_bundle(
     start = time.perf_counter()
     if precision not in PRECISIONS:
         raise BadInputError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if target not in TARGETS:
+        raise BadInputError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    activation_type = activation_type or TARGETS[target]
     bundle = open_bundle(bundle_dir)
     ref = bundle.reference_onnx()
     src = bundle.path_of(ref)
@@ -119,7 +136,8 @@ def quantize_bundle(
         result = _int8(bundle, src, ref.sha256, model, calib_data=calib_data, calib_size=calib_size, method=method,
                        per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
                        activation_type=activation_type, reduce_range=reduce_range, percentile=percentile,
-                       min_agreement=min_agreement, val_size=val_size, extra_exclude=nodes_to_exclude or [],
+                       bias_correction=bias_correction, weight_scales=weight_scales, min_agreement=min_agreement,
+                       val_size=val_size, extra_exclude=nodes_to_exclude or [],
                        max_kept=max_kept, budget_layers=budget_layers, progress=progress)
     result.seconds = time.perf_counter() - start
     for note in result.warnings:
@@ -151,10 +169,11 @@ def _fp16(bundle: Bundle, model: Any) -> QuantizeResult:
 
 
 def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_size, method, per_channel, max_drop,
-          val_data, seed, activation_type, reduce_range, percentile, min_agreement, val_size, extra_exclude, max_kept,
-          budget_layers, progress) -> QuantizeResult:
+          val_data, seed, activation_type, reduce_range, percentile, bias_correction, weight_scales, min_agreement,
+          val_size, extra_exclude, max_kept, budget_layers, progress) -> QuantizeResult:
     settings = Int8Settings(method=method, per_channel=per_channel, activation_type=activation_type,
-                            reduce_range=reduce_range, percentile=percentile)
+                            reduce_range=reduce_range, percentile=percentile, bias_correction=bias_correction,
+                            weight_scales=weight_scales)
     support = check_support(model)
     warnings: list[str] = []
     if support["float_only_nodes"]:
@@ -179,30 +198,30 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
                                method=method, size=calib_size, seed=seed, cache_dir=bundle.root / CALIB_DIR,
                                percentile=percentile)
     cache_hit = calib.cached
-    reader = None
+    t0 = time.perf_counter()
+    stats = _statistics(bundle, calib, model, progress=progress)
+    if calib.failures:
+        warnings.append(f"{len(calib.failures)} of {len(calib.images.paths)} calibration images could not "
+                        f"be decoded and were skipped")
+    calib_seconds = time.perf_counter() - t0
     if not cache_hit:
-        calib.load(bundle.preprocess, progress=progress)
-        if calib.failures:
-            warnings.append(f"{len(calib.failures)} of {len(calib.images.paths)} calibration images could not "
-                            f"be decoded and were skipped")
-        fixed = None if bundle.manifest["input"].get("dynamic_batch", True) else bundle.manifest["input"].get(
-            "batch_size", 1)
-        # Histogram calibrators (entropy, percentile) need equal-sized batches: feed one image at a time.
-        chunk = 8 if method == "minmax" else 1
-        reader = make_reader(calib.batch, bundle.input_name, chunk=chunk, fixed_batch=fixed)
-        calib.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        calib.cache_path.unlink(missing_ok=True)
+        calib.save_meta({"seconds": round(calib_seconds, 2)})
+    means = stats.input_means if bias_correction else None
+    if bias_correction and stats.images < MIN_BIAS_CORRECTION_IMAGES:
+        means = None
+        warnings.append(f"bias correction skipped: {stats.images} calibration images, it needs at least "
+                        f"{MIN_BIAS_CORRECTION_IMAGES} for a stable estimate of each layer's mean input")
 
     tmp = Path(tempfile.mkdtemp(prefix="edgetl-quant-"))
     try:
         full = tmp / "full.onnx"
-        t0 = time.perf_counter()
-        quantize_file(src, full, settings, reader=reader, cache_path=calib.cache_path,
+        quantize_file(src, full, settings, ranges=stats.ranges(method, percentile),
                       nodes_to_exclude=extra_exclude + float_tail)
-        calib_seconds = time.perf_counter() - t0
-        if not cache_hit:
-            calib.save_meta({"seconds": round(calib_seconds, 2)})
+        from edgetl.quantize.weights import refine_weights
+
         quantized = float_outputs(load_onnx(full), model)
+        edits = refine_weights(quantized, model, mse=weight_scales == "mse", input_means=means,
+                               reduce_range=reduce_range)
         save_onnx(quantized, full)
         kept: list[str] = list(extra_exclude)
         kept_activations: list[str] = []
@@ -213,7 +232,7 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
                                                 source=val_data or _val_source(bundle, source), max_drop=max_drop,
                                                 min_agreement=min_agreement, val_size=val_size, seed=seed,
                                                 max_kept=max_kept, progress=progress, extra_exclude=extra_exclude,
-                                                only=budget_layers)
+                                                only=budget_layers, numerics=settings.gate_numerics)
             budget = budget_outcome.to_dict()
             if candidate is not None:
                 final = candidate
@@ -230,9 +249,11 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
 
     info = {
         **settings.to_dict(),
-        "calibration": {"images": calib.used(), "requested": calib_size, "source": str(calib.images.source),
+        "calibration": {"images": stats.images, "requested": calib_size, "source": str(calib.images.source),
                         "seed": seed, "cache": calib.cache_path.relative_to(bundle.root).as_posix(),
-                        "cache_hit": cache_hit, "undecodable": len(calib.failures)},
+                        "cache_hit": cache_hit, "undecodable": len(calib.failures),
+                        "seconds": round(calib_seconds, 2)},
+        "weights": {**edits.to_dict(), "bias_correction_applied": means is not None},
         "kept_layers": kept,
         "kept_activations": kept_activations,
         "graph": summary,
@@ -243,22 +264,43 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
         info["budget"] = {"max_drop": max_drop, "min_agreement": min_agreement,
                           "within_budget": budget["within_budget"], "final": budget["final"],
                           "kept_layers": budget["kept_layers"], "kept_activations": budget["kept_activations"],
-                          "units": budget["units"]}
-    info["golden"] = _golden_check(bundle, out)
+                          "units": budget["units"], "numerics": settings.gate_numerics,
+                          "int8_layers": summary["int8_layers"], "float_layers": len(summary["float_layers"])}
+    info["golden"] = _golden_check(bundle, out, numerics=("exact", "device"))
     precision = "mixed" if kept or kept_activations else "int8"
     # Replace any earlier INT8 entry (its precision may differ) before recording this one.
     bundle.manifest["artifacts"] = [a for a in bundle.manifest["artifacts"] if a["path"] != FILES["int8"]]
     bundle.add_artifact(out, kind="onnx", precision=precision, created_by="quantize", info=info)
     bundle.add_artifact(calib.cache_path, kind="calibration", precision="int8", created_by="quantize",
-                        info={"method": method, "images": calib.used(), "key": calib.key})
+                        info={"kind": "statistics", "images": stats.images, "key": calib.key})
     bundle.add_artifact(calib.meta_path, kind="calibration", precision="int8", created_by="quantize")
     _record(bundle, "int8", {**info, "budget": budget} if budget is not None else info)
     bundle.save()
     return QuantizeResult(bundle.root, out, precision, info, budget, warnings)
 
 
+def _statistics(bundle: Bundle, calib: Any, model: Any, *, progress: bool) -> Any:
+    """The calibration statistics: from the bundle's cache, or one streamed pass over the images."""
+    from edgetl.quantize.statistics import CalibrationStatistics, measure
+
+    if calib.cached:
+        try:
+            return CalibrationStatistics.load(calib.cache_path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("calibration cache %s is unreadable (%s); recomputing it", calib.cache_path, exc)
+    log.info("calibration: %d images through the FP32 model, statistics streamed batch by batch",
+             len(calib.images.paths))
+    stats = measure(model, calib.batches(bundle.preprocess, fixed_batch=_fixed_batch(bundle), progress=progress),
+                    input_name=bundle.input_name)
+    calib.check_usable()
+    stats.images = calib.decoded  # padding of a fixed-batch graph's last batch is not an image
+    calib.cache_path.parent.mkdir(parents=True, exist_ok=True)
+    stats.save(calib.cache_path)
+    return stats
+
+
 def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *, source, max_drop, min_agreement,
-            val_size, seed, max_kept, progress, extra_exclude, only):
+            val_size, seed, max_kept, progress, extra_exclude, only, numerics):
     from edgetl.quantize.budget import Sample, score, search
     from edgetl.validate.samples import balanced_indices, decode, find_images
 
@@ -277,7 +319,7 @@ def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *
             raise BadInputError(f"the {len(truth)} validation images in {source} have no boxes; the mAP budget "
                                 "needs labelled images", hint="pass --val-data data.yaml")
         scorer = budget_scorer(truth, decoded.infos, dict(bundle.manifest.get("postprocess") or {}), bundle.labels)
-    run = _runner(bundle, all_outputs=bundle.task == "detect")
+    run = _runner(bundle, all_outputs=bundle.task == "detect", numerics=numerics)
     sample = Sample(decoded.batch, labels, run(src, decoded.batch), str(images.source))
     full_metrics = scorer(run(full, decoded.batch), sample)
     units = [u for u in list_units(quantized, model, layers=only) if u.name not in extra_exclude]
@@ -296,16 +338,16 @@ def _budget_metric(task: str) -> str:
     return "mAP@0.5:0.95" if task == "detect" else "top-1"
 
 
-def _runner(bundle: Bundle, all_outputs: bool = False):
-    """Run a model through the same backend validation and deployment use: the first output (logits), or
-    every output by name (``all_outputs``, for detectors)."""
+def _runner(bundle: Bundle, all_outputs: bool = False, numerics: str = "device"):
+    """Run a model through the same backend validation and deployment use, in the target's ``numerics``:
+    the first output (logits), or every output by name (``all_outputs``, for detectors)."""
     from edgetl.export.parity import backend_outputs
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     fixed = _fixed_batch(bundle)
 
     def run(path: Path, batch: np.ndarray) -> np.ndarray:
-        with OnnxRuntimeBackend(path, device="cpu") as backend:
+        with OnnxRuntimeBackend(path, device="cpu", numerics=numerics) as backend:
             outputs = backend_outputs(backend, batch, fixed_batch=fixed, chunk=32)
             return outputs if all_outputs else outputs[backend.output_names[0]]
 
@@ -317,27 +359,33 @@ def _layer_params(model: Any) -> dict[str, int]:
     return {n.name: sum(sizes.get(i, 0) for i in n.input[1:]) for n in model.graph.node}
 
 
-def _golden_check(bundle: Bundle, path: Path) -> dict[str, Any] | None:
-    """Run the new graph on the golden inputs: proves it loads and records how far it is from FP32."""
+def _golden_check(bundle: Bundle, path: Path, numerics: tuple[str, ...] = ("device",)) -> dict[str, Any] | None:
+    """Run the new graph on the golden inputs: proves it loads and records how far it is from FP32.
+
+    One entry per output; with several ``numerics`` (INT8: ``exact`` and ``device``), the first is the
+    output's entry and every mode is under ``numerics``, so each figure says what computed it.
+    """
     golden = bundle.manifest.get("golden")
     if not golden:
         return None
+    from edgetl.export.parity import backend_outputs
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from edgetl.validate.metrics import classification_agreement
 
     inputs = np.load(bundle.root / golden["input"])
-    with OnnxRuntimeBackend(path, device="cpu") as backend:
-        fixed = None if bundle.manifest["input"].get("dynamic_batch", True) else bundle.manifest["input"].get(
-            "batch_size", 1)
-        from edgetl.export.parity import backend_outputs
-
-        outputs = backend_outputs(backend, inputs, fixed_batch=fixed)
     report: dict[str, Any] = {}
-    for name, rel in golden["outputs"].items():
-        ref = np.load(bundle.root / rel)
-        report[name] = {"max_abs_diff": float(np.abs(ref - outputs[name]).max())}
-        if bundle.task == "classify":
-            report[name]["top1_agreement"] = classification_agreement(ref, outputs[name])["top1_agreement"]
+    for mode in numerics:
+        with OnnxRuntimeBackend(path, device="cpu", numerics=mode) as backend:
+            outputs = backend_outputs(backend, inputs, fixed_batch=_fixed_batch(bundle))
+        for name, rel in golden["outputs"].items():
+            ref = np.load(bundle.root / rel)
+            entry: dict[str, Any] = {"max_abs_diff": float(np.abs(ref - outputs[name]).max())}
+            if bundle.task == "classify":
+                entry["top1_agreement"] = classification_agreement(ref, outputs[name])["top1_agreement"]
+            if name not in report:
+                report[name] = dict(entry)
+            if len(numerics) > 1:
+                report[name].setdefault("numerics", {})[mode] = entry
     return report
 
 

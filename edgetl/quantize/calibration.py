@@ -1,10 +1,11 @@
-"""Calibration data for INT8: seeded class-balanced images, the data reader, and the statistics cache.
+"""Calibration data for INT8: seeded class-balanced images, streamed in batches, and the statistics cache.
 
 Calibration runs on exactly the deployment preprocessing (`edgetl.preprocess` via
-`edgetl.validate.samples`). The per-tensor ranges ONNX Runtime computes are cached under
-``calibration/`` in the bundle, keyed by the reference model, the preprocessing, the method and the
-chosen files, so re-quantizing (another activation type, other layers kept in float) skips the
-expensive part.
+`edgetl.validate.samples`). Images are decoded a batch at a time and folded into running statistics
+(`edgetl.quantize.statistics`), so memory does not grow with the number of images. The statistics (|x|
+histograms, min/max, layer input means) are cached under ``calibration/`` in the bundle, keyed by the
+reference model, the preprocessing and the chosen files: re-quantizing with another method, activation
+type or set of float layers skips the expensive part.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgetl.errors import BadInputError, optional_import
+from edgetl.errors import BadInputError
 from edgetl.fileio import write_json
 from edgetl.preprocess import PreprocessSpec
 from edgetl.validate.samples import ImageSet, balanced_indices, decode, describe_failures, find_images
@@ -28,6 +30,11 @@ log = logging.getLogger(__name__)
 METHODS = ("minmax", "entropy", "percentile")
 #: Fewer usable images than this is an error: ranges from a handful of images are not trustworthy.
 MIN_CALIB_IMAGES = 8
+#: Bias correction estimates each layer's mean input; below this many images the estimate is too noisy to
+#: correct with, and the step is skipped with a warning.
+MIN_BIAS_CORRECTION_IMAGES = 32
+#: Images decoded and run per calibration batch: bounds memory (one batch of activations at a time).
+CALIB_BATCH = 8
 DEFAULT_PERCENTILE = 99.999
 
 
@@ -37,9 +44,9 @@ class CalibrationSet:
 
     Attributes:
         images: the chosen files (seeded, class-balanced).
-        key: cache key over model, preprocessing, method and files.
-        cache_path: where the ranges live (may not exist yet).
-        batch: NCHW float32, ``None`` until `load` (not needed on a cache hit).
+        key: cache key over model, preprocessing and files.
+        cache_path: where the statistics live (may not exist yet).
+        decoded: images decoded so far by `batches`.
         failures: ``(file, why)`` of chosen files that did not decode.
     """
 
@@ -48,7 +55,7 @@ class CalibrationSet:
     cache_path: Path
     method: str
     requested: int
-    batch: np.ndarray | None = None
+    decoded: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -59,13 +66,37 @@ class CalibrationSet:
     def meta_path(self) -> Path:
         return self.cache_path.with_suffix(".meta.json")
 
-    def load(self, spec: PreprocessSpec, *, progress: bool = False) -> None:
-        """Decode the chosen images; too few usable ones is an error that gives the counts."""
-        decoded = decode(self.images, spec, progress=progress, what="calibration images")
-        self.batch, self.failures = decoded.batch, decoded.failures
-        usable = len(decoded.batch)
+    def batches(self, spec: PreprocessSpec, *, fixed_batch: int | None = None,
+                progress: bool = False) -> Iterator[np.ndarray]:
+        """Decode and yield the chosen images ``CALIB_BATCH`` at a time (or in batches of a fixed-batch graph's
+        size, the last one padded by repetition); undecodable files are counted in ``failures``."""
+        step = fixed_batch or CALIB_BATCH
+        paths = self.images.paths
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(paths), desc="calibration images", unit="img", leave=False)
+        for start in range(0, len(paths), step):
+            part = decode(self.images.subset(range(start, min(start + step, len(paths)))), spec)
+            self.failures.extend(part.failures)
+            if bar is not None:
+                bar.update(min(step, len(paths) - start))
+            batch = part.batch
+            if len(batch) == 0:
+                continue
+            self.decoded += len(batch)
+            if fixed_batch and len(batch) < fixed_batch:
+                batch = np.concatenate([batch] * (fixed_batch // len(batch) + 1))[:fixed_batch]
+            yield np.ascontiguousarray(batch, dtype=np.float32)
+        if bar is not None:
+            bar.close()
+
+    def check_usable(self) -> None:
+        """Too few usable images is an error that gives the counts."""
+        usable = self.decoded
         if usable < MIN_CALIB_IMAGES:
-            why = f"; undecodable: {describe_failures(decoded.failures)}" if decoded.failures else ""
+            why = f"; undecodable: {describe_failures(self.failures)}" if self.failures else ""
             raise BadInputError(
                 f"too few calibration images: {usable} usable of {len(self.images.paths)} chosen from "
                 f"{self.images.source} (need at least {MIN_CALIB_IMAGES}){why}",
@@ -75,8 +106,8 @@ class CalibrationSet:
             log.warning("calibrating on %d images (%d requested)", usable, self.requested)
 
     def used(self) -> int:
-        if self.batch is not None:
-            return len(self.batch)
+        if self.decoded:
+            return self.decoded
         return int(json.loads(self.meta_path.read_text(encoding="utf-8")).get("images", 0))
 
     def save_meta(self, extra: dict[str, Any]) -> None:
@@ -104,8 +135,7 @@ def select_calibration(source: str | Path, *, labels: list[str], model_sha256: s
         raise BadInputError(f"no calibration images found in {source}")
     picked = images.subset(balanced_indices(images.labels, size, seed))
     digest = hashlib.sha256()
-    facts = {"model": model_sha256, "preprocess": spec.to_dict(), "method": method,
-             "percentile": percentile if method == "percentile" else None}
+    facts = {"model": model_sha256, "preprocess": spec.to_dict(), "statistics": 2}
     digest.update(json.dumps(facts, sort_keys=True).encode())
     for path in picked.paths:
         try:
@@ -114,34 +144,4 @@ def select_calibration(source: str | Path, *, labels: list[str], model_sha256: s
         except OSError:
             digest.update(f"{path}|missing\n".encode())
     key = digest.hexdigest()[:16]
-    return CalibrationSet(picked, key, cache_dir / f"{method}-{key}.json", method, size)
-
-
-def make_reader(batch: np.ndarray, input_name: str, *, chunk: int, fixed_batch: int | None = None):
-    """An ONNX Runtime ``CalibrationDataReader`` over a preprocessed batch (rewindable)."""
-    quant = optional_import("onnxruntime.quantization", "train", purpose="INT8 calibration")
-
-    class _Reader(quant.CalibrationDataReader):
-        def __init__(self) -> None:
-            step = fixed_batch or chunk
-            self._chunks = []
-            for start in range(0, len(batch), step):
-                piece = batch[start:start + step]
-                if fixed_batch and len(piece) < fixed_batch:
-                    piece = np.concatenate([piece, batch[: fixed_batch - len(piece)]])
-                self._chunks.append(np.ascontiguousarray(piece))
-            self._pos = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self._pos >= len(self._chunks):
-                return None
-            self._pos += 1
-            return {input_name: self._chunks[self._pos - 1]}
-
-        def rewind(self) -> None:
-            self._pos = 0
-
-        def __len__(self) -> int:
-            return len(self._chunks)
-
-    return _Reader()
+    return CalibrationSet(picked, key, cache_dir / f"stats-{key}.npz", method, size)

@@ -3,10 +3,15 @@
 QDQ (QuantizeLinear/DequantizeLinear pairs around float ops) is the one format both ONNX Runtime and
 TensorRT's explicit-precision INT8 consume. Activation types:
 
-- ``int8`` (default): signed, symmetric activations and weights (zero point 0) — what TensorRT requires;
-  the same file runs on ONNX Runtime.
-- ``uint8``: asymmetric activations, signed weights (ONNX Runtime's U8S8) — the fast path of ONNX Runtime's
-  CPU kernels on x86 without VNNI; TensorRT rejects it.
+- ``int8`` (default, ``--target tensorrt``): signed, symmetric activations and weights (zero point 0) — what
+  TensorRT requires; the same file runs on ONNX Runtime.
+- ``uint8`` (``--target cpu``): asymmetric activations, signed weights (ONNX Runtime's U8S8) — what ONNX
+  Runtime's x86 CPU kernels run fastest (it fuses QDQ into QLinearConv); TensorRT rejects it.
+
+Weights are 8-bit, per output channel. ONNX Runtime's 8-bit kernels saturate on x86 CPUs without VNNI; that is
+a property of the machine running the model, not of the model, so the runtime handles it
+(`edgetl.runtime.cpu`), and ``reduce_range`` (7-bit weights) is only an opt-in for other runtimes, applied to
+the non-depthwise layers, the only ones whose kernels saturate.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from edgetl.errors import BadInputError, optional_import
 log = logging.getLogger(__name__)
 
 ACTIVATION_TYPES = ("int8", "uint8")
+#: Deployment targets and the activation type each runs best.
+TARGETS = {"tensorrt": "int8", "cpu": "uint8"}
+WEIGHT_SCALES = ("max", "mse")
 #: Weighted layers: what "a layer" means for sensitivity analysis and kept-in-float lists.
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Ops with nothing to quantize (shape plumbing); their absence from the registry is not a concern.
@@ -41,52 +49,66 @@ class Int8Settings:
         method: ``minmax`` | ``entropy`` | ``percentile`` calibration.
         per_channel: per-output-channel weight scales (recommended for depthwise convolutions).
         activation_type: ``int8`` (symmetric, TensorRT-compatible) or ``uint8`` (asymmetric, ORT CPU).
-        reduce_range: 7-bit weights, avoids overflow in x86 AVX2 U8S8 kernels at a small accuracy cost.
+        reduce_range: 7-bit weights on non-depthwise layers, for runtimes that cannot avoid the 16-bit
+            saturation of x86 kernels without VNNI (edgetl's runtime avoids it without this).
         percentile: the percentile of ``percentile`` calibration.
+        bias_correction: subtract each layer's weight-rounding mean shift from its bias
+            (`edgetl.quantize.weights`).
+        weight_scales: ``max`` (largest magnitude per channel) or ``mse`` (least squared error per channel).
     """
 
-    method: str = "entropy"
+    method: str = "minmax"
     per_channel: bool = True
     activation_type: str = "int8"
-    reduce_range: bool = True
+    reduce_range: bool = False
     percentile: float = 99.999
+    bias_correction: bool = True
+    weight_scales: str = "max"
 
     def __post_init__(self) -> None:
         if self.activation_type not in ACTIVATION_TYPES:
             raise BadInputError(f"unknown activation type {self.activation_type!r}; expected int8 or uint8")
+        if self.weight_scales not in WEIGHT_SCALES:
+            raise BadInputError(f"unknown weight scales {self.weight_scales!r}; expected max or mse")
 
     @property
     def tensorrt_compatible(self) -> bool:
         return self.activation_type == "int8"
 
+    @property
+    def target(self) -> str:
+        return "tensorrt" if self.tensorrt_compatible else "cpu"
+
+    @property
+    def gate_numerics(self) -> str:
+        """The numerics the deployment target computes: ``exact`` for TensorRT (and VNNI/AMX CPUs), this
+        machine's kernels (``device``) for the CPU format."""
+        return "exact" if self.tensorrt_compatible else "device"
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "per_channel": self.per_channel, "activation_type": self.activation_type,
-                "weight_type": "int8", "reduce_range": self.reduce_range, "format": "QDQ",
+                "weight_type": "int8", "weight_bits": 7 if self.reduce_range else 8,
+                "reduce_range": self.reduce_range, "format": "QDQ", "target": self.target,
                 "percentile": self.percentile if self.method == "percentile" else None,
-                "tensorrt_compatible": self.tensorrt_compatible}
-
-    def calibrate_method(self) -> Any:
-        quant = _quant()
-        return {"minmax": quant.CalibrationMethod.MinMax, "entropy": quant.CalibrationMethod.Entropy,
-                "percentile": quant.CalibrationMethod.Percentile}[self.method]
+                "bias_correction": self.bias_correction, "weight_scales": self.weight_scales,
+                "tensorrt_compatible": self.tensorrt_compatible, "gate_numerics": self.gate_numerics}
 
     def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``quantize_static``."""
+        """Keyword arguments for ``quantize_static``: ranges always come from edgetl's statistics
+        (`edgetl.quantize.statistics`) through a min/max calibration cache, whatever the method."""
         quant = _quant()
         symmetric = self.activation_type == "int8"
         extra: dict[str, Any] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
         if symmetric:
             # A symmetric range cannot stand in for a removed ReLU6/Clip (it lets negatives through).
             extra["QDQKeepRemovableActivations"] = True
-        if self.method == "percentile":
-            extra["CalibPercentile"] = self.percentile
         return {
             "quant_format": quant.QuantFormat.QDQ,
             "per_channel": self.per_channel,
-            "reduce_range": self.reduce_range,
+            "reduce_range": False,  # 7-bit weights are applied per layer (`reduce_range_layers`)
             "activation_type": quant.QuantType.QInt8 if symmetric else quant.QuantType.QUInt8,
             "weight_type": quant.QuantType.QInt8,
-            "calibrate_method": self.calibrate_method(),
+            "calibrate_method": quant.CalibrationMethod.MinMax,
             "extra_options": extra,
         }
 
@@ -114,15 +136,22 @@ def quiet_quantizer() -> Iterator[None]:
             handler.removeFilter(advice)
 
 
-def quantize_file(src: Path, dst: Path, settings: Int8Settings, *, reader: Any | None, cache_path: Path,
+def quantize_file(src: Path, dst: Path, settings: Int8Settings, *, ranges: dict[str, tuple[float, float]],
                   nodes_to_exclude: list[str] | None = None, nodes_to_quantize: list[str] | None = None) -> None:
-    """``quantize_static`` into ``dst``; ranges come from ``cache_path`` when it exists, else from ``reader``
-    (and are then written there)."""
+    """``quantize_static`` into ``dst`` with the activation ranges ``ranges`` (tensor -> (low, high))."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from edgetl.quantize.statistics import to_ort_ranges
+
     quant = _quant()
-    with quiet_quantizer():
+    with tempfile.TemporaryDirectory(prefix="edgetl-ranges-") as tmp, quiet_quantizer():
+        cache_path = Path(tmp) / "ranges.json"
+        save_tensors_data(to_ort_ranges(ranges, quant.CalibrationMethod.MinMax), cache_path)
         try:
             quant.quantize_static(
-                str(src), str(dst), reader, nodes_to_exclude=nodes_to_exclude or [],
+                str(src), str(dst), None, nodes_to_exclude=nodes_to_exclude or [],
                 nodes_to_quantize=nodes_to_quantize or [], calibration_cache_path=str(cache_path),
                 **settings.kwargs(),
             )

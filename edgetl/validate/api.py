@@ -44,6 +44,9 @@ class ValidationReport:
         metrics: task metrics of each (``{"reference": {...}, "candidate": {...}, "delta": {...}}``).
         agreement: output agreement (top-1 agreement, cosine, KL, max abs diff).
         images: how many images, from where, undecodable ones.
+        numerics: ``{"gate": mode, "modes": {mode: {passed, checks, metrics, agreement}}, "machine": {...}}``:
+            the candidate's results in each numerics computed; ``checks``/``metrics``/``agreement`` above are
+            those of the gate's mode.
     """
 
     passed: bool
@@ -53,12 +56,13 @@ class ValidationReport:
     metrics: dict[str, Any]
     agreement: dict[str, Any]
     images: dict[str, Any]
+    numerics: dict[str, Any] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "checks": self.checks, "reference": self.reference,
                 "candidate": self.candidate, "metrics": self.metrics, "agreement": self.agreement,
-                "images": self.images, "created_at": self.created_at}
+                "images": self.images, "numerics": self.numerics, "created_at": self.created_at}
 
 
 def validate_bundle(
@@ -75,6 +79,7 @@ def validate_bundle(
     latency_runs: int = 20,
     seed: int = 0,
     write: bool = True,
+    numerics: str = "both",
 ) -> ValidationReport:
     """Compare a candidate with the reference on validation images and apply the gate.
 
@@ -93,13 +98,20 @@ def validate_bundle(
         backend_device: device of the ONNX Runtime backend (``cpu`` for reproducible numbers).
         latency_runs: batch-1 timing runs per model.
         write: record the result in the manifest (``validation``), ``report.json`` and ``report.md``.
+        numerics: how a quantized ONNX candidate is computed: ``exact`` (the QDQ graph's integer-exact
+            semantics: TensorRT, VNNI/AMX CPUs), ``device`` (this machine's ONNX Runtime kernels) or ``both``
+            (default). The gate uses the deployment target's: ``exact`` for the TensorRT format, ``device``
+            for the CPU format; every figure in the report names the numerics that produced it.
 
     Returns:
         The report; it does not raise on a failed gate (the CLI turns ``passed=False`` into exit code 1).
     """
+    if numerics not in NUMERICS_CHOICES:
+        raise BadInputError(f"unknown numerics {numerics!r}; expected one of {', '.join(NUMERICS_CHOICES)}")
     bundle = open_bundle(bundle_dir)
     ref_path, ref_prec = _resolve(bundle, reference)
     cand_path, cand_prec = _resolve(bundle, candidate)
+    modes, gate_mode = _numerics_plan(bundle, cand_path, numerics)
     source = data or bundle.manifest.get("provenance", {}).get("dataset")
     if not source:
         raise BadInputError("no validation images: the bundle records no dataset", hint="pass --data DIR")
@@ -110,25 +122,37 @@ def validate_bundle(
     if len(decoded.batch) == 0:
         raise BadInputError(f"none of the {len(images.paths)} validation images in {source} could be decoded")
 
-    ref_backend = _open_backend(ref_path, backend_device)
-    cand_backend = _open_backend(cand_path, backend_device)
-    try:
-        fixed = None if bundle.manifest["input"].get("dynamic_batch", True) else bundle.manifest["input"].get(
-            "batch_size", 1)
-        from edgetl.export.parity import backend_outputs
+    from edgetl.export.parity import backend_outputs
 
+    fixed = None if bundle.manifest["input"].get("dynamic_batch", True) else bundle.manifest["input"].get(
+        "batch_size", 1)
+    cand_outs: dict[str, Any] = {}
+    ref_backend = _open_backend(ref_path, backend_device)
+    try:
         ref_out = backend_outputs(ref_backend, decoded.batch, fixed_batch=fixed)
-        cand_out = backend_outputs(cand_backend, decoded.batch, fixed_batch=fixed)
-        one = decoded.batch[:1] if fixed in (None, 1) else np.repeat(decoded.batch[:1], fixed, axis=0)
-        ref_lat, cand_lat = _interleaved_latency(ref_backend, cand_backend, one, latency_runs)
-        ref_desc, cand_desc = ref_backend.describe(), cand_backend.describe()
+        for mode in [m for m in modes if m != "device"]:  # extra numerics: outputs only
+            with _open_backend(cand_path, backend_device, numerics=mode) as extra:
+                cand_outs[mode] = backend_outputs(extra, decoded.batch, fixed_batch=fixed)
+        cand_backend = _open_backend(cand_path, backend_device)
+        try:
+            if "device" in modes:
+                cand_outs["device"] = backend_outputs(cand_backend, decoded.batch, fixed_batch=fixed)
+            one = decoded.batch[:1] if fixed in (None, 1) else np.repeat(decoded.batch[:1], fixed, axis=0)
+            ref_lat, cand_lat = _interleaved_latency(ref_backend, cand_backend, one, latency_runs)
+            ref_desc, cand_desc = ref_backend.describe(), cand_backend.describe()
+        finally:
+            cand_backend.close()
     finally:
         ref_backend.close()
-        cand_backend.close()
 
     task_fn = _task_metrics(bundle.task)
-    result = task_fn(bundle, decoded, ref_out, cand_out, max_top1_drop=max_top1_drop, min_agreement=min_agreement,
-                     max_map_drop=max_map_drop, data=source)
+    per_mode = {}
+    for mode, cand_out in cand_outs.items():
+        outcome = task_fn(bundle, decoded, ref_out, cand_out, max_top1_drop=max_top1_drop,
+                          min_agreement=min_agreement, max_map_drop=max_map_drop, data=source)
+        outcome["passed"] = all(c["passed"] for c in outcome["checks"])
+        per_mode[mode] = outcome
+    result = per_mode[gate_mode]
     checks = result["checks"]
     report = ValidationReport(
         passed=all(c["passed"] for c in checks),
@@ -142,6 +166,9 @@ def validate_bundle(
         images={"count": int(len(decoded.batch)), "source": images.source, "undecodable": len(decoded.failures),
                 "undecodable_files": [f"{p}: {why}" for p, why in decoded.failures[:20]],
                 "labelled": images.labelled},
+        numerics={"gate": gate_mode, "modes": {m: {k: per_mode[m][k] for k in ("passed", "checks", "metrics",
+                                                                              "agreement")} for m in per_mode},
+                  "machine": _machine()},
     )
     report.candidate["size_ratio"] = report.candidate["bytes"] / max(1, report.reference["bytes"])
     if ref_lat.get("p50_ms") and cand_lat.get("p50_ms"):
@@ -176,7 +203,35 @@ def _resolve(bundle: Bundle, which: str) -> tuple[Path, str]:
     return path, {".engine": "engine", ".pt": "checkpoint"}.get(path.suffix, "onnx")
 
 
-def _open_backend(path: Path, device: str):
+NUMERICS_CHOICES = ("exact", "device", "both")
+
+
+def _numerics_plan(bundle: Bundle, path: Path, numerics: str) -> tuple[list[str], str]:
+    """Which numerics to compute for the candidate at ``path``, and which one gates.
+
+    Only a quantized ONNX graph computes differently in ``exact`` and ``device`` numerics; a float graph, a
+    checkpoint or a TensorRT engine (which is the device) runs once. The gate's mode is the deployment
+    target's (`Int8Settings.gate_numerics`, recorded with the artifact), unless the caller asked for one
+    mode only.
+    """
+    art = next((a for a in bundle.artifacts if bundle.path_of(a).resolve() == path.resolve()), None)
+    quantized = path.suffix == ".onnx" and art is not None and art.precision in ("int8", "mixed")
+    if not quantized:
+        return ["device"], "device"
+    target = (art.info or {}).get("gate_numerics") or (
+        "exact" if (art.info or {}).get("tensorrt_compatible", (art.info or {}).get("activation_type") == "int8")
+        else "device")
+    modes = ["exact", "device"] if numerics == "both" else [numerics]
+    return modes, target if target in modes else modes[0]
+
+
+def _machine() -> dict[str, Any]:
+    from edgetl.runtime.cpu import describe
+
+    return dict(describe())
+
+
+def _open_backend(path: Path, device: str, numerics: str = "device"):
     if path.suffix == ".engine":
         from edgetl.errors import optional_import
 
@@ -190,7 +245,7 @@ def _open_backend(path: Path, device: str):
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     try:
-        return OnnxRuntimeBackend(path, device=device)
+        return OnnxRuntimeBackend(path, device=device, numerics=numerics)
     except BadInputError:
         load_onnx(path)  # a corrupt file gets the clearer "not a readable ONNX model" message
         raise
@@ -272,5 +327,5 @@ def _write(bundle: Bundle, report: ValidationReport) -> None:
     write_json(bundle.root / "report.json", doc)
     write_text(bundle.root / "report.md", render_markdown(bundle, doc))
     bundle.set_section("validation", {k: doc[k] for k in ("passed", "reference", "candidate", "metrics", "agreement",
-                                                          "checks", "images", "created_at")})
+                                                          "checks", "images", "numerics", "created_at")})
     bundle.save()

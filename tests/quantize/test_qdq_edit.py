@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetl.quantize.calibration import make_reader
 from edgetl.quantize.int8 import Int8Settings, quantize_file
 from edgetl.quantize.qdq_edit import ACTIVATION, LAYER, Unit, float_outputs, list_units, restore
+from edgetl.quantize.statistics import measure
 from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 
@@ -59,8 +59,8 @@ def quantized(request, tmp_path: Path):
     reference = _residual_net(src)
     x = np.random.default_rng(1).normal(0, 1, (16, 3, 8, 8)).astype(np.float32)
     settings = Int8Settings(method="minmax", activation_type=request.param)
-    quantize_file(src, tmp_path / "q.onnx", settings, reader=make_reader(x, "input", chunk=8),
-                  cache_path=tmp_path / "ranges.json")
+    stats = measure(reference, [x[:8], x[8:]], input_name="input")
+    quantize_file(src, tmp_path / "q.onnx", settings, ranges=stats.ranges("minmax", 99.99))
     return reference, onnx.load(str(tmp_path / "q.onnx")), x, request.param
 
 

@@ -129,3 +129,35 @@ def test_cli_quantize_json_and_bad_method(bundle_copy: Path, digits_dir: Path) -
     assert np.isfinite(doc["info"]["golden"]["logits"]["max_abs_diff"])
     bad = runner.invoke(cli, ["quantize", str(bundle_copy), "--calib-size", "2", "--calib-data", str(digits_dir)])
     assert bad.exit_code == 2 and "too small" in bad.output
+
+
+@pytest.mark.slow
+def test_too_few_images_for_bias_correction_warns_and_skips(bundle_copy: Path, digits_dir: Path) -> None:
+    result = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=12)
+    assert any("bias correction skipped" in w for w in result.warnings)
+    assert result.info["weights"]["bias_correction_applied"] is False
+    assert result.info["weight_bits"] == 8 and not result.info["reduce_range"]
+    golden = result.info["golden"]["logits"]["numerics"]
+    assert set(golden) == {"exact", "device"}
+
+
+@pytest.mark.slow
+def test_bias_correction_recorded_with_enough_images(bundle_copy: Path, digits_dir: Path) -> None:
+    result = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=40)
+    weights = result.info["weights"]
+    assert weights["bias_correction_applied"] and weights["bias_corrected_layers"] == 50
+    assert result.info["calibration"]["cache"].endswith(".npz")
+
+
+def test_bundle_quantized_by_an_older_edgetl_still_validates(bundle_copy: Path, digits_dir: Path) -> None:
+    """Artifacts recorded before numerics existed (no gate_numerics) are planned from their activation type."""
+    from edgetl.validate.api import _numerics_plan
+
+    quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=12)
+    bundle = open_bundle(bundle_copy)
+    art = bundle.find(kind="onnx", precision="int8")[0]
+    for key in ("gate_numerics", "target", "weights", "bias_correction", "weight_bits"):
+        art.info.pop(key, None)
+    assert _numerics_plan(bundle, bundle.path_of(art), "both") == (["exact", "device"], "exact")
+    art.info["activation_type"], art.info["tensorrt_compatible"] = "uint8", False
+    assert _numerics_plan(bundle, bundle.path_of(art), "both")[1] == "device"

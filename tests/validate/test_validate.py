@@ -60,3 +60,32 @@ def test_cli_gate_exit_codes(quantized: Path, digits_dir: Path, tmp_path: Path) 
 def test_missing_candidate(bundle_copy: Path, digits_dir: Path) -> None:
     with pytest.raises(BadInputError, match="no int8 ONNX model"):
         validate_bundle(bundle_copy, candidate="int8", data=digits_dir)
+
+
+@pytest.mark.slow
+def test_int8_figures_name_their_numerics(quantized: Path, digits_dir: Path) -> None:
+    """A TensorRT-format INT8 graph is gated in exact numerics; both modes are reported, each named."""
+    report = validate_bundle(quantized, candidate="int8", data=digits_dir, limit=20, latency_runs=2, write=False)
+    numerics = report.to_dict()["numerics"]
+    assert numerics["gate"] == "exact" and set(numerics["modes"]) == {"exact", "device"}
+    assert report.checks == numerics["modes"]["exact"]["checks"]
+    assert "int8_kernels_saturate" in numerics["machine"]
+    only = validate_bundle(quantized, candidate="int8", data=digits_dir, limit=20, latency_runs=2, write=False,
+                           numerics="device")
+    assert only.numerics["gate"] == "device" and set(only.numerics["modes"]) == {"device"}
+    fp16 = validate_bundle(quantized, candidate="fp16", data=digits_dir, limit=20, latency_runs=2, write=False)
+    assert set(fp16.numerics["modes"]) == {"device"}  # a float graph computes the same either way
+
+
+@pytest.mark.slow
+def test_cpu_format_is_gated_on_this_machines_kernels(bundle_copy: Path, digits_dir: Path) -> None:
+    quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=12, target="cpu")
+    report = validate_bundle(bundle_copy, candidate="int8", data=digits_dir, limit=20, latency_runs=2, write=False)
+    assert report.numerics["gate"] == "device"
+
+
+def test_unknown_numerics_is_bad_usage(quantized: Path) -> None:
+    result = CliRunner().invoke(cli, ["validate", str(quantized), "--numerics", "fast"])
+    assert result.exit_code == 2
+    with pytest.raises(BadInputError, match="unknown numerics"):
+        validate_bundle(quantized, numerics="fast")

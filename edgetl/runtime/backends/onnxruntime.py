@@ -97,6 +97,35 @@ def resolve_providers(device: str = "auto", trt_cache_dir: str | Path | None = N
 #: 8-bit weights on x86 without VNNI, the fused kernel saturates). Layers kept in float stay in float.
 KEEP_FLOAT_LAYERS_FLOAT = ["WeightBiasQuantization"]
 
+#: How a QDQ graph is computed. ``device``: this machine's kernels, as deployment runs them (ONNX Runtime
+#: fuses DQ -> op -> Q into integer kernels). ``exact``: graph optimizations off, so every DequantizeLinear
+#: feeds a float op: the QDQ graph's integer-exact semantics, which TensorRT and VNNI/AMX CPUs compute.
+NUMERICS = ("device", "exact")
+
+
+def session_options(numerics: str = "device", threads: int = 0) -> Any:
+    """ONNX Runtime session options for ``numerics`` (see `NUMERICS`).
+
+    ``device`` on an x86 CPU whose INT8 kernels saturate (`edgetl.runtime.cpu`) asks for the precise U8U8
+    kernels, so an 8-bit model computes what it computes on the target.
+    """
+    from edgetl.runtime.cpu import int8_kernels_saturate
+
+    if numerics not in NUMERICS:
+        raise BadInputError(f"unknown numerics {numerics!r}; expected one of {', '.join(NUMERICS)}")
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.log_severity_level = _ORT_LOG_ERROR
+    if numerics == "exact":
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    else:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if int8_kernels_saturate():
+            options.add_session_config_entry("session.x64quantprecision", "1")
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
 
 class OnnxRuntimeBackend(Backend):
     """An ONNX Runtime session over one ``.onnx`` file.
@@ -106,6 +135,7 @@ class OnnxRuntimeBackend(Backend):
         device: ``auto`` (best usable provider), ``cpu``, ``cuda`` or ``tensorrt``.
         threads: intra-op threads (0: ONNX Runtime's default, all cores).
         trt_cache_dir: engine cache directory for the TensorRT EP (kept in the bundle).
+        numerics: ``device`` (this machine's kernels) or ``exact`` (see `NUMERICS`).
     """
 
     name = "onnxruntime"
@@ -117,17 +147,15 @@ class OnnxRuntimeBackend(Backend):
         device: str = "auto",
         threads: int = 0,
         trt_cache_dir: str | Path | None = None,
+        numerics: str = "device",
     ) -> None:
         super().__init__(artifact)
         ort = _ort()
         if not self.artifact.is_file():
             raise BadInputError(f"ONNX model not found: {self.artifact}")
-        options = ort.SessionOptions()
-        options.log_severity_level = _ORT_LOG_ERROR
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        self.providers = resolve_providers(device, trt_cache_dir)
+        options = session_options(numerics, threads)
+        self.numerics = numerics
+        self.providers = resolve_providers("cpu" if numerics == "exact" else device, trt_cache_dir)
         try:
             self.session = ort.InferenceSession(str(self.artifact), options, providers=self.providers,
                                                 disabled_optimizers=KEEP_FLOAT_LAYERS_FLOAT)
@@ -153,6 +181,7 @@ class OnnxRuntimeBackend(Backend):
             "backend": self.name,
             "artifact": str(self.artifact),
             "providers": self.session.get_providers() if not self._closed else [],
+            "numerics": self.numerics,
             "input": {"name": self.input_name, "shape": self.input_shape},
             "outputs": self.output_names,
         }
