@@ -3,7 +3,8 @@
 Policy (ARCHITECTURE.md): a TensorRT engine built for this GPU -> ONNX Runtime with the best usable
 providers (TensorRT EP, CUDA EP) -> ONNX Runtime on CPU. The precision ``best`` is the fastest
 precision that is safe to use: on a GPU FP16, then an INT8 graph that passed validation, then FP32;
-on a CPU an INT8 graph that passed validation, then FP32 (FP16 graphs are slow on CPU).
+on a CPU an INT8 graph that passed validation *and* runs faster than FP32 there (the CPU format, see
+`_fast_on_cpu`), then FP32 (FP16 graphs are slow on CPU).
 """
 
 from __future__ import annotations
@@ -73,6 +74,20 @@ def validated_precisions(bundle: Bundle) -> set[str]:
     return found
 
 
+def _fast_on_cpu(bundle: Bundle, art: Artifact) -> bool:
+    """Whether ONNX Runtime's CPU kernels run this INT8 graph faster than FP32: the CPU format (uint8
+    activations, fused into QLinearConv) does; the TensorRT format (symmetric int8 activations) keeps separate
+    Q/DQ nodes there and runs at about 0.7x FP32, unless a validation on this bundle measured otherwise."""
+    if (art.info or {}).get("activation_type", "int8") == "uint8":
+        return True
+    validation = bundle.manifest.get("validation")
+    if isinstance(validation, dict) and isinstance(validation.get("candidate"), dict):
+        cand = validation["candidate"]
+        if cand.get("artifact") == art.path and isinstance(cand.get("speedup_p50"), (int, float)):
+            return cand["speedup_p50"] > 1.0
+    return False
+
+
 def _tensorrt_module():
     """``edgetl.runtime.backends.tensorrt`` if both it and ``tensorrt`` import, else ``(None, why)``."""
     if importlib.util.find_spec("edgetl.runtime.backends.tensorrt") is None:
@@ -112,6 +127,10 @@ def _pick_onnx(bundle: Bundle, precision: str, on_gpu: bool) -> tuple[Artifact, 
             continue
         if prec == "int8" and "int8" not in validated:
             skipped.append("the INT8 model has not passed `edgetl validate`")
+            continue
+        if prec == "int8" and not on_gpu and not _fast_on_cpu(bundle, found[0]):
+            skipped.append("the INT8 model is in the TensorRT format (symmetric activations), which ONNX Runtime "
+                           "runs slower than FP32 on a CPU; `edgetl quantize --target cpu` makes the CPU format")
             continue
         why = {"fp16": "FP16 is the fastest safe precision on a GPU",
                "int8": "the INT8 model passed validation",

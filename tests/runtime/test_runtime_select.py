@@ -12,8 +12,22 @@ import edgetl.runtime
 from edgetl.errors import BadInputError, BundleError, EnvironmentMissingError
 
 
-def test_auto_picks_onnxruntime_cpu_with_validated_int8_and_says_why(colour_bundle: Path) -> None:
+def test_auto_on_cpu_skips_a_validated_tensorrt_format_int8_and_says_why(colour_bundle: Path) -> None:
+    """The TensorRT format (symmetric activations) runs slower than FP32 in ONNX Runtime on a CPU."""
     with edgetl.runtime.load(colour_bundle) as p:
+        d = p.describe()
+    assert (d["backend"], d["precision"]) == ("onnxruntime", "fp32")
+    assert "TensorRT format" in d["why"] and "--target cpu" in d["why"]
+
+
+def test_auto_picks_a_validated_cpu_format_int8_and_says_why(colour_bundle: Path, tmp_path: Path) -> None:
+    bundle = shutil.copytree(colour_bundle, tmp_path / "b")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for art in manifest["artifacts"]:
+        if art["path"] == "model.int8.onnx":  # as `edgetl quantize --target cpu` records it
+            art.setdefault("info", {})["activation_type"] = "uint8"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with edgetl.runtime.load(bundle) as p:
         d = p.describe()
     assert (d["backend"], d["precision"], d["artifact"]) == ("onnxruntime", "int8", "model.int8.onnx")
     assert d["providers"] == ["CPUExecutionProvider"]
