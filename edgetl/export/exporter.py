@@ -256,7 +256,7 @@ def _provenance(checkpoint: Path, meta: Any, model: Any, opset: int) -> dict[str
     return {
         "base_model": meta.model,
         "weights_source": meta.provenance.get("weights_source") or getattr(model, "edgetl_weights", None),
-        "dataset": meta.train_config.get("data") or meta.provenance.get("dataset"),
+        "dataset": _dataset_path(meta.train_config.get("data") or meta.provenance.get("dataset")),
         "dataset_digest": meta.provenance.get("dataset_digest"),
         "training_config": meta.train_config,
         "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint), "epoch": meta.epoch,
@@ -264,6 +264,18 @@ def _provenance(checkpoint: Path, meta: Any, model: Any, opset: int) -> dict[str
         "opset": opset,
         "exporter": f"torch {torch.__version__} (torch.onnx, TorchScript tracer)",
     }
+
+
+def _dataset_path(recorded: str | None) -> str | None:
+    """The training dataset as the bundle records it: absolute when it can be found from here.
+
+    Training records the path as typed (``data/digits``), relative to wherever it ran. Quantize and
+    validate read the bundle's copy from any directory, so a relative path that exists from the working
+    directory of the export is pinned down now; anything else is kept as recorded.
+    """
+    if recorded and not Path(recorded).is_absolute() and Path(recorded).exists():
+        return str(Path(recorded).resolve())
+    return recorded
 
 
 def _append_nms(path: Path, model: Any, batch: np.ndarray, dynamic_batch: bool, batch_size: int
