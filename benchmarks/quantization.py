@@ -1,17 +1,25 @@
-"""Quantization benchmark: PyTorch eager FP32 vs ONNX Runtime FP32 / FP16 / INT8 on CPU, one run.
+"""INT8 quantization benchmark: accuracy in each numerics, speed and quantize cost, before and after, one run.
 
-Two models:
-  digits:   EfficientNet-Lite0 (ImageNet backbone) with a 10-class head fitted on cached features of the
-            digits sample (a linear probe; fast on CPU), at 224 px.
-  imagenet: the ImageNet-pretrained EfficientNet-Lite0 itself on the real photos shipped with scikit-image,
-            for top-1 agreement with FP32 (no labels).
-INT8 variants: ``int8-trt`` (symmetric int8 activations: TensorRT-compatible QDQ), ``int8-cpu`` (uint8
-activations, the ONNX Runtime x86 fast path) and ``int8-budget`` (int8-trt plus the accuracy-budget
-mode: --max-drop 0.5 --min-agreement 0.99; with symmetric activations every quantization point can be put
-back in float exactly, where uint8 folds each ReLU6 into the range of its Q). Latencies are measured
-round-robin in blocks (`timings`) so machine load affects all alike; ratios are the numbers to compare.
+Model: the ImageNet-pretrained EfficientNet-Lite0 itself, on real photos shipped with scikit-image. The photos
+are split in two disjoint halves: random crops of one half calibrate (300), random crops of the other are
+evaluated (400), so no evaluated pixel was seen in calibration. The score is top-1 agreement with FP32 (the
+photos have no ImageNet labels), in two numerics:
 
-    python benchmarks/quantization.py [--out /tmp/edgetl-qbench] [--iters 60] [--calib-size 200]
+- ``exact``: ONNX Runtime with graph optimizations off, every DequantizeLinear feeding a float op: the QDQ
+  graph's integer-exact result, what TensorRT and VNNI/AMX CPUs compute;
+- ``device``: ONNX Runtime's fused integer kernels on this machine (`edgetl.runtime.cpu` says whether they
+  saturate here; ``machine`` in the JSON records it).
+
+Variants (all through `edgetl.quantize.quantize_bundle`, per-channel weights, minmax ranges unless named):
+  before-*   : the previous defaults: 7-bit weights, no bias correction (``--reduce-range --no-bias-correction``)
+  trt / cpu  : today's defaults for ``--target tensorrt`` (int8 activations) and ``--target cpu`` (uint8)
+  *-nobc     : without bias correction; *-mse: MSE weight scales; *-entropy / *-percentile: other methods
+
+Latency: batch 1, round-robin blocks so machine load hits all models alike; ratios against ONNX Runtime FP32
+in the same run. Quantize cost: the first quantize (streamed calibration on 300 images + bias correction) runs
+in a child process, its wall time and peak RSS recorded.
+
+    python benchmarks/quantization.py [--out /tmp/edgetl-qbench] [--iters 40]
 
 Writes benchmarks/results/quantization.json.
 """
@@ -19,6 +27,10 @@ Writes benchmarks/results/quantization.json.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,297 +38,174 @@ import numpy as np
 
 from edgetl.fileio import write_json
 
-
-def fit_digits_checkpoint(work: Path, per_class: int, size: int) -> tuple[Path, Path]:
-    import torch
-
-    from edgetl.data import load_classification_data
-    from edgetl.data.samples import write_digits
-    from edgetl.models import create, get_model_info
-    from edgetl.preprocess import preprocess_batch
-    from edgetl.train.checkpoint import CheckpointMeta, save_checkpoint
-
-    data_dir = work / "digits"
-    if not data_dir.exists():
-        write_digits(data_dir, train_per_class=per_class, val_per_class=30, size=64, seed=0)
-    ckpt = work / "digits.pt"
-    if ckpt.exists():
-        return ckpt, data_dir
-    torch.manual_seed(0)
-    data = load_classification_data(data_dir)
-    spec = get_model_info("efficientnet_lite0").preprocess_spec(size)
-    model = create("efficientnet_lite0", num_classes=len(data.classes)).eval()
-    x, _ = preprocess_batch([s.path for s in data.train], spec)
-    y = torch.tensor([s.label for s in data.train])
-    with torch.no_grad():
-        feats = torch.cat([model.forward_head(model.forward_features(torch.from_numpy(x[i:i + 32])), pre_logits=True)
-                           for i in range(0, len(x), 32)])
-    head = model.get_classifier()
-    optim = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-2)
-    for _ in range(300):
-        optim.zero_grad()
-        torch.nn.functional.cross_entropy(head(feats), y, label_smoothing=0.1).backward()
-        optim.step()
-    meta = CheckpointMeta(task="classify", model="efficientnet_lite0", labels=data.classes, preprocess=spec,
-                          train_config={"strategy": "linear-probe", "data": str(data_dir)})
-    save_checkpoint(ckpt, model.state_dict(), meta)
-    return ckpt, data_dir
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
+          "colorwheel", "camera", "moon", "page", "text", "horse", "clock", "coins", "brick", "grass", "gravel",
+          "logo", "retina", "cell")
+VARIANTS = {  # name: quantize_bundle keyword arguments
+    "before-trt": {"target": "tensorrt", "reduce_range": True, "bias_correction": False},
+    "before-cpu": {"target": "cpu", "reduce_range": True, "bias_correction": False},
+    "trt": {"target": "tensorrt"},
+    "cpu": {"target": "cpu"},
+    "trt-nobc": {"target": "tensorrt", "bias_correction": False},
+    "cpu-nobc": {"target": "cpu", "bias_correction": False},
+    "cpu-mse": {"target": "cpu", "weight_scales": "mse"},
+    "cpu-entropy": {"target": "cpu", "method": "entropy"},
+    "cpu-percentile": {"target": "cpu", "method": "percentile"},
+}
 
 
-def imagenet_checkpoint(work: Path) -> tuple[Path, Path, Path]:
-    """The pretrained 1000-class model as an edgetl checkpoint + photo folders (eval, calibration crops)."""
+def photo_crops(work: Path) -> tuple[Path, Path]:
+    """Calibration crops from the odd-numbered photos, evaluation crops from the even-numbered ones."""
     import skimage.data as sd
     from PIL import Image
 
-    from edgetl.models import create, get_model_info
-    from edgetl.train.checkpoint import CheckpointMeta, save_checkpoint
-
-    photos, calib = work / "photos", work / "photo-crops"
-    ckpt = work / "imagenet.pt"
-    if not ckpt.exists():
-        photos.mkdir(parents=True, exist_ok=True)
-        calib.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(0)
-        for name in ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
-                     "colorwheel", "camera", "moon", "page", "text", "horse", "clock", "coins", "brick", "grass",
-                     "gravel", "logo", "microaneurysms"):
+    calib, evaluation = work / "calib", work / "eval"
+    if calib.is_dir() and evaluation.is_dir():
+        return calib, evaluation
+    rng = np.random.default_rng(0)
+    names = [n for n in PHOTOS if hasattr(sd, n)]
+    for out, group, total in ((evaluation, names[0::2], 400), (calib, names[1::2], 300)):
+        out.mkdir(parents=True, exist_ok=True)
+        per = -(-total // len(group))
+        for name in group:
             try:
                 a = getattr(sd, name)()
-            except Exception:  # some images need an optional download helper: skip them
+            except Exception:  # some photos need a download helper: skip them
                 continue
             if a.dtype != np.uint8:
                 a = (a.astype(np.float64) / max(1, a.max()) * 255).astype(np.uint8)
             a = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
-            Image.fromarray(a).save(photos / f"{name}.png")
             h, w = a.shape[:2]
-            for k in range(8):  # calibration: random crops/flips of the same photos
-                ch, cw = int(h * rng.uniform(0.5, 0.9)), int(w * rng.uniform(0.5, 0.9))
+            for k in range(per):
+                s = rng.uniform(0.35, 1.0)
+                ch, cw = int(h * s * rng.uniform(0.8, 1.0)), int(w * s * rng.uniform(0.8, 1.0))
                 y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
                 crop = a[y0:y0 + ch, x0:x0 + cw]
-                Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if k % 2 else crop)).save(calib / f"{name}-{k}.png")
-        model = create("efficientnet_lite0").eval()
-        meta = CheckpointMeta(task="classify", model="efficientnet_lite0", labels=[f"in1k_{i}" for i in range(1000)],
-                              preprocess=get_model_info("efficientnet_lite0").preprocess_spec())
-        save_checkpoint(ckpt, model.state_dict(), meta)
-    return ckpt, photos, calib
+                Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if k % 2 else crop)).save(out / f"{name}-{k}.png")
+    return calib, evaluation
 
 
-def build_bundles(ckpt: Path, out: Path, calib: Path, val: Path | None, calib_size: int, budget: bool) -> dict:
-    """Export, then one bundle directory per INT8 variant (so each keeps its own model.int8.onnx)."""
-    import shutil
-
-    from edgetl.errors import GateFailedError
+def fp32_bundle(work: Path, calib: Path) -> Path:
     from edgetl.export import export_checkpoint
+    from edgetl.models import create, get_model_info
+    from edgetl.train.checkpoint import CheckpointMeta, save_checkpoint
+
+    bundle = work / "fp32"
+    if (bundle / "manifest.json").is_file():
+        return bundle
+    ckpt = work / "imagenet.pt"
+    model = create("efficientnet_lite0").eval()
+    meta = CheckpointMeta(task="classify", model="efficientnet_lite0", labels=[f"in1k_{i}" for i in range(1000)],
+                          preprocess=get_model_info("efficientnet_lite0").preprocess_spec())
+    save_checkpoint(ckpt, model.state_dict(), meta)
+    export_checkpoint(ckpt, bundle, parity_data=calib, overwrite=True)
+    return bundle
+
+
+_FIRST_QUANTIZE = """
+import json, resource, sys, time
+from edgetl.quantize import quantize_bundle
+t0 = time.perf_counter()
+r = quantize_bundle(sys.argv[1], "int8", calib_data=sys.argv[2], calib_size=300, target="tensorrt")
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(
+    resource.RUSAGE_SELF).ru_maxrss / 1024, "calibration_seconds": r.info["calibration"]["seconds"]}))
+"""
+
+
+def quantize_variants(base: Path, calib: Path, work: Path) -> tuple[dict, dict]:
+    """One bundle per variant; the first computes the calibration statistics (measured), the rest reuse them."""
     from edgetl.quantize import quantize_bundle
 
-    base = out / "fp32"
-    if not (base / "manifest.json").exists():
-        export_checkpoint(ckpt, base, parity_data=calib, overwrite=True)
-    paths = {"ort-fp32": base / "model.onnx"}
-    quantize_bundle(base, "fp16")
-    paths["ort-fp16"] = base / "model.fp16.onnx"
-    info = {}
-    variants = [("int8-trt", "int8", None), ("int8-cpu", "uint8", None)]
-    if budget:
-        variants.append(("int8-budget", "int8", 0.5))
-    for name, act, max_drop in variants:
-        target = out / name
-        if target.exists():
-            shutil.rmtree(target)
+    cost = json.loads(subprocess.run([sys.executable, "-c", _FIRST_QUANTIZE, str(base), str(calib)], check=True,
+                                     capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    paths, info = {}, {}
+    for name, kwargs in VARIANTS.items():
+        target = work / name
+        shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(base, target)
-        t0 = time.perf_counter()
-        try:
-            res = quantize_bundle(target, "int8", calib_data=calib, calib_size=calib_size, method="percentile",
-                                  activation_type=act, max_drop=max_drop,
-                                  min_agreement=0.99 if max_drop is not None else None, val_data=val, val_size=300)
-            info[name] = {"kept_layers": res.info["kept_layers"], "kept_activations": res.info["kept_activations"],
-                          "seconds": time.perf_counter() - t0, "budget": res.budget and res.budget["final"],
-                          "units": res.budget and res.budget["units"]}
-        except GateFailedError as exc:  # the best model found is still written; report the miss
-            info[name] = {"budget_missed": str(exc).splitlines()[0], "seconds": time.perf_counter() - t0}
-        paths[name] = target / "model.int8.onnx"
-        shutil.copytree(target / "calibration", base / "calibration", dirs_exist_ok=True)  # reuse ranges
-    return {"paths": paths, "info": info}
+        result = quantize_bundle(target, "int8", calib_data=calib, calib_size=300, **kwargs)
+        paths[name] = result.path
+        info[name] = {"settings": kwargs, "weights": result.info["weights"], "graph": result.info["graph"]}
+    return paths, {"first_quantize": cost, "variants": info}
 
 
-def evaluate(paths: dict, ckpt: Path, images: Path, labelled: bool) -> tuple:
-    from edgetl.bundle import open_bundle
+def outputs(path: Path, batch: np.ndarray, numerics: str) -> np.ndarray:
     from edgetl.export.parity import backend_outputs
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from edgetl.validate.metrics import topk_accuracy
-    from edgetl.validate.samples import decode, find_images
-    from edgetl.validate.torch_reference import TorchCheckpointBackend
 
-    bundle = open_bundle(paths["ort-fp32"].parent, verify=False)
-    found = find_images(images, split="val" if labelled else "all", labels=bundle.labels if labelled else None)
-    decoded = decode(found, bundle.preprocess)
-    labels = np.asarray(decoded.labels) if labelled else None
-    backends = {"torch-fp32": TorchCheckpointBackend(ckpt)}
-    backends.update({k: OnnxRuntimeBackend(p, device="cpu") for k, p in paths.items()})
-    logits = {k: backend_outputs(b, decoded.batch)[b.output_names[0]] for k, b in backends.items()}
-    ref = logits["ort-fp32"].argmax(1)
-    rows = {}
-    for k, out in logits.items():
-        path = ckpt if k == "torch-fp32" else paths[k]
-        rows[k] = {"top1": topk_accuracy(out, labels, 1) if labelled else None,
-                   "agreement": float(np.mean(out.argmax(1) == ref)), "bytes": Path(path).stat().st_size}
-    one = decoded.batch[:1]
-    eight = np.repeat(decoded.batch[:1], 8, axis=0) if len(decoded.batch) < 8 else decoded.batch[:8]
-    return rows, backends, one, eight, decoded, logits
+    with OnnxRuntimeBackend(path, device="cpu", numerics=numerics) as backend:
+        return backend_outputs(backend, batch, chunk=50)[backend.output_names[0]]
 
 
-def error_profile(fp32: Path, int8: Path, ref: np.ndarray, full: np.ndarray, batch: np.ndarray,
-                  labels: np.ndarray) -> dict:
-    """Why INT8 disagrees with FP32: the FP32 top-1/top-2 logit margins (``ref``) against the size of INT8's
-    logit error (``full``), and the agreement with only the weights, or only the activations, quantized
-    (`qdq_edit.restore`)."""
-    import tempfile
-
-    import onnx
-
-    from edgetl.export.parity import backend_outputs
-    from edgetl.quantize.qdq_edit import ACTIVATION, LAYER, list_units, restore
+def timings(paths: dict, one: np.ndarray, iters: int, rounds: int = 5) -> dict:
+    """Batch-1 p50 per model, round-robin in blocks after a warm-up."""
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-    reference, quantized = onnx.load(str(fp32)), onnx.load(str(int8))
-    units = list_units(quantized, reference)
-
-    def logits_of(path: Path) -> np.ndarray:
-        with OnnxRuntimeBackend(path, device="cpu") as backend:
-            return backend_outputs(backend, batch)[backend.output_names[0]]
-
-    top2 = np.sort(ref, axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
-    error = np.abs(full - ref).max(axis=1)
-    out = {"fp32_margin_percentiles": dict(zip(("p5", "p10", "p25", "p50"),
-                                               np.percentile(margin, [5, 10, 25, 50]).round(3).tolist())),
-           "int8_max_logit_error_median": float(np.median(error)),
-           "share_margin_below_int8_error": float(np.mean(margin < error)),
-           "agreement": {"int8": float(np.mean(full.argmax(1) == ref.argmax(1)))}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, kind in (("weights only", ACTIVATION), ("activations only", LAYER)):
-            path = Path(tmp) / "variant.onnx"
-            onnx.save(restore(quantized, reference, [u for u in units if u.kind == kind]), str(path))
-            variant = logits_of(path)
-            out["agreement"][name] = float(np.mean(variant.argmax(1) == ref.argmax(1)))
-            out.setdefault("top1", {})[name] = float(np.mean(variant.argmax(1) == labels))
-    return out
-
-
-def timings(backends: dict, one: np.ndarray, eight: np.ndarray, iters: int, rounds: int = 5) -> dict:
-    """Round-robin in blocks: every round runs each model ``iters / rounds`` times in a row (after a pause
-    and one untimed run), so drifting machine load hits all models alike, while the thread pools a model
-    leaves spinning (PyTorch's OpenMP, ONNX Runtime's) do not land on the next model's timed runs."""
-    for b in backends.values():
-        for _ in range(3):
-            b.infer(one)
-        b.infer(eight)
-    lat = {k: [] for k in backends}
-    thr = {k: [] for k in backends}
-    block = max(2, iters // rounds)
-    for _ in range(rounds):
-        for k, b in backends.items():
-            time.sleep(0.1)  # let the previous model's spinning threads go idle
-            b.infer(one)
-            for _ in range(block):
-                t0 = time.perf_counter()
+    backends = {k: OnnxRuntimeBackend(p, device="cpu") for k, p in paths.items()}
+    lat: dict[str, list[float]] = {k: [] for k in backends}
+    try:
+        for b in backends.values():
+            for _ in range(3):
                 b.infer(one)
-                lat[k].append(time.perf_counter() - t0)
-            b.infer(eight)
-            for _ in range(max(1, block // 4)):
-                t0 = time.perf_counter()
-                b.infer(eight)
-                thr[k].append(time.perf_counter() - t0)
-    return {k: {"p50_ms": 1000 * float(np.percentile(lat[k], 50)), "p99_ms": 1000 * float(np.percentile(lat[k], 99)),
-                "b8_img_s": 8 / float(np.median(thr[k]))} for k in backends}
-
-
-def profile_ops(path: Path, one: np.ndarray, runs: int = 20) -> dict:
-    """Per-op-type time share from ONNX Runtime's profiler (explains a missed speed target)."""
-    import json
-
-    import onnxruntime as ort
-
-    from edgetl.runtime.backends.onnxruntime import KEEP_FLOAT_LAYERS_FLOAT
-
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(path.parent / "ort-profile")
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=KEEP_FLOAT_LAYERS_FLOAT)
-    for _ in range(runs):
-        sess.run(None, {sess.get_inputs()[0].name: one})
-    trace_path = Path(sess.end_profiling())
-    trace = json.loads(trace_path.read_text())
-    trace_path.unlink(missing_ok=True)
-    per_op: dict[str, float] = {}
-    for ev in trace:
-        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
-            op = ev["args"].get("op_name", "?")
-            per_op[op] = per_op.get(op, 0.0) + ev["dur"] / 1000.0 / runs
-    return dict(sorted(per_op.items(), key=lambda kv: -kv[1])[:8])
+        for _ in range(rounds):
+            for k, b in backends.items():
+                time.sleep(0.05)
+                b.infer(one)
+                for _ in range(max(2, iters // rounds)):
+                    t0 = time.perf_counter()
+                    b.infer(one)
+                    lat[k].append(time.perf_counter() - t0)
+    finally:
+        for b in backends.values():
+            b.close()
+    return {k: 1000 * float(np.median(v)) for k, v in lat.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/edgetl-qbench")
-    parser.add_argument("--iters", type=int, default=60)
-    parser.add_argument("--calib-size", type=int, default=200)
-    parser.add_argument("--per-class", type=int, default=40, help="digits training images per class")
-    parser.add_argument("--no-budget", action="store_true", help="skip the accuracy-budget variant")
+    parser.add_argument("--iters", type=int, default=40)
     args = parser.parse_args()
+    from edgetl.bundle import open_bundle
+    from edgetl.runtime.cpu import describe
+    from edgetl.validate.samples import decode, find_images
+
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {}
     t_start = time.perf_counter()
-
-    ckpt, digits = fit_digits_checkpoint(work, args.per_class, 224)
-    built = build_bundles(ckpt, work / "digits-bundles", digits, digits, args.calib_size, not args.no_budget)
-    rows, backends, one, eight, decoded, logits = evaluate(built["paths"], ckpt, digits, labelled=True)
-    n = len(decoded.batch)
-    times = timings(backends, one, eight, args.iters)
-    profile = {k: profile_ops(built["paths"][k], one) for k in ("ort-fp32", "int8-trt", "int8-cpu", "int8-budget")
-               if k in built["paths"]}
-    for b in backends.values():
-        b.close()
-    errors = error_profile(built["paths"]["ort-fp32"], built["paths"]["int8-trt"], logits["ort-fp32"],
-                           logits["int8-trt"], decoded.batch, np.asarray(decoded.labels))
-    results["digits"] = {"images": n, "rows": rows, "times": times, "quantize": built["info"], "profile_ms": profile,
-                         "int8_error_profile": errors}
-
-    ick, photos, crops = imagenet_checkpoint(work)
-    built_i = build_bundles(ick, work / "imagenet-bundles", crops, None, min(args.calib_size, 160), False)
-    rows_i, backends_i, _, _, decoded_i, _ = evaluate(built_i["paths"], ick, photos, labelled=False)
-    n_i = len(decoded_i.batch)
-    for b in backends_i.values():
-        b.close()
-    results["imagenet_photos"] = {"images": n_i, "rows": rows_i}
-    results["seconds"] = time.perf_counter() - t_start
-    write_json(Path(__file__).parent / "results" / "quantization.json", results)  # before formatting
-
-    fp32 = times["ort-fp32"]["p50_ms"]
-    lines = [f"digits, EfficientNet-Lite0 224 px, {n} validation images; CPU, round-robin timings",
-             "| model | top-1 | agree FP32 | photos agree | size MB | p50 ms b1 | p99 ms b1 | img/s b8 | vs ORT FP32 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for k, r in rows.items():
-        t = times[k]
-        photo = f"{100 * rows_i[k]['agreement']:.0f} %" if k in rows_i else "-"
-        lines.append(f"| {k} | {100 * r['top1']:.1f} % | {100 * r['agreement']:.1f} % | "
-                     f"{photo} | {r['bytes'] / 1e6:.1f} | {t['p50_ms']:.1f} | "
-                     f"{t['p99_ms']:.1f} | {t['b8_img_s']:.0f} | {fp32 / t['p50_ms']:.2f}x |")
-    lines.append(f"\nphotos: {n_i} scikit-image photos, ImageNet-pretrained model, agreement with ORT FP32 top-1")
-    lines.append(f"ORT FP32 vs PyTorch eager at batch 1: {times['torch-fp32']['p50_ms'] / fp32:.2f}x")
-    for k, v in built["info"].items():
-        lines.append(f"{k}: {v}")
-    lines.append(f"per-op ms (batch 1): {profile}")
-    lines.append(f"int8-trt error profile: {errors}")
-    lines.append(f"total {results['seconds']:.0f} s")
-    text = "\n".join(lines)
-    print(text)
-    results["table"] = text
+    calib, evaluation = photo_crops(work)
+    base = fp32_bundle(work, calib)
+    shutil.rmtree(base / "calibration", ignore_errors=True)  # the first quantize measures the whole cost
+    paths, quantize_info = quantize_variants(base, calib, work)
+    bundle = open_bundle(base, verify=False)
+    batch = decode(find_images(evaluation, split="all"), bundle.preprocess).batch[:400]
+    reference = outputs(base / "model.onnx", batch, "device").argmax(1)
+    rows = {}
+    for name, path in paths.items():
+        rows[name] = {mode: float(np.mean(outputs(path, batch, mode).argmax(1) == reference))
+                      for mode in ("exact", "device")}
+        rows[name]["bytes"] = path.stat().st_size
+    p50 = timings({"fp32": base / "model.onnx", **{k: paths[k] for k in ("before-trt", "before-cpu", "trt", "cpu")}},
+                  batch[:1], args.iters)
+    for name in ("before-trt", "before-cpu", "trt", "cpu"):
+        rows[name]["b1_speedup_vs_ort_fp32"] = p50["fp32"] / p50[name]
+    results = {"model": "efficientnet_lite0 (ImageNet)", "images": int(len(batch)), "calibration_images": 300,
+               "machine": describe(), "rows": rows, "p50_ms_batch1": p50, "quantize": quantize_info,
+               "seconds": time.perf_counter() - t_start}
+    lines = [f"EfficientNet-Lite0 (ImageNet), {len(batch)} photo crops, top-1 agreement with FP32; "
+             f"machine: {describe()}",
+             "| variant | exact | this machine | b1 vs ORT FP32 | size MB |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        speed = f"{r['b1_speedup_vs_ort_fp32']:.2f}x" if "b1_speedup_vs_ort_fp32" in r else "-"
+        lines.append(f"| {name} | {100 * r['exact']:.1f} % | {100 * r['device']:.1f} % | {speed} | "
+                     f"{r['bytes'] / 1e6:.1f} |")
+    first = quantize_info["first_quantize"]
+    lines.append(f"first quantize (300 images, streamed statistics + bias correction): {first['seconds']:.0f} s, "
+                 f"calibration {first['calibration_seconds']:.0f} s, peak RSS {first['peak_rss_mb']:.0f} MB")
+    results["table"] = "\n".join(lines)
     out = Path(__file__).parent / "results" / "quantization.json"
     write_json(out, results)
+    print(results["table"])
     print(f"\nwritten {out}")
     return 0
 
