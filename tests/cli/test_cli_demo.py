@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,28 +33,38 @@ def test_quick_settings_and_overrides() -> None:
     assert quick["img_size"] == 64 and quick["strategy"] == "linear-probe"
     assert DemoConfig(epochs=2).resolved()["epochs"] == 2
     assert DemoConfig(strategy="partial").resolved()["strategy"] == "partial"
-    assert DemoConfig().resolved()["img_size"] == 128
+    full = DemoConfig().resolved()
+    assert full["img_size"] == 128 and full["train_per_class"] == 100 and full["val_per_class"] == 30
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path: Path) -> None:
+def test_quick_demo_end_to_end_through_the_cli(tmp_path: Path) -> None:
     validate = pytest.importorskip("edgetl.validate.api")
     if not hasattr(validate, "validate_bundle"):
         pytest.skip("edgetl.validate.validate_bundle is not available in this build")
     from edgetl.bundle import open_bundle
-    from edgetl.demo import format_summary, run_demo
+    from edgetl.demo import DemoResult, format_summary
 
-    lines: list[str] = []
-    result = run_demo(DemoConfig(out=tmp_path / "demo", quick=True, train_per_class=10, val_per_class=5,
-                                 calib_size=16, bench_iters=2), say=lines.append)
-    assert [line[:5] for line in lines if line.startswith("[")] == [f"[{i}/7]" for i in range(1, 8)]
-    bundle = open_bundle(result.bundle_dir)
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--quick", "--json"])
+    document = json.loads(result.stdout)  # exactly one JSON document on stdout, nothing else
+    # exit 0 when the INT8 model passes the gate, 1 only when it fails it
+    assert result.exit_code == (0 if document["validation_passed"] else 1), result.stderr
+    steps = [line[:5] for line in result.stderr.splitlines() if line.startswith("[")]
+    assert steps == [f"[{i}/7]" for i in range(1, 8)]
+    assert list(document["steps_s"]) == ["data", "train", "export", "quantize", "validate", "predict", "bench"]
+    for name, seconds in document["steps_s"].items():
+        assert f"      {name}: {seconds:.1f} s" in result.stderr
+    bundle = open_bundle(document["bundle"])
     assert {a.precision for a in bundle.find(kind="onnx")} >= {"fp32"}
     assert bundle.find(kind="onnx", precision="int8") or bundle.find(kind="onnx", precision="mixed")
-    assert result.archive.is_file()
-    s = result.summary
-    assert s["top1"]["fp32"] > 0.3  # 10 classes: chance is 0.1
+    assert Path(document["archive"]).is_file()
+    s = document["summary"]
+    assert s["val_images"] == 100 and s["top1"]["fp32"] > 0.5  # 10 classes: chance is 0.1
     assert 0.0 <= s["agreement_fp32_int8"] <= 1.0
     assert s["size_bytes"]["int8"] < s["size_bytes"]["fp32"]
-    text = format_summary(result)
-    assert "top-1 accuracy" in text and str(result.bundle_dir) in text
+    assert s["latency_ms_b1"]["fp32"] and s["latency_ms_b1"]["int8"]
+    assert not any(r["backend"] == "torch" or r["batch"] != 1 for r in s["bench"]["rows"])
+    text = format_summary(DemoResult(out, Path(document["bundle"]), Path(document["archive"]), s,
+                                     document["steps_s"], document["validation_passed"]))
+    assert "top-1 accuracy" in text and "Fashion-MNIST" in text and document["bundle"] in text
