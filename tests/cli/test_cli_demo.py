@@ -55,6 +55,9 @@ def test_quick_demo_end_to_end_through_the_cli(tmp_path: Path) -> None:
     assert list(document["steps_s"]) == ["data", "train", "export", "quantize", "validate", "predict", "bench"]
     for name, seconds in document["steps_s"].items():
         assert f"      {name}: {seconds:.1f} s" in result.stderr
+    # training announced its dataset and plan before it started
+    assert "10 classes, 200 training and 100 validation images" in result.stderr
+    assert "plan: linear-probe" in result.stderr and "estimated time about" in result.stderr
     bundle = open_bundle(document["bundle"])
     assert {a.precision for a in bundle.find(kind="onnx")} >= {"fp32"}
     assert bundle.find(kind="onnx", precision="int8") or bundle.find(kind="onnx", precision="mixed")
