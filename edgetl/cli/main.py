@@ -67,6 +67,8 @@ class LazyGroup(click.Group):
             if ctx.meta.get(_WANTS_JSON) and not getattr(exc, "json_reported", False):
                 json_error_document(exc.exit_code, exc.format_message(), kind=type(exc).__name__)
             raise
+        except (click.exceptions.Exit, click.Abort):  # --help, --version, Ctrl-C: click's own exits
+            raise
         except Exception as exc:  # outside any verb's handle_errors (loading it): a bug, not a failed gate
             click.echo(traceback.format_exc(), err=True, nl=False)
             click.secho(f"error: unexpected {type(exc).__name__}: {exc}", fg="red", err=True)

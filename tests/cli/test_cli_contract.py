@@ -201,3 +201,11 @@ def test_results_go_to_stdout_and_progress_to_stderr(colour_bundle: Path, colour
     assert "top-1" in evaluated.stdout and "seven" in evaluated.stdout
     # what is about to run, before it runs: how many images
     assert "evaluating efficientnet_lite0" in evaluated.stderr and "on 60 val image(s)" in evaluated.stderr
+
+
+@pytest.mark.parametrize("verb", ["demo", "quantize", "validate", "train", "data", "bundle"])
+def test_every_verbs_help_exits_0(verb: str) -> None:
+    """click ends --help with its own Exit: that is success, not an unexpected error (exit 4)."""
+    result = CliRunner().invoke(cli, [verb, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "Traceback" not in result.output
