@@ -121,7 +121,11 @@ def make_bundle(root: Path, images: list[Path], *, int8: bool = True, dynamic_ba
             "sources": [p.name for p in images[: len(g)]],
         })
     if int8 and validated:
-        bundle.set_section("validation", {"reference": "fp32", "candidate": "int8", "passed": True,
-                                          "agreement": 1.0})
+        from edgetl.bundle.validation import record
+
+        record(bundle, {"passed": True, "reference": {"artifact": "model.onnx", "precision": "fp32"},
+                        "candidate": {"artifact": "model.int8.onnx", "precision": "int8"},
+                        "agreement": {"top1_agreement": 1.0}, "checks": [], "metrics": {}, "images": {},
+                        "numerics": {"gate": "exact", "modes": {}}, "created_at": "2026-01-01T00:00:00+00:00"})
     bundle.save()
     return root

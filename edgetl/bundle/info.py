@@ -48,7 +48,9 @@ def bundle_info(bundle_dir: str | Path | Bundle, *, verify: bool = True) -> dict
         if a.info:
             entry["info"] = a.info
         artifacts.append(entry)
-    validation = m.get("validation")
+    from edgetl.bundle.validation import current, latest
+
+    validation = latest(bundle)
     return {
         "bundle": str(bundle.root),
         "schema_version": m["schema_version"],
@@ -64,6 +66,7 @@ def bundle_info(bundle_dir: str | Path | Bundle, *, verify: bool = True) -> dict
         "total_bytes": sum(a.bytes for a in bundle.artifacts),
         "golden": bool(m.get("golden")),
         "validation": validation,
+        "validated": {path: entry.get("passed") for path, entry in current(bundle).items()},
         "provenance": m.get("provenance", {}),
         "verified": verify,
     }
@@ -102,13 +105,10 @@ def format_info(info: dict[str, Any]) -> str:
         rows.append([a["path"], a["kind"], a["precision"], _mb(a["bytes"]), a["created_by"], note])
     lines.append(format_table(["artifact", "kind", "precision", "size", "by", "device fit"], rows))
     lines.append(f"total {_mb(info['total_bytes'])}; golden samples: {'yes' if info['golden'] else 'no'}")
-    v = info.get("validation")
-    if isinstance(v, dict):
-        verdict = {True: "PASSED", False: "FAILED"}.get(v.get("passed"), "unknown")
-        detail = ", ".join(f"{k}={v[k]}" for k in ("candidate", "reference", "agreement", "top1_drop")
-                           if k in v and not isinstance(v[k], (dict, list)))
-        lines.append(f"validation {verdict}" + (f" ({detail})" if detail else ""))
-    else:
+    validated = info.get("validated") or {}
+    for path, passed in validated.items():
+        lines.append(f"validation {'PASSED' if passed else 'FAILED'}: {path}")
+    if not validated:
         lines.append("validation none yet (run `edgetl validate`)")
     prov = info.get("provenance") or {}
     if prov:

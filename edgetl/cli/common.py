@@ -8,7 +8,7 @@ Every verb is written as::
     @handle_errors
     def command(..., as_json): ...
 
-so the rules of ARCHITECTURE.md (stderr for humans, one JSON document on stdout, exit codes) live here.
+so the rules of docs/architecture.md (stderr for humans, one JSON document on stdout, exit codes) live here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Which artifact runs on which backend: the ``auto`` policy, and the reason it gives.
 
-Policy (ARCHITECTURE.md): a TensorRT engine built for this GPU -> ONNX Runtime with the best usable
+Policy (docs/architecture.md): a TensorRT engine built for this GPU -> ONNX Runtime with the best usable
 providers (TensorRT EP, CUDA EP) -> ONNX Runtime on CPU. The precision ``best`` is the fastest
 precision that is safe to use: on a GPU FP16, then an INT8 graph that passed validation, then FP32;
 on a CPU an INT8 graph that passed validation *and* runs faster than FP32 there (the CPU format, see
@@ -41,34 +41,11 @@ class Choice:
 
 
 def validated_precisions(bundle: Bundle) -> set[str]:
-    """Precisions of the candidates whose last validation passed (from the manifest ``validation``)."""
-    section = bundle.manifest.get("validation")
-    entries: list[dict] = []
-    if isinstance(section, dict):
-        nested = [v for k, v in section.items() if k in ("results", "candidates", "runs") and isinstance(v, list)]
-        entries = [e for group in nested for e in group if isinstance(e, dict)] or [section]
-    elif isinstance(section, list):
-        entries = [e for e in section if isinstance(e, dict)]
-    found: set[str] = set()
-    by_path = {a.path: a for a in bundle.artifacts}
-    for entry in entries:
-        if entry.get("passed") is not True:
-            continue
-        cand = entry.get("candidate")
-        names = [cand] if isinstance(cand, str) else []
-        if isinstance(cand, dict):
-            names = [cand.get(k) for k in ("precision", "artifact", "path") if isinstance(cand.get(k), str)]
-        for key in ("candidate_precision", "candidate_artifact"):
-            if isinstance(entry.get(key), str):
-                names.append(entry[key])
-        for name in names:
-            if name in ("fp32", "fp16", "int8", "mixed"):
-                found.add(name)
-            else:
-                rel = Path(name).name if name not in by_path else name
-                for art in bundle.artifacts:
-                    if art.path == name or Path(art.path).name == rel:
-                        found.add(art.precision)
+    """Precisions of the artifacts whose current validation record passed (`edgetl.bundle.validation`)."""
+    from edgetl.bundle.validation import passed_artifacts
+
+    passed = passed_artifacts(bundle)
+    found = {a.precision for a in bundle.artifacts if a.path in passed}
     if "int8" in found or "mixed" in found:
         found |= {"int8", "mixed"}
     return found
@@ -78,14 +55,12 @@ def _fast_on_cpu(bundle: Bundle, art: Artifact) -> bool:
     """Whether ONNX Runtime's CPU kernels run this INT8 graph faster than FP32: the CPU format (uint8
     activations, fused into QLinearConv) does; the TensorRT format (symmetric int8 activations) keeps separate
     Q/DQ nodes there and runs at about 0.7x FP32, unless a validation on this bundle measured otherwise."""
+    from edgetl.bundle.validation import current
+
     if (art.info or {}).get("activation_type", "int8") == "uint8":
         return True
-    validation = bundle.manifest.get("validation")
-    if isinstance(validation, dict) and isinstance(validation.get("candidate"), dict):
-        cand = validation["candidate"]
-        if cand.get("artifact") == art.path and isinstance(cand.get("speedup_p50"), (int, float)):
-            return cand["speedup_p50"] > 1.0
-    return False
+    speedup = (current(bundle).get(art.path) or {}).get("speedup_p50")
+    return isinstance(speedup, (int, float)) and speedup > 1.0
 
 
 def _tensorrt_module():

@@ -326,6 +326,7 @@ def _write(bundle: Bundle, report: ValidationReport) -> None:
     doc = report.to_dict()
     write_json(bundle.root / "report.json", doc)
     write_text(bundle.root / "report.md", render_markdown(bundle, doc))
-    bundle.set_section("validation", {k: doc[k] for k in ("passed", "reference", "candidate", "metrics", "agreement",
-                                                          "checks", "images", "numerics", "created_at")})
+    from edgetl.bundle.validation import record
+
+    record(bundle, doc)
     bundle.save()

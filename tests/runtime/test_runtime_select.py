@@ -38,7 +38,7 @@ def test_auto_picks_a_validated_cpu_format_int8_and_says_why(colour_bundle: Path
 def test_unvalidated_int8_is_not_best(colour_bundle: Path, tmp_path: Path) -> None:
     bundle = shutil.copytree(colour_bundle, tmp_path / "b")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["validation"] = {"candidate": "int8", "passed": False}
+    manifest["validation"]["results"]["model.int8.onnx"]["passed"] = False
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with edgetl.runtime.load(bundle) as p:
         d = p.describe()

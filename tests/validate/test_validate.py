@@ -31,7 +31,7 @@ def test_fp16_passes_and_reports(quantized: Path, digits_dir: Path) -> None:
     assert doc["candidate"]["bytes"] < doc["reference"]["bytes"] and doc["candidate"]["latency_batch1"]["runs"] == 3
     assert json.loads((quantized / "report.json").read_text())["passed"] is True
     assert "PASSED" in (quantized / "report.md").read_text()
-    assert open_bundle(quantized).manifest["validation"]["candidate"]["artifact"] == "model.fp16.onnx"
+    assert open_bundle(quantized).manifest["validation"]["latest"] == "model.fp16.onnx"
 
 
 @pytest.mark.slow

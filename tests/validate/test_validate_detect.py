@@ -56,7 +56,7 @@ def test_validate_detect_reports_map_of_both_and_passes(det_copy: Path):
     assert agree["recall_of_reference"] == 1.0 and agree["precision_vs_reference"] == 1.0
     assert "mAP@0.5:0.95" in res.stderr and "PASSED" in res.stderr
     manifest = json.loads((det_copy / "manifest.json").read_text())
-    assert manifest["validation"]["metrics"]["reference"]["map"] == ref["map"]
+    assert manifest["validation"]["results"]["model.onnx"]["metrics"]["reference"]["map"] == ref["map"]
     assert "| map |" in (det_copy / "report.md").read_text()
 
 
