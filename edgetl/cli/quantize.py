@@ -42,12 +42,14 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
                    "(default: no limit).")
 @click.option("--exclude", "exclude", multiple=True, help="Layer (node) name to keep in float; repeatable.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when the written model fails its own golden check (the bundle's tolerance).")
 @config_option
 @json_option
 @handle_errors
 def command(bundle, precision, calib_data, calib_size, method, percentile, per_channel, target, activation_type,
             bias_correction, weight_scales, reduce_range, max_drop, min_agreement, val_data, val_size, max_kept,
-            exclude, seed, as_json: bool) -> None:
+            exclude, seed, strict, as_json: bool) -> None:
     """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated)."""
     from edgetl.quantize import quantize_bundle
 
@@ -56,9 +58,9 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
                              activation_type=activation_type, target=target, reduce_range=reduce_range,
                              bias_correction=bias_correction, weight_scales=weight_scales, percentile=percentile,
                              min_agreement=min_agreement, val_size=val_size, nodes_to_exclude=list(exclude),
-                             max_kept=max_kept, progress=not as_json)
+                             max_kept=max_kept, progress=not as_json, strict=strict)
     for note in result.warnings:
-        say(f"warning: {note}", fg="yellow")
+        say(f"warning: {note}", fg="red" if note.startswith("GOLDEN CHECK FAILED") else "yellow")
     info = result.info
     if precision == "int8":
         cal = info["calibration"]
@@ -80,6 +82,10 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
             label = {"exact": "exact numerics", "device": "this machine's kernels"}.get(mode, mode)
             say(f"golden check ({label}): max abs diff {entry['max_abs_diff']:.3g}"
                 + (f", top-1 agreement {entry['top1_agreement']:.3f}" if "top1_agreement" in entry else ""))
+    check = info.get("golden_check")
+    if check:
+        say(f"golden check against the bundle's tolerance {check['tolerance']}: "
+            f"{'passed' if check['passed'] else 'FAILED'}", fg="green" if check["passed"] else "red")
     say(f"wrote {result.path} ({result.precision}) in {result.seconds:.1f}s", fg="green")
     if as_json:
         emit_json(result.to_dict())

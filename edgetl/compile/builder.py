@@ -573,8 +573,9 @@ def golden_agreement(
     if nms:
         return compare_detections(got, expected, dict(bundle.manifest.get("postprocess") or {}),
                                   NMS_MIN_AGREEMENT.get(precision, 0.8))
-    return compare_outputs(got, expected, (section.get("tolerance") or {}).get(precision, {}),
-                           classify=bundle.task == "classify")
+    from edgetl.bundle.check import tolerance_for
+
+    return compare_outputs(got, expected, tolerance_for(bundle, precision), classify=bundle.task == "classify")
 
 
 def compare_detections(

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input"
 MODEL_FILE = "model.onnx"
 PARITY_IMAGES = 16
-GOLDEN_TOLERANCE = {"fp32": {"max_abs": 1e-3}, "fp16": {"max_abs": 5e-2}, "int8": {"top1_agreement": 0.85}}
 
 
 @dataclass
@@ -309,4 +308,6 @@ def _write_golden(bundle: Bundle, inputs: np.ndarray, outputs: dict[str, np.ndar
             np.save(fh, np.ascontiguousarray(value, dtype=np.float32))
         bundle.add_artifact(bundle.root / rel, kind="golden", precision="fp32", created_by="export")
         entries["outputs"][name] = rel
-    bundle.set_section("golden", {**entries, "tolerance": GOLDEN_TOLERANCE, "sources": sources})
+    from edgetl.bundle.check import TOLERANCES
+
+    bundle.set_section("golden", {**entries, "tolerance": TOLERANCES, "sources": sources})

@@ -79,6 +79,7 @@ def quantize_bundle(
     max_kept: int | None = None,
     budget_layers: list[str] | None = None,
     progress: bool = False,
+    strict: bool = False,
 ) -> QuantizeResult:
     """Quantize the bundle's FP32 ONNX model.
 
@@ -115,6 +116,8 @@ def quantize_bundle(
         budget_layers: restrict the search to these layers' weights (default: every quantized Conv/Gemm/MatMul
             and every activation).
         progress: show progress bars on stderr.
+        strict: a written artifact that fails its own golden check (the bundle's tolerance) raises
+            `GateFailedError` (exit 1) instead of only warning.
 
     Raises:
         BadInputError: no/too few calibration images, unknown precision/method/layer names, corrupt model.
@@ -140,8 +143,17 @@ def quantize_bundle(
                        val_size=val_size, extra_exclude=nodes_to_exclude or [],
                        max_kept=max_kept, budget_layers=budget_layers, progress=progress)
     result.seconds = time.perf_counter() - start
+    check = result.info.get("golden_check")
+    if check is not None and not check["passed"]:
+        result.warnings.insert(0, f"GOLDEN CHECK FAILED: the {precision} model written to {result.path} does not "
+                                  f"match the FP32 golden outputs within the bundle's tolerance "
+                                  f"({'; '.join(check['failures'])}); `bundle check`, the daemon's swap check and "
+                                  f"`compile` will reject it too")
     for note in result.warnings:
         log.warning(note)
+    if strict and check is not None and not check["passed"]:
+        raise GateFailedError(result.warnings[0], hint="quantize with other settings (budget mode: --max-drop), or "
+                                                       "deploy another precision")
     if result.budget is not None and not result.budget["within_budget"]:
         final = result.budget["final"]
         raise GateFailedError(
@@ -161,7 +173,7 @@ def _fp16(bundle: Bundle, model: Any) -> QuantizeResult:
     out = bundle.root / FILES["fp16"]
     save_onnx(converted, out)
     check_graph(out, str(out))
-    info["golden"] = _golden_check(bundle, out)
+    info["golden"], info["golden_check"] = _golden_check(bundle, out, "fp16")
     bundle.add_artifact(out, kind="onnx", precision="fp16", created_by="quantize", info=info)
     _record(bundle, "fp16", info)
     bundle.save()
@@ -266,7 +278,8 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
                           "kept_layers": budget["kept_layers"], "kept_activations": budget["kept_activations"],
                           "units": budget["units"], "numerics": settings.gate_numerics,
                           "int8_layers": summary["int8_layers"], "float_layers": len(summary["float_layers"])}
-    info["golden"] = _golden_check(bundle, out, numerics=("exact", "device"))
+    gate_first = (settings.gate_numerics, "device" if settings.gate_numerics == "exact" else "exact")
+    info["golden"], info["golden_check"] = _golden_check(bundle, out, "int8", numerics=gate_first)
     precision = "mixed" if kept or kept_activations else "int8"
     # Replace any earlier INT8 entry (its precision may differ) before recording this one.
     bundle.manifest["artifacts"] = [a for a in bundle.manifest["artifacts"] if a["path"] != FILES["int8"]]
@@ -359,34 +372,42 @@ def _layer_params(model: Any) -> dict[str, int]:
     return {n.name: sum(sizes.get(i, 0) for i in n.input[1:]) for n in model.graph.node}
 
 
-def _golden_check(bundle: Bundle, path: Path, numerics: tuple[str, ...] = ("device",)) -> dict[str, Any] | None:
-    """Run the new graph on the golden inputs: proves it loads and records how far it is from FP32.
+def _golden_check(bundle: Bundle, path: Path, precision: str,
+                  numerics: tuple[str, ...] = ("device",)) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Run the new graph on the golden inputs: proves it loads, records how far it is from FP32, and judges it
+    by the bundle's tolerance for ``precision`` (`edgetl.bundle.check.TOLERANCES`, the table ``bundle check``,
+    the daemon and compile use too).
 
-    One entry per output; with several ``numerics`` (INT8: ``exact`` and ``device``), the first is the
-    output's entry and every mode is under ``numerics``, so each figure says what computed it.
+    Returns the per-output figures (with several ``numerics``, every mode under ``numerics``, so each figure
+    says what computed it) and the verdict, judged in the first mode of ``numerics``.
     """
     golden = bundle.manifest.get("golden")
     if not golden:
-        return None
+        return None, None
+    from edgetl.bundle.check import compare_outputs, load_golden, tolerance_for
     from edgetl.export.parity import backend_outputs
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from edgetl.validate.metrics import classification_agreement
 
-    inputs = np.load(bundle.root / golden["input"])
+    inputs, reference = load_golden(bundle)
+    tolerance = tolerance_for(bundle, precision)
     report: dict[str, Any] = {}
+    verdict: dict[str, Any] | None = None
     for mode in numerics:
         with OnnxRuntimeBackend(path, device="cpu", numerics=mode) as backend:
             outputs = backend_outputs(backend, inputs, fixed_batch=_fixed_batch(bundle))
-        for name, rel in golden["outputs"].items():
-            ref = np.load(bundle.root / rel)
-            entry: dict[str, Any] = {"max_abs_diff": float(np.abs(ref - outputs[name]).max())}
-            if bundle.task == "classify":
-                entry["top1_agreement"] = classification_agreement(ref, outputs[name])["top1_agreement"]
+        compared = compare_outputs(outputs, reference, tolerance)
+        if verdict is None:
+            verdict = {"passed": compared["passed"], "failures": compared["failures"], "tolerance": tolerance,
+                       "numerics": mode}
+        for name, stats in compared["outputs"].items():
+            entry: dict[str, Any] = {"max_abs_diff": stats["max_abs"], "max_rel_diff": stats["max_rel"]}
+            if bundle.task == "classify" and "top1_agreement" in stats:
+                entry["top1_agreement"] = stats["top1_agreement"]
             if name not in report:
                 report[name] = dict(entry)
             if len(numerics) > 1:
                 report[name].setdefault("numerics", {})[mode] = entry
-    return report
+    return report, verdict
 
 
 def _record(bundle: Bundle, precision: str, info: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ import fakegpu
 import numpy as np
 import pytest
 
-GOLDEN_TOLERANCE = {"fp32": {"max_abs": 1e-3}, "fp16": {"max_abs": 5e-2}, "int8": {"top1_agreement": 0.85}}
+from edgetl.bundle.check import TOLERANCES as GOLDEN_TOLERANCE
 
 
 def _tiny_onnx(path: Path, *, dynamic: bool = True, size: int = 16, classes: int = 5) -> None:
