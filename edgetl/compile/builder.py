@@ -612,8 +612,7 @@ def compare_outputs(
     """
     from edgetl.bundle.check import compare_outputs as compare_golden
 
-    gate = tolerance if classify else {k: v for k, v in tolerance.items() if k != "top1_agreement"}
-    result = compare_golden(got, expected, gate)
+    result = compare_golden(got, expected, tolerance, classify=classify)
     failures = result["failures"]
     samples = int(next(iter(expected.values())).shape[0]) if expected else 0
     summary = "; ".join(failures) if failures else (

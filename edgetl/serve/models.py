@@ -281,7 +281,7 @@ def _golden_check(
     _check_finite(outputs)
     precision = str(describe.get("precision", "fp32"))
     tolerance = tolerance_for(bundle, precision)
-    report = compare_outputs(outputs, reference, tolerance)
+    report = compare_outputs(outputs, reference, tolerance, classify=bundle.task == "classify")
     report.update(checked=True, precision=precision, tolerance=tolerance, samples=int(len(x)))
     if not report["passed"]:
         raise VerificationError(f"golden smoke test failed ({precision}): " + "; ".join(report["failures"]))
