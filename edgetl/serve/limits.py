@@ -244,7 +244,7 @@ class BodyLimitMiddleware:
                     await _send_error(send, 413, self._message(declared))
                     return
         seen = 0
-        started = False
+        tracked = _StartTracking(send)
 
         async def limited_receive() -> dict:
             nonlocal seen
@@ -255,16 +255,10 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge()
             return message
 
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except BodyTooLarge:
-            if not started:
+            if not tracked.started:
                 await _send_error(send, 413, self._message(seen))
 
     def _message(self, size: int) -> str:
@@ -299,7 +293,7 @@ class DrainGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        tracked = _StartTracking(send)
 
         async def guarded_receive() -> dict:
             if self.expired.is_set():
@@ -316,23 +310,17 @@ class DrainGuard:
                 return message.result()
             raise DrainExpired()
 
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, guarded_receive, tracking_send)
+            await self.app(scope, guarded_receive, tracked)
         except DrainExpired:
-            if not started:
+            if not tracked.started:
                 await _send_error(send, 503, DRAIN_EXPIRED_MESSAGE)
         except asyncio.CancelledError:
             if not self.draining():
                 raise
             # uvicorn's shutdown timeout cancelled a request still computing: answer it, end quietly.
             logging.getLogger("edgetl.serve").warning("drain timeout: a request still running was cancelled (503)")
-            if not started:
+            if not tracked.started:
                 await _send_error(send, 503, "server shutting down: the request did not finish within the drain "
                                              "timeout (--drain-timeout); retry on another instance")
 
@@ -341,6 +329,20 @@ class DrainGuard:
 DRAIN_EXPIRED_MESSAGE = (
     "server shutting down: the request body did not arrive within the drain timeout (--drain-timeout); retry"
 )
+
+
+class _StartTracking:
+    """``send`` that remembers whether the response has started: a middleware can still answer with its own
+    error only before that."""
+
+    def __init__(self, send: Callable) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 async def _send_error(send: Callable, status: int, message: str, headers: list | None = None) -> None:
