@@ -207,8 +207,7 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
     if not Path(source).exists():
         raise BadInputError(f"calibration data not found: {source}", hint="pass --calib-data DIR")
     calib = select_calibration(source, labels=bundle.labels, model_sha256=sha, spec=bundle.preprocess,
-                               method=method, size=calib_size, seed=seed, cache_dir=bundle.root / CALIB_DIR,
-                               percentile=percentile)
+                               method=method, size=calib_size, seed=seed, cache_dir=bundle.root / CALIB_DIR)
     cache_hit = calib.cached
     t0 = time.perf_counter()
     stats = _statistics(bundle, calib, model, progress=progress)

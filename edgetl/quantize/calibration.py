@@ -119,8 +119,11 @@ class CalibrationSet:
 
 
 def select_calibration(source: str | Path, *, labels: list[str], model_sha256: str, spec: PreprocessSpec,
-                       method: str, size: int, seed: int, cache_dir: Path, percentile: float) -> CalibrationSet:
+                       method: str, size: int, seed: int, cache_dir: Path) -> CalibrationSet:
     """Choose ``size`` seeded class-balanced training images and work out their cache entry.
+
+    The entry depends on the model, the preprocessing and the files only: ranges for any method (and
+    percentile) come from the same statistics.
 
     Raises:
         BadInputError: unknown method, no images at the source.

@@ -105,7 +105,7 @@ class Int8Settings:
         return {
             "quant_format": quant.QuantFormat.QDQ,
             "per_channel": self.per_channel,
-            "reduce_range": False,  # 7-bit weights are applied per layer (`reduce_range_layers`)
+            "reduce_range": False,  # 7-bit weights go on non-depthwise layers only (`weights.refine_weights`)
             "activation_type": quant.QuantType.QInt8 if symmetric else quant.QuantType.QUInt8,
             "weight_type": quant.QuantType.QInt8,
             "calibrate_method": quant.CalibrationMethod.MinMax,

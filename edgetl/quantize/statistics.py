@@ -18,6 +18,7 @@ KL-divergence threshold search over the |x| histogram, 2048 bins into 128 quanti
 from __future__ import annotations
 
 import copy
+import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -158,8 +159,6 @@ class CalibrationStatistics:
             arrays[f"m{i}"] = self.input_means[name]
         meta = {"tensors": names, "layers": layers, "images": self.images}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        import io
-
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         write_bytes(path, buffer.getvalue())

@@ -197,10 +197,15 @@ def _resolve(bundle: Bundle, which: str) -> tuple[Path, str]:
         path = bundle.root / which
     if not path.is_file():
         raise BadInputError(f"model not found: {which}", hint="pass fp32, fp16, int8, or a .onnx/.engine/.pt path")
-    for art in bundle.artifacts:
-        if bundle.path_of(art).resolve() == path.resolve():
-            return path, art.precision
+    art = _artifact_at(bundle, path)
+    if art is not None:
+        return path, art.precision
     return path, {".engine": "engine", ".pt": "checkpoint"}.get(path.suffix, "onnx")
+
+
+def _artifact_at(bundle: Bundle, path: Path) -> Any | None:
+    """The bundle's artifact stored at ``path``, if the file is one of them."""
+    return next((a for a in bundle.artifacts if bundle.path_of(a).resolve() == path.resolve()), None)
 
 
 NUMERICS_CHOICES = ("exact", "device", "both")
@@ -214,7 +219,7 @@ def _numerics_plan(bundle: Bundle, path: Path, numerics: str) -> tuple[list[str]
     target's (`Int8Settings.gate_numerics`, recorded with the artifact), unless the caller asked for one
     mode only.
     """
-    art = next((a for a in bundle.artifacts if bundle.path_of(a).resolve() == path.resolve()), None)
+    art = _artifact_at(bundle, path)
     quantized = path.suffix == ".onnx" and art is not None and art.precision in ("int8", "mixed")
     if not quantized:
         return ["device"], "device"
