@@ -7,7 +7,11 @@ throughput, each as a ratio to PyTorch eager FP32 measured in the same run. Tens
 
 On a machine without an NVIDIA GPU it says so and exits 0.
 
-    python benchmarks/gpu.py [--batch 32] [--iters 200] [--size 224]
+A ``torch.compile`` row (inductor, CUDA graphs) is the strongest PyTorch peer; its one-off compile time is
+recorded beside it. Each row records the GPU memory its runs peaked at; the process's peak RSS is in the JSON.
+Backends that cannot run here are listed under ``skipped`` with the reason, never silently left out.
+
+    python benchmarks/gpu.py [--batch 32] [--iters 200] [--size 224] [--no-compile] [--out PATH]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -51,13 +56,19 @@ def _time(fn: Callable[[], object], iters: int, sync: Callable[[], None]) -> lis
 
 
 def _row(name: str, lat: list[float], thr_seconds: list[float], batch: int) -> dict:
+    import torch
+
     lat_ms = sorted(v * 1e3 for v in lat)
-    return {
+    row = {
         "backend": name,
         "latency_ms_median": statistics.median(lat_ms),
         "latency_ms_p90": lat_ms[int(0.9 * (len(lat_ms) - 1))],
         "throughput_ips": batch / statistics.median(thr_seconds),
+        # PyTorch's allocator only: ONNX Runtime and TensorRT allocate outside it, so their rows say None.
+        "torch_peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if name.startswith("torch") else None,
     }
+    torch.cuda.reset_peak_memory_stats()
+    return row
 
 
 def main() -> int:
@@ -65,6 +76,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile row (it compiles for about a minute)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     reason = _no_gpu_reason()
@@ -75,6 +89,7 @@ def main() -> int:
     import onnxruntime as ort
     import torch
 
+    from edgetl.export.onnx_graph import trace_to_onnx
     from edgetl.models import create
 
     device_name = torch.cuda.get_device_name(0)
@@ -85,6 +100,7 @@ def main() -> int:
     xb = rng.normal(size=(args.batch, 3, args.size, args.size)).astype(np.float32)
     sync = torch.cuda.synchronize
     rows = []
+    skipped: dict[str, str] = {}
 
     # PyTorch eager, FP32 and FP16 (autocast).
     t1, tb = torch.from_numpy(x1).cuda(), torch.from_numpy(xb).cuda()
@@ -95,11 +111,23 @@ def main() -> int:
                 lat = _time(lambda: model(t1), args.iters, sync)
                 thr = _time(lambda: model(tb), max(20, args.iters // 5), sync)
             rows.append(_row(name, lat, thr, args.batch))
+    if args.no_compile:
+        skipped["torch.compile"] = "--no-compile"
+    else:
+        try:
+            compiled, compile_seconds = _compiled(model, t1, tb)
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+                lat = _time(lambda: compiled(t1), args.iters, sync)
+                thr = _time(lambda: compiled(tb), max(20, args.iters // 5), sync)
+            row = _row("torch.compile fp16 (cuda graphs)", lat, thr, args.batch)
+            rows.append(row | {"compile_seconds": compile_seconds})
+        except Exception as exc:  # inductor needs a working Triton; report, and measure the rest
+            skipped["torch.compile"] = f"{type(exc).__name__}: {exc}"[:300]
 
     work = Path(tempfile.mkdtemp(prefix="edgetl-gpu-bench-"))
     onnx_fp32 = work / "model.onnx"
-    torch.onnx.export(model.float().cpu(), torch.from_numpy(x1), onnx_fp32, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17)
+    trace_to_onnx(model.float().cpu(), onnx_fp32, input_name="input", output_names=["logits"],
+                  size=(args.size, args.size), opset=17, dynamic_batch=True)
     graphs = {"fp32": onnx_fp32}
     try:
         import onnx
@@ -109,7 +137,7 @@ def main() -> int:
         onnx.save(fp16, work / "model.fp16.onnx")
         graphs["fp16"] = work / "model.fp16.onnx"
     except Exception as exc:  # the converter is optional tooling
-        print(f"skipping ORT FP16 ({exc})", file=sys.stderr)
+        skipped["onnxruntime fp16"] = f"FP16 conversion failed: {exc}"
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
@@ -124,13 +152,13 @@ def main() -> int:
                         per_channel=True)
         graphs["int8"] = work / "model.int8.onnx"
     except Exception as exc:
-        print(f"skipping ORT INT8 ({exc})", file=sys.stderr)
+        skipped["onnxruntime int8"] = f"quantize_static failed: {exc}"
 
     for prec, path in graphs.items():
         sess = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
         if sess.get_providers()[0] != "CUDAExecutionProvider":
-            print(f"ONNX Runtime has no CUDA provider here; skipping ORT rows ({sess.get_providers()})",
-                  file=sys.stderr)
+            skipped["onnxruntime cuda"] = (f"ONNX Runtime {ort.__version__} has no CUDA provider here "
+                                           f"(providers: {sess.get_providers()}); install onnxruntime-gpu")
             break
         lat = _time(lambda s=sess: s.run(None, {"input": x1}), args.iters, lambda: None)
         thr = _time(lambda s=sess: s.run(None, {"input": xb}), max(20, args.iters // 5), lambda: None)
@@ -138,6 +166,10 @@ def main() -> int:
 
     if importlib.util.find_spec("tensorrt") is not None:
         rows += _tensorrt_rows(work, graphs, x1, xb, args)
+    else:
+        skipped["tensorrt"] = "`import tensorrt` fails on this machine"
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}", file=sys.stderr)
 
     base = rows[0]
     for row in rows:
@@ -150,11 +182,27 @@ def main() -> int:
     for r in rows:
         print(f"{r['backend']:34} {r['latency_ms_median']:12.2f} {r['latency_ms_p90']:10.2f} "
               f"{r['throughput_ips']:11.0f} {r['latency_speedup']:6.2f} {r['throughput_ratio']:6.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"device": device_name, "batch": args.batch, "size": args.size,
-                                   "baseline": base["backend"], "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"device": device_name, "batch": args.batch, "size": args.size,
+                                    "torch": torch.__version__, "onnxruntime": ort.__version__,
+                                    "baseline": base["backend"], "rows": rows, "skipped": skipped,
+                                    "peak_rss_mib": round(peak_rss_mib, 1)}, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _compiled(model, t1, tb):
+    """``torch.compile`` in reduce-overhead mode (CUDA graphs) under FP16 autocast; returns it and its compile time."""
+    import torch
+
+    compiled = torch.compile(model, mode="reduce-overhead")
+    start = time.perf_counter()
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+        for t in (t1, tb, t1, tb):  # each shape compiles once, then CUDA graphs are recorded
+            compiled(t)
+    torch.cuda.synchronize()
+    return compiled, round(time.perf_counter() - start, 1)
 
 
 def _tensorrt_rows(work: Path, graphs: dict[str, Path], x1: np.ndarray, xb: np.ndarray, args) -> list[dict]:
