@@ -13,7 +13,7 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @click.option("--calib-data", type=click.Path(), default=None,
               help="Calibration images (dataset: its training split; or a folder). Default: the training dataset.")
 @click.option("--calib-size", type=int, default=300, show_default=True, help="Images, seeded and class-balanced.")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile", "mse"]), default="minmax",
               show_default=True, help="Calibration method (ranges from streamed statistics; see docs/quantize.md).")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="For --method percentile.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales.")

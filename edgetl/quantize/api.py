@@ -226,7 +226,7 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
     tmp = Path(tempfile.mkdtemp(prefix="edgetl-quant-"))
     try:
         full = tmp / "full.onnx"
-        quantize_file(src, full, settings, ranges=stats.ranges(method, percentile),
+        quantize_file(src, full, settings, ranges=stats.ranges(method, percentile, settings.activation_type),
                       nodes_to_exclude=extra_exclude + float_tail)
         from edgetl.quantize.weights import refine_weights
 

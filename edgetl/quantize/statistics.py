@@ -73,8 +73,9 @@ class TensorStats:
         self.hist += np.bincount(index, minlength=BINS)
         self.zeros += int(flat.size - np.count_nonzero(flat))
 
-    def threshold(self, method: str, percentile: float) -> float:
-        """The |x| clipping threshold of ``method`` (``minmax``: the largest magnitude)."""
+    def threshold(self, method: str, percentile: float, levels: int = QUANTIZED_LEVELS) -> float:
+        """The |x| clipping threshold of ``method`` (``minmax``: the largest magnitude); ``levels`` is the number
+        of quantization steps between 0 and the threshold (``mse`` weighs rounding against clipping with it)."""
         largest = max(abs(self.lo), abs(self.hi))
         total = int(self.hist.sum())
         if method == "minmax" or total == 0 or largest == 0.0:
@@ -87,11 +88,15 @@ class TensorStats:
             nonzero = self.hist.copy()
             nonzero[0] -= min(self.zeros, int(nonzero[0]))
             return min(largest, entropy_threshold(nonzero) * width)
+        if method == "mse":  # exact zeros are represented exactly: no rounding error to count for them
+            nonzero = self.hist.copy()
+            nonzero[0] -= min(self.zeros, int(nonzero[0]))
+            return min(largest, mse_threshold(nonzero, width, levels))
         raise ValueError(f"unknown calibration method {method!r}")
 
-    def range(self, method: str, percentile: float) -> tuple[float, float]:
+    def range(self, method: str, percentile: float, levels: int = QUANTIZED_LEVELS) -> tuple[float, float]:
         """The (low, high) range to quantize: the observed range clipped at the method's threshold."""
-        limit = self.threshold(method, percentile)
+        limit = self.threshold(method, percentile, levels)
         return max(self.lo, -limit), min(self.hi, limit)
 
 
@@ -128,6 +133,32 @@ def entropy_threshold(hist: np.ndarray, levels: int = QUANTIZED_LEVELS, stride: 
     return best
 
 
+def mse_threshold(hist: np.ndarray, width: float, levels: int = QUANTIZED_LEVELS, stride: int = 4) -> float:
+    """The |x| threshold with the least expected squared quantization error over the histogram.
+
+    A value below the threshold ``t`` is rounded to a step of ``t / levels`` (uniform error, variance
+    ``step**2 / 12``); a value above it is clipped to ``t`` (error ``|x| - t``). Each bin is taken at its
+    centre. Candidates are every ``stride``-th bin edge: 512 of 2048 bins, a resolution of 0.2 % of the range.
+    """
+    hist = hist.astype(np.float64)
+    nonzero_last = int(np.flatnonzero(hist)[-1]) + 1 if hist.any() else 1
+    centres = (np.arange(len(hist)) + 0.5) * width
+    # Suffix sums give the clipping error of every candidate at once: sum over x > t of (x - t)^2.
+    count_tail = np.cumsum(hist[::-1])[::-1]
+    first_tail = np.cumsum((hist * centres)[::-1])[::-1]
+    second_tail = np.cumsum((hist * centres**2)[::-1])[::-1]
+    candidates = np.arange(stride, nonzero_last + stride, stride)
+    candidates = np.minimum(candidates, nonzero_last)
+    t = candidates * width
+    tail_index = np.minimum(candidates, len(hist) - 1)
+    has_tail = candidates < len(hist)
+    clip = np.where(has_tail, second_tail[tail_index] - 2 * t * first_tail[tail_index] + t**2 * count_tail[tail_index],
+                    0.0)
+    inside = hist.sum() - np.where(has_tail, count_tail[tail_index], 0.0)
+    rounding = inside * (t / levels) ** 2 / 12.0
+    return float(t[int(np.argmin(clip + rounding))])
+
+
 @dataclass
 class CalibrationStatistics:
     """What one pass over the calibration images measured.
@@ -143,8 +174,14 @@ class CalibrationStatistics:
     input_means: dict[str, np.ndarray]
     images: int
 
-    def ranges(self, method: str, percentile: float) -> dict[str, tuple[float, float]]:
-        return {name: s.range(method, percentile) for name, s in self.tensors.items()}
+    def ranges(self, method: str, percentile: float, activation_type: str = "int8") -> dict[str, tuple[float, float]]:
+        """Each tensor's range; ``activation_type`` sets the steps ``mse`` counts: a signed symmetric format
+        has 127 above zero, an unsigned asymmetric one spends all 255 on a tensor that is never negative."""
+        ranges = {}
+        for name, stat in self.tensors.items():
+            levels = 255 if activation_type == "uint8" and stat.lo >= 0 else QUANTIZED_LEVELS - 1
+            ranges[name] = stat.range(method, percentile, levels)
+        return ranges
 
     def save(self, path: Path) -> None:
         """Statistics as one ``.npz`` (histograms and means): ranges for any method come back without the

@@ -90,6 +90,29 @@ def test_entropy_clips_a_heavy_tail_and_ignores_exact_zeros() -> None:
     assert entropy_threshold(np.r_[np.ones(100), np.zeros(BINS - 100)].astype(np.int64)) == 100
 
 
+@pytest.mark.parametrize("draw,levels,expected", [
+    ("normal", 127, 3.94),   # 8-bit optimum on a Gaussian: 3.9 sigma (Banner et al., ACIQ)
+    ("laplace", 127, 9.89),  # and on a Laplacian: 9.89 b
+    ("normal", 7, 2.55),     # 4-bit (7 steps above zero): 2.55 sigma
+])
+def test_mse_threshold_matches_the_published_optima(draw: str, levels: int, expected: float) -> None:
+    rng = np.random.default_rng(4)
+    stats = TensorStats()
+    stats.update(getattr(rng, draw)(size=2_000_000).astype(np.float32))
+    assert stats.threshold("mse", 99.99, levels) == pytest.approx(expected, rel=0.04)
+
+
+def test_mse_range_spends_unsigned_levels_on_a_non_negative_tensor() -> None:
+    rng = np.random.default_rng(5)
+    relu = np.concatenate([np.zeros(500_000), np.abs(rng.laplace(size=500_000))]).astype(np.float32)
+    stats = CalibrationStatistics({"relu": TensorStats()}, {}, 1)
+    stats.tensors["relu"].update(relu)
+    signed = stats.ranges("mse", 99.99, "int8")["relu"]
+    unsigned = stats.ranges("mse", 99.99, "uint8")["relu"]
+    # Twice the steps on [0, t]: rounding costs a quarter as much, so less is clipped.
+    assert signed[0] == unsigned[0] == 0.0 and signed[1] < unsigned[1] <= float(relu.max())
+
+
 def test_statistics_cache_round_trip(net, tmp_path: Path) -> None:
     model, _, x = net
     stats = measure(model, [x[:32], x[32:]], input_name="input")
@@ -98,7 +121,7 @@ def test_statistics_cache_round_trip(net, tmp_path: Path) -> None:
     np.testing.assert_allclose(stats.input_means["conv1"], x.mean(axis=0), rtol=1e-5, atol=1e-6)
     stats.save(tmp_path / "stats.npz")
     back = CalibrationStatistics.load(tmp_path / "stats.npz")
-    for method in ("minmax", "entropy", "percentile"):
+    for method in ("minmax", "entropy", "percentile", "mse"):
         assert back.ranges(method, 99.9) == stats.ranges(method, 99.9)
     np.testing.assert_array_equal(back.input_means["dw"], stats.input_means["dw"])
 

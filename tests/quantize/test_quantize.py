@@ -29,7 +29,7 @@ def test_fp16_keeps_float32_io(bundle_copy: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile", "mse"])
 def test_int8_qdq_each_method_and_cache(bundle_copy: Path, digits_dir: Path, method: str) -> None:
     result = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=20, method=method)
     assert result.precision == "int8" and result.path.name == "model.int8.onnx"
