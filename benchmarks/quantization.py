@@ -13,7 +13,8 @@ photos have no ImageNet labels), in two numerics:
 Variants (all through `edgetl.quantize.quantize_bundle`, per-channel weights, minmax ranges unless named):
   before-*   : the previous defaults: 7-bit weights, no bias correction (``--reduce-range --no-bias-correction``)
   trt / cpu  : today's defaults for ``--target tensorrt`` (int8 activations) and ``--target cpu`` (uint8)
-  *-nobc     : without bias correction; *-mse: MSE weight scales; *-entropy / *-percentile: other methods
+  *-nobc     : without bias correction; *-mse: MSE weight scales; *-entropy / *-percentile: other methods;
+  *-mse-ranges: activation ranges of least expected squared error (``--method mse``)
 
 Latency: batch 1, round-robin blocks so machine load hits all models alike; ratios against ONNX Runtime FP32
 in the same run. Quantize cost: the first quantize (streamed calibration on 300 images + bias correction) runs
@@ -51,6 +52,8 @@ VARIANTS = {  # name: quantize_bundle keyword arguments
     "cpu-mse": {"target": "cpu", "weight_scales": "mse"},
     "cpu-entropy": {"target": "cpu", "method": "entropy"},
     "cpu-percentile": {"target": "cpu", "method": "percentile"},
+    "trt-mse-ranges": {"target": "tensorrt", "method": "mse"},
+    "cpu-mse-ranges": {"target": "cpu", "method": "mse"},
 }
 
 
