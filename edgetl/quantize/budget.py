@@ -20,6 +20,7 @@ Every candidate scored is recorded so the report can say which units were kept a
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -127,6 +128,23 @@ def within(metrics: dict[str, Any], max_drop: float, min_agreement: float | None
     return ok
 
 
+#: Above this many quantization points the sensitivity is measured by groups first (`probe_groups`).
+GROUPED_FROM = 24
+#: The most sensitive groups whose members are then measured one by one.
+REFINED_GROUPS = 2
+
+
+def probe_groups(units: list[Unit]) -> list[list[Unit]]:
+    """Consecutive units in groups of about sqrt(n) (graph order: neighbours share a stage), or one per unit
+    for a small model. Measuring each group once and then the members of the two most sensitive groups takes
+    3 sqrt(n) runs instead of n (27 instead of 78 on EfficientNet-Lite0): the quantization noise of points in
+    different groups adds up nearly independently, so a group's score ranks its members' sum."""
+    if len(units) <= GROUPED_FROM:
+        return [[unit] for unit in units]
+    size = math.ceil(math.sqrt(len(units)))
+    return [units[i:i + size] for i in range(0, len(units), size)]
+
+
 def search(
     reference: Any,
     quantized: Any,
@@ -178,23 +196,49 @@ def search(
 
     pick = np.unique(np.linspace(0, len(sample.batch) - 1, min(probe_images, len(sample.batch))).astype(int))
     small = sample.subset(pick)
-    iterator: Any = units
+    groups = probe_groups(units)
+    runs = len(groups) + sum(len(g) for g in groups[:REFINED_GROUPS]) if len(groups) < len(units) else len(units)
+    log.info("budget mode: measuring the sensitivity of %d quantization points (%d runs on %d images each)",
+             len(units), runs, len(small.batch))
+    started = time.perf_counter()
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(units, desc="sensitivity", unit="unit", leave=False)
+        bar = tqdm(total=runs, desc="sensitivity", unit="run", leave=False)
+
+    done = [0]
+
+    def probe(quantize_only: list[Unit]) -> dict[str, Any]:
+        """The scores with only ``quantize_only`` quantized, everything else in float."""
+        result = score_model([u for u in units if u not in quantize_only], small, "probe.onnx")
+        done[0] += 1
+        if bar is not None:
+            bar.update()
+        if done[0] == 1 and runs > 1:
+            estimate = (time.perf_counter() - started) * runs
+            log.info("budget mode: about %s for the sensitivity (%.1f s per run), then a few candidates",
+                     f"{estimate / 60:.0f} min" if estimate >= 90 else f"{estimate:.0f} s", estimate / runs)
+        return result
+
+    def record(unit: Unit, scores: dict[str, Any], estimated: bool) -> dict[str, Any]:
+        return {**unit.to_dict(), "sensitivity": scores["sensitivity"], "agreement": scores["agreement"],
+                "params": weights.get(unit.name, 0) if unit.kind == LAYER else 0, "estimated": estimated}
+
     sensitivity = []
-    log.info("budget mode: measuring the sensitivity of %d quantization points, one run on %d images each",
-             len(units), len(small.batch))
-    started = time.perf_counter()
-    for unit in iterator:
-        alone = score_model([u for u in units if u != unit], small, "probe.onnx")
-        sensitivity.append({**unit.to_dict(), "sensitivity": alone["sensitivity"], "agreement": alone["agreement"],
-                            "params": weights.get(unit.name, 0) if unit.kind == LAYER else 0})
-        if len(sensitivity) == 1 and len(units) > 1:
-            estimate = (time.perf_counter() - started) * len(units)
-            log.info("budget mode: about %s for the sensitivity (%.1f s per point), then a few candidates",
-                     f"{estimate / 60:.0f} min" if estimate >= 90 else f"{estimate:.0f} s", estimate / len(units))
+    if len(groups) == len(units):  # few points: each measured alone
+        sensitivity = [record(unit, probe([unit]), False) for unit in units]
+    else:  # each group measured once; the members of the most sensitive groups then alone
+        group_scores = [probe(group) for group in groups]
+        order_of_groups = sorted(range(len(groups)), key=lambda i: -group_scores[i]["sensitivity"])
+        for rank, i in enumerate(order_of_groups):
+            if rank < REFINED_GROUPS:
+                sensitivity += [record(unit, probe([unit]), False) for unit in groups[i]]
+            else:  # its share of the group's score: a guess that ranks it below the measured ones it trails
+                share = {**group_scores[i], "sensitivity": group_scores[i]["sensitivity"] / len(groups[i])}
+                sensitivity += [record(unit, share, True) for unit in groups[i]]
+    if bar is not None:
+        bar.close()
     sensitivity.sort(key=lambda s: (-s["sensitivity"], s["agreement"]))
     order = [Unit(s["kind"], s["name"]) for s in sensitivity]
     limit = min(len(order), max_kept if max_kept is not None else len(order))

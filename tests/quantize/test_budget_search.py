@@ -79,3 +79,36 @@ def test_within_budget_from_the_start_keeps_nothing(stub) -> None:
     outcome, path = search(onnx.ModelProto(), onnx.ModelProto(), UNITS, sample, run, max_drop=100.0,
                            min_agreement=None, full_metrics=full, scorer=scorer)
     assert outcome.within_budget and outcome.kept == [] and path is None and calls == []
+
+
+def test_many_points_are_ranked_by_groups_with_far_fewer_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """78 points (EfficientNet-Lite0's count): 9 group runs, then the 18 members of the two worst groups."""
+    costs = {f"p{i:02d}": 0.01 for i in range(78)}
+    costs.update({"p01": 4.0, "p03": 2.5, "p40": 3.0})  # two near the input, one mid-network
+    units = [Unit(LAYER, name) for name in costs]
+    monkeypatch.setattr(budget, "restore", lambda quantized, reference, kept: _doc(kept))
+    runs: list[int] = []
+
+    def run(path: Path, batch: np.ndarray) -> float:
+        floated = set(filter(None, onnx.load(str(path)).doc_string.split(",")))
+        runs.append(len(floated))
+        return sum(c for name, c in costs.items() if name not in floated)
+
+    def scorer(drop: float, sample: Sample) -> dict:
+        return {"drop": drop, "agreement": 1.0 - drop / 100, "sensitivity": drop}
+
+    sample = Sample(np.zeros((10, 1), np.float32), None, np.zeros((10, 1)), "synthetic")
+    outcome, path = search(onnx.ModelProto(), onnx.ModelProto(), units, sample, run, max_drop=1.0,
+                           min_agreement=None, full_metrics=scorer(sum(costs.values()), sample), scorer=scorer)
+    assert [u.name for u in outcome.kept] == ["p01", "p40", "p03"] and outcome.within_budget
+    probes = len(runs) - (len(outcome.steps) - 1)
+    assert probes == len(budget.probe_groups(units)) + 2 * 9 == 27  # instead of 78
+    measured = {s["name"] for s in outcome.sensitivity if not s["estimated"]}
+    assert {"p01", "p03", "p40"} <= measured and len(measured) == 18
+    shutil.rmtree(path.parent)
+
+
+def _doc(kept) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.doc_string = ",".join(sorted(u.name for u in kept))
+    return model
