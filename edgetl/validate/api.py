@@ -65,6 +65,13 @@ class ValidationReport:
                 "images": self.images, "numerics": self.numerics, "created_at": self.created_at}
 
 
+#: The default validation gate (CLI, daemon swap and the demo read these): classifiers may lose at most half a
+#: top-1 point and must agree with FP32 on 99 % of the images; detectors may lose one mAP@0.5:0.95 point.
+GATE_MAX_TOP1_DROP = 0.5
+GATE_MIN_AGREEMENT = 0.99
+GATE_MAX_MAP_DROP = 1.0
+
+
 def validate_bundle(
     bundle_dir: str | Path,
     *,
@@ -72,9 +79,9 @@ def validate_bundle(
     reference: str = "fp32",
     data: str | Path | None = None,
     limit: int | None = None,
-    max_top1_drop: float = 0.5,
-    min_agreement: float = 0.99,
-    max_map_drop: float = 1.0,
+    max_top1_drop: float = GATE_MAX_TOP1_DROP,
+    min_agreement: float = GATE_MIN_AGREEMENT,
+    max_map_drop: float = GATE_MAX_MAP_DROP,
     backend_device: str = "cpu",
     latency_runs: int = 20,
     seed: int = 0,
