@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.lazy import lazy_import
 from edgetl.preprocess import PreprocessSpec, preprocess_batch
+
+torch = lazy_import("torch", "train", purpose="evaluating a detector checkpoint")
 
 #: Scoring settings of mAP evaluation: a low threshold, as COCO evaluation expects.
 EVAL_SCORE_THRESHOLD = 0.001
@@ -51,8 +54,6 @@ class PreparedImages:
 def run_model(model: Any, images: PreparedImages, postprocess: dict[str, Any], labels: list[str],
               device: Any = "cpu") -> list[Any]:
     """Predict every prepared image with a PyTorch detector; returns runtime `DetectionResult`s."""
-    import torch
-
     from edgetl.runtime.detection import postprocess_detections
 
     model.eval()
@@ -115,8 +116,6 @@ def evaluate_detector_checkpoint(checkpoint: str | Path, data: str | Path, split
     Raises:
         BadInputError: not a detector checkpoint, unknown split, or classes that differ from the labels.
     """
-    import torch
-
     from edgetl.data.detection import load_detection_data
     from edgetl.errors import BadInputError
     from edgetl.train.checkpoint import build_from_checkpoint

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 from edgetl.errors import GateFailedError
+from edgetl.lazy import lazy_import
+
+torch = lazy_import("torch", "train", purpose="the export parity check")
 
 
 class ParityError(GateFailedError):
@@ -29,8 +32,6 @@ class ParityTolerance:
 
 def torch_outputs(model: Any, batch: np.ndarray, output_names: list[str], chunk: int = 16) -> dict[str, np.ndarray]:
     """Run the eager model on a NCHW batch; outputs by name, as numpy."""
-    import torch
-
     parts: dict[str, list[np.ndarray]] = {n: [] for n in output_names}
     with torch.no_grad():
         for start in range(0, len(batch), chunk):

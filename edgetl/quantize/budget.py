@@ -30,8 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.lazy import lazy_import
 from edgetl.quantize.qdq_edit import ACTIVATION, LAYER, Unit, restore
 from edgetl.validate.metrics import classification_agreement, topk_accuracy
+
+onnx = lazy_import("onnx", "train", purpose="the accuracy-budget search")
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +165,6 @@ def search(
         The outcome, and the path of the final model in a temporary directory the caller must remove
         (``None`` when nothing had to be kept).
     """
-    import onnx
-
     steps = [{"kept": 0, "unit": None, **full_metrics}]
     already = within(full_metrics, max_drop, min_agreement)
     if already or not units:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import BadInputError, optional_import
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _SHAPE_OPS = {"Shape", "Constant", "ConstantOfShape", "Identity", "Cast", "Range", "Size", "NonZero"}
 
 
-def _quant():
-    return optional_import("onnxruntime.quantization", "train", purpose="INT8 quantization")
+quant = lazy_import("onnxruntime.quantization", "train", purpose="INT8 quantization")
+ort_calibrate = lazy_import("onnxruntime.quantization.calibrate", "train", purpose="INT8 quantization")
+ort_registry = lazy_import("onnxruntime.quantization.registry", "train", purpose="INT8 quantization")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,6 @@ class Int8Settings:
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``quantize_static``: ranges always come from edgetl's statistics
         (`edgetl.quantize.statistics`) through a min/max calibration cache, whatever the method."""
-        quant = _quant()
         symmetric = self.activation_type == "int8"
         extra: dict[str, Any] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
         if symmetric:
@@ -141,14 +142,11 @@ def quantize_file(src: Path, dst: Path, settings: Int8Settings, *, ranges: dict[
     """``quantize_static`` into ``dst`` with the activation ranges ``ranges`` (tensor -> (low, high))."""
     import tempfile
 
-    from onnxruntime.quantization.calibrate import save_tensors_data
-
     from edgetl.quantize.statistics import to_ort_ranges
 
-    quant = _quant()
     with tempfile.TemporaryDirectory(prefix="edgetl-ranges-") as tmp, quiet_quantizer():
         cache_path = Path(tmp) / "ranges.json"
-        save_tensors_data(to_ort_ranges(ranges, quant.CalibrationMethod.MinMax), cache_path)
+        ort_calibrate.save_tensors_data(to_ort_ranges(ranges, quant.CalibrationMethod.MinMax), cache_path)
         try:
             quant.quantize_static(
                 str(src), str(dst), None, nodes_to_exclude=nodes_to_exclude or [],
@@ -162,9 +160,7 @@ def quantize_file(src: Path, dst: Path, settings: Int8Settings, *, ranges: dict[
 
 def support_report(model: Any) -> dict[str, Any]:
     """Which ops get INT8 kernels. Nodes of other types stay in float: they are counted and named."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
+    quantizable = set(ort_registry.QDQRegistry) | set(ort_registry.QLinearOpsRegistry)
     counts: dict[str, int] = {}
     layers = []
     for node in model.graph.node:

@@ -17,8 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.errors import BadInputError, optional_import
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 from edgetl.runtime.detection import box_iou
+
+coco_mod = lazy_import("pycocotools.coco", "train", purpose="mAP")
+eval_mod = lazy_import("pycocotools.cocoeval", "train", purpose="mAP")
 
 #: maxDets used for the headline numbers (COCO's default of 100 detections per image).
 MAX_DETS = 100
@@ -57,7 +61,6 @@ def _coco_doc(items: Sequence[Any], num_classes: int, with_scores: bool) -> dict
 
 
 def _coco_api(doc: dict[str, Any]) -> Any:
-    coco_mod = optional_import("pycocotools.coco", "train", purpose="mAP")
     api = coco_mod.COCO()
     api.dataset = doc
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on stdout
@@ -80,7 +83,6 @@ def coco_map(predictions: Sequence[Any], ground_truth: Sequence[Any], classes: S
     """
     if len(predictions) != len(ground_truth):
         raise BadInputError(f"{len(predictions)} prediction sets for {len(ground_truth)} ground-truth images")
-    eval_mod = optional_import("pycocotools.cocoeval", "train", purpose="mAP")
     num_classes = len(classes)
     gt_doc = _coco_doc(ground_truth, num_classes, with_scores=False)
     dt_doc = _coco_doc(predictions, num_classes, with_scores=True)

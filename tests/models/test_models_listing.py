@@ -49,10 +49,10 @@ def test_recorded_parameter_counts_match_the_built_models() -> None:
     from edgetl.detect.model import build_detector
     from edgetl.detect.names import PARAMS_CLASSES, get_detector_info, list_detectors
     from edgetl.models import get_model_info, list_models
-    from edgetl.models.factory import _timm
+    from edgetl.models.factory import timm
 
     for name in list_models():
-        model = _timm().create_model(get_model_info(name).timm_name, pretrained=False)
+        model = timm.create_model(get_model_info(name).timm_name, pretrained=False)
         count = sum(p.numel() for p in model.parameters()) / 1e6
         assert get_model_info(name).params_m == pytest.approx(count, abs=0.006), name
     for name in list_detectors():
