@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, parse_int_list, show
+from edgetl.cli.common import (
+    config_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    parse_int_list,
+    show,
+    use_workstation_extensions,
+)
 
 
 @click.command()
@@ -36,6 +44,7 @@ def command(bundle: str, backend: str, precision: str, batch: str, iters: int, w
     unknown = sorted(set(precisions or []) - {"fp32", "fp16", "int8", "mixed"})
     if unknown:
         raise click.BadParameter(f"unknown precision(s) {', '.join(unknown)}", param_hint="--precision")
+    use_workstation_extensions()
     report = bench_bundle(bundle, backend=backend, precisions=precisions, batches=parse_int_list(batch),
                           iters=iters, warmup=warmup, device=device, threads=threads,
                           torch_baseline=torch_baseline, checkpoint=checkpoint, verify=not no_verify)

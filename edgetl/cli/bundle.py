@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.tables import format_table
 
 
 @click.group()
@@ -68,8 +69,8 @@ def check_cmd(bundle: str, backend: str, precision: str, device: str, no_verify:
 
     Exit code 1 when an artifact is outside its precision's tolerance.
     """
-    from edgetl.bundle.check import check
     from edgetl.errors import GateFailedError
+    from edgetl.runtime.golden import check
 
     report = check(bundle, backend=backend, precision=precision, device=device, verify=not no_verify)
     if as_json:

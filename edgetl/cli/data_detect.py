@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.tables import format_table
 
 
 @click.command(name="shapes")

@@ -17,8 +17,8 @@ def command(bundle: str, no_verify: bool, as_json: bool) -> None:
     """Describe BUNDLE (a bundle directory)."""
     from pathlib import Path
 
-    from edgetl.bundle.info import bundle_info, format_info
     from edgetl.errors import BadInputError
+    from edgetl.runtime.info import bundle_info, format_info
 
     if Path(bundle).is_file():
         raise BadInputError(f"{bundle} is a file, not a bundle directory",

@@ -20,6 +20,7 @@ from edgetl.cli.common import (
     json_option,
     say,
     show,
+    use_workstation_extensions,
 )
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -72,6 +73,8 @@ def command(bundle: str, inputs: tuple[str, ...], top_k: int, backend: str, prec
     paths = expand_inputs(inputs)
     if not paths:
         raise click.UsageError("no images found in the given inputs")
+    if backend in ("torch", "tensorrt", "auto"):
+        use_workstation_extensions()
     with load(bundle, backend=backend, precision=precision, device=device, verify=not no_verify,
               max_batch=batch_size) as predictor:
         desc = predictor.describe()

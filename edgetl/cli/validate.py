@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from edgetl.cli.common import EXIT_GATE, config_option, emit_json, format_table, handle_errors, json_option, say
+from edgetl.cli.common import EXIT_GATE, config_option, emit_json, handle_errors, json_option, say
+from edgetl.tables import format_table
 
 
 @click.command()

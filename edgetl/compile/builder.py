@@ -27,7 +27,11 @@ from typing import Any
 import numpy as np
 
 from edgetl.bundle.manifest import Artifact, Bundle, open_bundle
-from edgetl.compile.compat import (
+from edgetl.compile.nms import INFO_NAME, NMS_OUTPUTS, add_efficient_nms, check_nms_request
+from edgetl.errors import BadInputError, EnvironmentMissingError, GateFailedError
+from edgetl.fileio import write_bytes
+from edgetl.runtime.backends.tensorrt import TensorRTError, check_tensorrt_version, get_logger, import_tensorrt
+from edgetl.runtime.compat import (
     HOST_CODE_ENV,
     TIMING_CACHE_DIR,
     DeviceInfo,
@@ -39,10 +43,6 @@ from edgetl.compile.compat import (
     probe_device,
     short_version,
 )
-from edgetl.compile.nms import INFO_NAME, NMS_OUTPUTS, add_efficient_nms, check_nms_request
-from edgetl.errors import BadInputError, EnvironmentMissingError, GateFailedError
-from edgetl.fileio import write_bytes
-from edgetl.runtime.backends.tensorrt import TensorRTError, check_tensorrt_version, get_logger, import_tensorrt
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 
@@ -388,6 +388,7 @@ def compile_bundle(
 
     started = time.perf_counter()
     logger = get_logger(trt)
+    from edgetl.compile import torch_cuda  # noqa: F401  (registers the torch fallback where torch is installed)
     from edgetl.runtime.backends.cuda_mem import get_cuda_api
 
     cuda = get_cuda_api("auto")

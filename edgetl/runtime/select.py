@@ -9,13 +9,15 @@ on a CPU an INT8 graph that passed validation *and* runs faster than FP32 there 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgetl import lazy
 from edgetl.bundle.manifest import Artifact, Bundle
-from edgetl.errors import BadInputError, BundleError, EnvironmentMissingError, MissingDependencyError
+from edgetl.errors import BadInputError, BundleError, EnvironmentMissingError
+from edgetl.lazy import lazy_import
+
+trt_backend = lazy_import("edgetl.runtime.backends.tensorrt", "tensorrt", purpose="TensorRT engines")
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 PRECISIONS = ("best", "fp32", "fp16", "int8")
@@ -65,12 +67,12 @@ def _fast_on_cpu(bundle: Bundle, art: Artifact) -> bool:
 
 def _tensorrt_module():
     """``edgetl.runtime.backends.tensorrt`` if both it and ``tensorrt`` import, else ``(None, why)``."""
-    if importlib.util.find_spec("edgetl.runtime.backends.tensorrt") is None:
+    if not lazy.available("edgetl.runtime.backends.tensorrt"):
         return None, "this edgetl build has no TensorRT backend"
-    if importlib.util.find_spec("tensorrt") is None:
+    if not lazy.available("tensorrt"):
         return None, "TensorRT is not installed (pip install 'edgetl[tensorrt]')"
     try:
-        return importlib.import_module("edgetl.runtime.backends.tensorrt"), ""
+        return lazy.load(trt_backend), ""
     except Exception as exc:  # a broken TensorRT install must not stop ONNX Runtime
         return None, f"TensorRT failed to import ({type(exc).__name__}: {exc})"
 
@@ -191,9 +193,6 @@ def _choose_artifact(bundle: Bundle, path: str, device: str) -> Choice:
 
 
 def _choose_torch(bundle: Bundle, device: str, checkpoint: str | Path | None = None) -> Choice:
-    if importlib.util.find_spec("torch") is None:
-        raise MissingDependencyError("the torch backend needs PyTorch, which is not installed",
-                                     hint="pip install 'edgetl[train]', or use --backend onnxruntime")
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise BadInputError(f"checkpoint not found: {checkpoint}")

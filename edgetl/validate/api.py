@@ -17,11 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from edgetl import lazy
 from edgetl.bundle.manifest import Bundle, open_bundle
 from edgetl.errors import BadInputError
 from edgetl.fileio import write_json, write_text
+from edgetl.lazy import lazy_import
 from edgetl.validate.metrics import classification_agreement, latency_stats, topk_accuracy
 from edgetl.validate.samples import balanced_indices, decode, find_images
+
+trt_backend = lazy_import("edgetl.runtime.backends.tensorrt", "tensorrt", purpose="TensorRT engines")
+detection_metrics = lazy_import("edgetl.validate.detection", "train", purpose="detector validation")
 
 #: task -> fn(bundle, decoded_images, reference_outputs, candidate_outputs, *, max_top1_drop, min_agreement,
 #: max_map_drop, data) -> {"metrics", "agreement", "checks"}; a task ignores the gates that are not its own.
@@ -238,14 +243,13 @@ def _machine() -> dict[str, Any]:
 
 def _open_backend(path: Path, device: str, numerics: str = "device"):
     if path.suffix == ".engine":
-        from edgetl.errors import optional_import
+        from edgetl.compile import torch_cuda  # noqa: F401  (registers the torch CUDA fallback, if torch is here)
 
-        trt_backend = optional_import("edgetl.runtime.backends.tensorrt", "tensorrt", purpose="TensorRT engines")
         return trt_backend.TensorRTBackend(path)
     if path.suffix in (".pt", ".pth"):
-        from edgetl.validate.torch_reference import TorchCheckpointBackend
+        from edgetl.validate.torch_backend import TorchBackend
 
-        return TorchCheckpointBackend(path)
+        return TorchBackend(path)
     from edgetl.export.onnx_graph import load_onnx
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -283,9 +287,7 @@ def _rel(bundle: Bundle, path: Path) -> str:
 # -- task metrics ----------------------------------------------------------------------------------
 def _task_metrics(task: str) -> Callable[..., dict[str, Any]]:
     if task not in TASK_METRICS and task == "detect":
-        from edgetl.errors import optional_import
-
-        detection = optional_import("edgetl.validate.detection", "train", purpose="detector validation")
+        detection = lazy.load(detection_metrics)
         if not hasattr(detection, "task_metrics"):
             raise BadInputError("edgetl.validate.detection provides no task_metrics(); detector validation "
                                 "is not available in this build")

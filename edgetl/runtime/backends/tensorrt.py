@@ -14,7 +14,7 @@ one context at a time, so the pool size is bounded by the profiles the engine wa
 
 Host code: a version-compatible engine (``edgetl compile --version-compat``) embeds TensorRT's lean
 runtime, which TensorRT 10 deserialises only with ``runtime.engine_host_code_allowed = True``. That
-is set for exactly the engines whose compatibility key says ``host_code`` (`edgetl.compile.compat`),
+is set for exactly the engines whose compatibility key says ``host_code`` (`edgetl.runtime.compat`),
 and never where ``EDGETL_TRT_ALLOW_HOST_CODE=0`` forbids it; `select_engine` then skips such engines
 with a warning and the runtime falls back to ONNX Runtime.
 
@@ -222,7 +222,7 @@ class TensorRTBackend(Backend):
             raise BadInputError(f"TensorRT engine not found: {self.artifact}")
         trt = self.trt = import_tensorrt()
         check_tensorrt_version(trt)
-        from edgetl.compile.compat import HOST_CODE_ENV, host_code_allowed, host_code_refusal, needs_host_code
+        from edgetl.runtime.compat import HOST_CODE_ENV, host_code_allowed, host_code_refusal, needs_host_code
 
         if allow_host_code is None:
             key = engine_compat_key(self.artifact)
@@ -478,7 +478,7 @@ def select_engine(bundle: Bundle, precision: str = "best", *, device: int = 0) -
         ``(artifact, reason)``; ``artifact`` is None when nothing matches, and ``reason`` then lists
         every engine with what differs, ending with the fallback the runtime takes.
     """
-    from edgetl.compile.compat import HOST_CODE_ENV, check_compat, host_code_allowed, needs_host_code, probe_device
+    from edgetl.runtime.compat import HOST_CODE_ENV, check_compat, host_code_allowed, needs_host_code, probe_device
 
     engines = bundle.find(kind="engine")
     if not engines:
@@ -533,8 +533,8 @@ def open_engine_or_fallback(
     Returns:
         ``(backend, reason)`` with the reason the runtime reports in ``describe()``.
     """
-    from edgetl.compile.compat import ORT_TRT_CACHE_DIR, needs_host_code
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from edgetl.runtime.compat import ORT_TRT_CACHE_DIR, needs_host_code
 
     artifact, reason = select_engine(bundle, precision, device=device)
     if artifact is not None:
