@@ -61,8 +61,7 @@ def convert(src: str, target: str, out_dir: str, overwrite: bool, strict: bool, 
     Boxes, class names and images are kept; label problems are reported (and clipped/dropped
     unless --strict refuses them).
     """
-    from edgetl.data.coco import convert_dataset
-    from edgetl.data.detection import read_detection_dataset
+    from edgetl.data.detection import convert_dataset, read_detection_dataset
     from edgetl.errors import BadInputError
 
     if strict:

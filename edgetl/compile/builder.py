@@ -583,8 +583,8 @@ def compare_detections(
     got: dict[str, np.ndarray], expected: dict[str, np.ndarray], postprocess: dict[str, Any], min_agreement: float
 ) -> dict[str, Any]:
     """Detections of an NMS engine vs host NMS on the reference ``boxes``/``scores``, matched box by box."""
+    from edgetl.metrics.detection import box_agreement
     from edgetl.runtime.detection import postprocess_detections
-    from edgetl.validate.detection import box_agreement
 
     if not {"boxes", "scores"} <= set(expected):
         return {"passed": None, "summary": "the golden outputs have no boxes/scores to compare detections with"}

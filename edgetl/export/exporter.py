@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.bundle.manifest import MANIFEST_NAME, Bundle
+from edgetl.data.imagesets import balanced_indices, decode, find_images
 from edgetl.errors import BadInputError
 from edgetl.export.onnx_graph import (
     check_graph,
@@ -27,7 +28,6 @@ from edgetl.export.parity import ParityError, backend_outputs, compare_outputs, 
 from edgetl.fileio import sha256_file
 from edgetl.lazy import lazy_import
 from edgetl.preprocess import PreprocessSpec
-from edgetl.validate.samples import balanced_indices, decode, find_images
 
 torch = lazy_import("torch", "train", purpose="exporting a checkpoint")
 

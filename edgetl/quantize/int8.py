@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgetl.errors import BadInputError
 from edgetl.lazy import lazy_import
 
@@ -122,6 +124,14 @@ class _DropAdvice(logging.Filter):
         return "pre-process" not in record.getMessage() and "pre-processing" not in record.getMessage()
 
 
+def to_ort_ranges(ranges: dict[str, tuple[float, float]], method: Any) -> Any:
+    """The ranges as ONNX Runtime's ``TensorsData`` (what its quantizer reads from a calibration cache)."""
+    data = ort_calibrate.TensorData
+    return ort_calibrate.TensorsData(method, {name: data(lowest=np.array(lo, dtype=np.float32),
+                                                         highest=np.array(hi, dtype=np.float32))
+                                              for name, (lo, hi) in ranges.items()})
+
+
 @contextlib.contextmanager
 def quiet_quantizer() -> Iterator[None]:
     root = logging.getLogger()
@@ -141,8 +151,6 @@ def quantize_file(src: Path, dst: Path, settings: Int8Settings, *, ranges: dict[
                   nodes_to_exclude: list[str] | None = None, nodes_to_quantize: list[str] | None = None) -> None:
     """``quantize_static`` into ``dst`` with the activation ranges ``ranges`` (tensor -> (low, high))."""
     import tempfile
-
-    from edgetl.quantize.statistics import to_ort_ranges
 
     with tempfile.TemporaryDirectory(prefix="edgetl-ranges-") as tmp, quiet_quantizer():
         cache_path = Path(tmp) / "ranges.json"

@@ -32,7 +32,6 @@ from edgetl.lazy import lazy_import
 
 onnx = lazy_import("onnx", "train", purpose="INT8 calibration")
 ort = lazy_import("onnxruntime", "train", purpose="INT8 calibration")
-ort_calibrate = lazy_import("onnxruntime.quantization.calibrate", "train", purpose="INT8 calibration")
 ort_registry = lazy_import("onnxruntime.quantization.registry", "train", purpose="INT8 calibration")
 
 BINS = 2048
@@ -250,14 +249,6 @@ def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tenso
         raise ValueError("no calibration batches")
     means = {layer: (total / images).astype(np.float32) for layer, total in sums.items()}
     return CalibrationStatistics(stats, means, images)
-
-
-def to_ort_ranges(ranges: dict[str, tuple[float, float]], method: Any) -> Any:
-    """The ranges as ONNX Runtime's ``TensorsData`` (what its quantizer reads from a calibration cache)."""
-    data = ort_calibrate.TensorData
-    return ort_calibrate.TensorsData(method, {name: data(lowest=np.array(lo, dtype=np.float32),
-                                                         highest=np.array(hi, dtype=np.float32))
-                                              for name, (lo, hi) in ranges.items()})
 
 
 def measure(model: Any, batches: Iterable[np.ndarray], *, input_name: str) -> CalibrationStatistics:

@@ -1,6 +1,6 @@
 """`validate_bundle`: run reference and candidate on the same images through the same code, then gate.
 
-Both models go through `edgetl.validate.samples` (the one preprocessing) and a runtime `Backend`
+Both models go through `edgetl.data.imagesets` (the one preprocessing) and a runtime `Backend`
 (`OnnxRuntimeBackend` for ONNX, `TensorRTBackend` for ``.engine`` files), so the only difference measured
 is the model itself. Task metrics are pluggable (`TASK_METRICS`): ``classify`` lives here, ``detect`` is
 provided by ``edgetl.validate.detection.task_metrics``.
@@ -19,11 +19,11 @@ import numpy as np
 
 from edgetl import lazy
 from edgetl.bundle.manifest import Bundle, open_bundle
+from edgetl.data.imagesets import balanced_indices, decode, find_images
 from edgetl.errors import BadInputError
 from edgetl.fileio import write_json, write_text
 from edgetl.lazy import lazy_import
-from edgetl.validate.metrics import classification_agreement, latency_stats, topk_accuracy
-from edgetl.validate.samples import balanced_indices, decode, find_images
+from edgetl.metrics.classification import classification_agreement, latency_stats, topk_accuracy
 
 trt_backend = lazy_import("edgetl.runtime.backends.tensorrt", "tensorrt", purpose="TensorRT engines")
 detection_metrics = lazy_import("edgetl.validate.detection", "train", purpose="detector validation")

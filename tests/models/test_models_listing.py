@@ -47,8 +47,8 @@ def test_models_table_is_on_stdout_and_filters_by_pattern() -> None:
 def test_recorded_parameter_counts_match_the_built_models() -> None:
     pytest.importorskip("torch")
     from edgetl.detect.model import build_detector
-    from edgetl.detect.names import PARAMS_CLASSES, get_detector_info, list_detectors
     from edgetl.models import get_model_info, list_models
+    from edgetl.models.detectors import PARAMS_CLASSES, get_detector_info, list_detectors
     from edgetl.models.factory import timm
 
     for name in list_models():

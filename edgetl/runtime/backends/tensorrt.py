@@ -26,7 +26,6 @@ Requires TensorRT 10 or newer (``pip install 'edgetl[tensorrt]'`` asks for ``ten
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import queue
@@ -37,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgetl import lazy
 from edgetl.errors import BadInputError, EdgetlError, EnvironmentMissingError, MissingDependencyError
+from edgetl.lazy import lazy_import
 from edgetl.runtime.backends.base import Backend
 from edgetl.runtime.backends.cuda_mem import CudaApi, DeviceBuffer, HostBuffer, get_cuda_api
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from edgetl.bundle.manifest import Artifact, Bundle
 
 log = logging.getLogger("edgetl.runtime")
+tensorrt = lazy_import("tensorrt", "tensorrt", purpose="TensorRT engines")
 
 #: The one message for a machine without TensorRT (the CLI prints it and exits 3).
 TENSORRT_MISSING = "TensorRT not found: install edgetl[tensorrt] or use JetPack's python3-libnvinfer"
@@ -61,8 +63,8 @@ class TensorRTError(EdgetlError):
 def import_tensorrt() -> Any:
     """``import tensorrt`` or raise `MissingDependencyError` (exit 3) with `TENSORRT_MISSING`."""
     try:
-        return importlib.import_module("tensorrt")
-    except ImportError as exc:
+        return lazy.load(tensorrt)
+    except MissingDependencyError as exc:
         raise MissingDependencyError(TENSORRT_MISSING) from exc
 
 
