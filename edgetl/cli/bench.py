@@ -38,10 +38,11 @@ def command(bundle: str, backend: str, precision: str, batch: str, iters: int, w
             threads: int, torch_baseline: bool, checkpoint: str | None, no_verify: bool,
             as_json: bool) -> None:
     """Measure p50/p90/p99 latency, throughput and peak RSS of every artifact of BUNDLE."""
+    from edgetl.runtime.artifacts import PRECISIONS
     from edgetl.runtime.bench import bench_bundle, format_bench
 
     precisions = None if precision == "all" else [p.strip() for p in precision.split(",") if p.strip()]
-    unknown = sorted(set(precisions or []) - {"fp32", "fp16", "int8", "mixed"})
+    unknown = sorted(set(precisions or []) - {*PRECISIONS, "mixed"})
     if unknown:
         raise click.BadParameter(f"unknown precision(s) {', '.join(unknown)}", param_hint="--precision")
     use_workstation_extensions()

@@ -30,6 +30,7 @@ from edgetl.bundle.manifest import Artifact, Bundle, open_bundle
 from edgetl.compile.nms import INFO_NAME, NMS_OUTPUTS, add_efficient_nms, check_nms_request
 from edgetl.errors import BadInputError, EnvironmentMissingError, GateFailedError
 from edgetl.fileio import write_bytes
+from edgetl.runtime import artifacts
 from edgetl.runtime.backends.tensorrt import TensorRTError, check_tensorrt_version, get_logger, import_tensorrt
 from edgetl.runtime.compat import (
     HOST_CODE_ENV,
@@ -44,7 +45,7 @@ from edgetl.runtime.compat import (
     short_version,
 )
 
-PRECISIONS = ("fp32", "fp16", "int8", "best")
+PRECISIONS = artifacts.PRECISION_CHOICES
 
 
 @dataclass(frozen=True)
@@ -157,14 +158,14 @@ def weak_typing_supported(trt: Any) -> bool:
 
 
 def _qdq_graph(bundle: Bundle) -> Artifact | None:
-    found = bundle.find(kind="onnx", precision="int8") or bundle.find(kind="onnx", precision="mixed")
+    found = artifacts.matching(bundle, "onnx", "int8")
     return found[0] if found else None
 
 
 def plan_precision(trt: Any, bundle: Bundle, precision: str, *, dla: bool = False) -> _Plan:
     """Choose the source graph and builder flags for ``precision`` on this TensorRT."""
     qdq = _qdq_graph(bundle)
-    fp16_graph = (bundle.find(kind="onnx", precision="fp16") or [None])[0]
+    fp16_graph = (artifacts.matching(bundle, "onnx", "fp16") or [None])[0]
     ref = bundle.reference_onnx()
     notes: list[str] = []
     weak = weak_typing_supported(trt)

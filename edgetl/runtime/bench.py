@@ -22,7 +22,7 @@ import numpy as np
 
 from edgetl.bundle.manifest import Bundle, open_bundle
 from edgetl.errors import EdgetlError, EnvironmentMissingError
-from edgetl.runtime import extensions
+from edgetl.runtime import artifacts, extensions
 
 
 def _reset_peak_rss() -> bool:
@@ -50,11 +50,9 @@ def peak_rss_mb() -> float:
 def _targets(bundle: Bundle, backend: str, precisions: Sequence[str] | None) -> list[tuple[str, str]]:
     """``(artifact path, precision)`` of the artifacts to measure, in manifest order."""
     kinds = {"auto": ("onnx", "engine"), "onnxruntime": ("onnx",), "tensorrt": ("engine",)}.get(backend, ())
-    wanted = None
-    if precisions:
-        wanted = set(precisions) | ({"mixed"} if "int8" in precisions else set())
-    return [(a.path, a.precision) for a in bundle.artifacts
-            if a.kind in kinds and (wanted is None or a.precision in wanted)]
+    wanted = {artifacts.family(p) for p in precisions} if precisions else None
+    return [(a.path, a.precision) for a in artifacts.matching(bundle, kinds)
+            if wanted is None or artifacts.family(artifacts.artifact_precision(a)) in wanted]
 
 
 def time_predictor(predictor: Any, batch: int, iters: int, warmup: int, seed: int = 0) -> dict[str, float]:

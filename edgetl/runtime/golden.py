@@ -12,14 +12,14 @@ from typing import Any
 from edgetl.bundle.check import compare_outputs, load_golden, tolerance_for
 from edgetl.bundle.manifest import Artifact, Bundle, open_bundle
 from edgetl.errors import BundleError, EnvironmentMissingError
+from edgetl.runtime import artifacts
 from edgetl.runtime.predictor import load
+
+_KINDS = {"auto": ("onnx", "engine"), "onnxruntime": ("onnx",), "tensorrt": ("engine",), "torch": ("checkpoint",)}
 
 
 def _candidates(bundle: Bundle, backend: str, precision: str) -> list[Artifact]:
-    kinds = {"auto": ("onnx", "engine"), "onnxruntime": ("onnx",), "tensorrt": ("engine",),
-             "torch": ("checkpoint",)}.get(backend, ("onnx",))
-    wanted = None if precision in ("all", "best") else (("int8", "mixed") if precision == "int8" else (precision,))
-    return [a for a in bundle.artifacts if a.kind in kinds and (wanted is None or a.precision in wanted)]
+    return artifacts.matching(bundle, _KINDS.get(backend, ("onnx",)), precision)
 
 
 def check(

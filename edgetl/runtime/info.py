@@ -13,10 +13,8 @@ from typing import Any
 from edgetl import lazy
 from edgetl.bundle.manifest import Bundle, open_bundle
 from edgetl.bundle.validation import current, latest
-from edgetl.lazy import lazy_import
+from edgetl.runtime import artifacts
 from edgetl.tables import format_table
-
-trt_backend = lazy_import("edgetl.runtime.backends.tensorrt", "tensorrt", purpose="TensorRT engines")
 
 
 def _engine_fit(bundle: Bundle) -> dict[str, str]:
@@ -24,7 +22,7 @@ def _engine_fit(bundle: Bundle) -> dict[str, str]:
     if not lazy.available("tensorrt"):
         return {}
     try:
-        chosen, reason = trt_backend.select_engine(bundle)
+        chosen, reason = artifacts.select_engine(bundle)
     except Exception as exc:  # describing a bundle must not fail on a broken GPU stack
         return {a.path: f"unknown ({type(exc).__name__})" for a in bundle.find(kind="engine")}
     return {a.path: ("selected: " + reason if chosen and chosen.path == a.path else "not selected")

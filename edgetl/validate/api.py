@@ -24,6 +24,7 @@ from edgetl.errors import BadInputError
 from edgetl.fileio import write_json, write_text
 from edgetl.lazy import lazy_import
 from edgetl.metrics.classification import classification_agreement, latency_stats, topk_accuracy
+from edgetl.runtime import artifacts
 
 trt_backend = lazy_import("edgetl.runtime.backends.tensorrt", "tensorrt", purpose="TensorRT engines")
 detection_metrics = lazy_import("edgetl.validate.detection", "train", purpose="detector validation")
@@ -114,8 +115,8 @@ def validate_bundle(
     if numerics not in NUMERICS_CHOICES:
         raise BadInputError(f"unknown numerics {numerics!r}; expected one of {', '.join(NUMERICS_CHOICES)}")
     bundle = open_bundle(bundle_dir)
-    ref_path, ref_prec = _resolve(bundle, reference)
-    cand_path, cand_prec = _resolve(bundle, candidate)
+    ref_path, ref_prec = artifacts.select_named(bundle, reference)
+    cand_path, cand_prec = artifacts.select_named(bundle, candidate)
     modes, gate_mode = _numerics_plan(bundle, cand_path, numerics)
     source = data or bundle.manifest.get("provenance", {}).get("dataset")
     if not source:
@@ -184,35 +185,6 @@ def validate_bundle(
 
 
 # -- artifacts and backends ----------------------------------------------------------------------
-def _resolve(bundle: Bundle, which: str) -> tuple[Path, str]:
-    """A precision name or a path -> (file, precision label)."""
-    if which in ("fp32", "fp16", "int8", "mixed"):
-        if which == "fp32":
-            art = bundle.reference_onnx()
-            return bundle.path_of(art), "fp32"
-        wanted = ("int8", "mixed") if which in ("int8", "mixed") else (which,)
-        found = [a for a in bundle.find(kind="onnx") if a.precision in wanted]
-        if not found:
-            verb = "int8" if which == "mixed" else which
-            raise BadInputError(f"{bundle.root}: no {which} ONNX model in the bundle",
-                                hint=f"run `edgetl quantize {bundle.root} --precision {verb}`")
-        return bundle.path_of(found[-1]), found[-1].precision
-    path = Path(which)
-    if not path.is_absolute() and not path.exists():
-        path = bundle.root / which
-    if not path.is_file():
-        raise BadInputError(f"model not found: {which}", hint="pass fp32, fp16, int8, or a .onnx/.engine/.pt path")
-    art = _artifact_at(bundle, path)
-    if art is not None:
-        return path, art.precision
-    return path, {".engine": "engine", ".pt": "checkpoint"}.get(path.suffix, "onnx")
-
-
-def _artifact_at(bundle: Bundle, path: Path) -> Any | None:
-    """The bundle's artifact stored at ``path``, if the file is one of them."""
-    return next((a for a in bundle.artifacts if bundle.path_of(a).resolve() == path.resolve()), None)
-
-
 NUMERICS_CHOICES = ("exact", "device", "both")
 
 
@@ -224,8 +196,8 @@ def _numerics_plan(bundle: Bundle, path: Path, numerics: str) -> tuple[list[str]
     target's (`Int8Settings.gate_numerics`, recorded with the artifact), unless the caller asked for one
     mode only.
     """
-    art = _artifact_at(bundle, path)
-    quantized = path.suffix == ".onnx" and art is not None and art.precision in ("int8", "mixed")
+    art = artifacts.artifact_at(bundle, path)
+    quantized = path.suffix == ".onnx" and art is not None and artifacts.family(art.precision) == "int8"
     if not quantized:
         return ["device"], "device"
     target = (art.info or {}).get("gate_numerics") or (

@@ -15,8 +15,8 @@ one context at a time, so the pool size is bounded by the profiles the engine wa
 Host code: a version-compatible engine (``edgetl compile --version-compat``) embeds TensorRT's lean
 runtime, which TensorRT 10 deserialises only with ``runtime.engine_host_code_allowed = True``. That
 is set for exactly the engines whose compatibility key says ``host_code`` (`edgetl.runtime.compat`),
-and never where ``EDGETL_TRT_ALLOW_HOST_CODE=0`` forbids it; `select_engine` then skips such engines
-with a warning and the runtime falls back to ONNX Runtime.
+and never where ``EDGETL_TRT_ALLOW_HOST_CODE=0`` forbids it; `edgetl.runtime.artifacts.select_engine`
+then skips such engines with a warning and the runtime falls back to ONNX Runtime.
 
 Requires TensorRT 10 or newer (``pip install 'edgetl[tensorrt]'`` asks for ``tensorrt>=10.0``; JetPack
 6.1+). Never imports torch unless cuda-python is missing and torch is present (see
@@ -43,7 +43,7 @@ from edgetl.runtime.backends.base import Backend
 from edgetl.runtime.backends.cuda_mem import CudaApi, DeviceBuffer, HostBuffer, get_cuda_api
 
 if TYPE_CHECKING:
-    from edgetl.bundle.manifest import Artifact, Bundle
+    from edgetl.bundle.manifest import Bundle
 
 log = logging.getLogger("edgetl.runtime")
 tensorrt = lazy_import("tensorrt", "tensorrt", purpose="TensorRT engines")
@@ -80,14 +80,6 @@ def check_tensorrt_version(trt: Any) -> None:
             f"TensorRT {version} is too old: edgetl needs TensorRT {MIN_TENSORRT_MAJOR} or newer",
             hint="install edgetl[tensorrt] (tensorrt>=10) or move to JetPack 6.1+, or use the ONNX Runtime backend",
         )
-
-
-def tensorrt_version() -> str | None:
-    """The installed TensorRT version, or None when ``import tensorrt`` fails."""
-    try:
-        return str(import_tensorrt().__version__)
-    except MissingDependencyError:
-        return None
 
 
 _LOGGERS: dict[int, tuple[Any, Any]] = {}
@@ -435,12 +427,8 @@ class TensorRTBackend(Backend):
 
 
 # --------------------------------------------------------------------------------------------------
-# Engine selection for a bundle
+# Opening a bundle's engine (which engine: `edgetl.runtime.artifacts.select_engine`)
 # --------------------------------------------------------------------------------------------------
-#: Preference when the caller asks for the ``best`` precision: fastest first.
-BEST_ORDER = ("best", "int8", "fp16", "fp32")
-
-
 def engine_compat_key(engine: Path, levels: int = 3) -> dict[str, Any] | None:
     """The compatibility key the manifest of the bundle holding ``engine`` records for it, or None.
 
@@ -464,60 +452,6 @@ def engine_compat_key(engine: Path, levels: int = 3) -> dict[str, Any] | None:
     return None
 
 
-def _engine_precision(artifact: Artifact) -> str:
-    return str(artifact.compat.get("precision") or artifact.precision)
-
-
-def select_engine(bundle: Bundle, precision: str = "best", *, device: int = 0) -> tuple[Artifact | None, str]:
-    """Pick the bundle's engine that runs on this GPU and TensorRT, or say why none does.
-
-    Args:
-        bundle: an opened bundle.
-        precision: ``best`` (fastest engine that passed its golden check) or ``fp32|fp16|int8``.
-        device: CUDA device index whose compute capability is compared.
-
-    Returns:
-        ``(artifact, reason)``; ``artifact`` is None when nothing matches, and ``reason`` then lists
-        every engine with what differs, ending with the fallback the runtime takes.
-    """
-    from edgetl.runtime.compat import HOST_CODE_ENV, check_compat, host_code_allowed, needs_host_code, probe_device
-
-    engines = bundle.find(kind="engine")
-    if not engines:
-        return None, "the bundle has no TensorRT engines (build them on the device with `edgetl compile`)"
-    if precision == "best":
-        order = {p: i for i, p in enumerate(BEST_ORDER)}
-        wanted = sorted(engines, key=lambda a: order.get(_engine_precision(a), len(order)))
-    else:
-        wanted = [a for a in engines if precision in (_engine_precision(a), a.precision)]
-        if not wanted:
-            have = ", ".join(sorted({_engine_precision(a) for a in engines}))
-            return None, f"the bundle has no {precision} TensorRT engine (it has: {have})"
-    trt_version = tensorrt_version()
-    gpu = probe_device(device)
-    rejected, fits = [], []
-    for artifact in wanted:
-        golden = artifact.info.get("golden") or {}
-        if golden.get("passed") is False:
-            rejected.append(f"{artifact.path}: failed its golden-sample check at compile time")
-            continue
-        verdict = check_compat(artifact.compat, gpu, trt_version)
-        if verdict.ok:
-            fits.append((artifact, verdict))
-        else:
-            rejected.append(f"{artifact.path}: {verdict.reason}")
-            if needs_host_code(artifact.compat) and not host_code_allowed():
-                log.warning("skipping TensorRT engine %s: it runs host code, which %s=0 forbids here; another "
-                            "engine or ONNX Runtime is used instead", artifact.path, HOST_CODE_ENV)
-    if fits:
-        # Keep the precision preference; within it, an exact GPU/TensorRT match wins.
-        best_rank = _engine_precision(fits[0][0])
-        same = [f for f in fits if _engine_precision(f[0]) == best_rank]
-        artifact, verdict = next((f for f in same if f[1].exact), same[0])
-        return artifact, verdict.reason
-    return None, "no TensorRT engine runs here: " + "; ".join(rejected)
-
-
 def open_engine_or_fallback(
     bundle: Bundle,
     precision: str = "best",
@@ -535,6 +469,7 @@ def open_engine_or_fallback(
     Returns:
         ``(backend, reason)`` with the reason the runtime reports in ``describe()``.
     """
+    from edgetl.runtime.artifacts import fallback_onnx, select_engine
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from edgetl.runtime.compat import ORT_TRT_CACHE_DIR, needs_host_code
 
@@ -551,12 +486,6 @@ def open_engine_or_fallback(
             return backend, f"TensorRT engine {artifact.path}: {reason}"
         except EdgetlError as exc:
             reason = f"{artifact.path} matched but did not load ({exc.message})"
-    onnx = None
-    if precision not in ("best", "fp32"):
-        found = bundle.find(kind="onnx", precision=precision) or (
-            bundle.find(kind="onnx", precision="mixed") if precision == "int8" else []
-        )
-        onnx = found[0] if found else None
-    onnx = onnx or bundle.reference_onnx()
+    onnx = fallback_onnx(bundle, precision)
     backend = OnnxRuntimeBackend(bundle.path_of(onnx), device="auto", trt_cache_dir=bundle.root / ORT_TRT_CACHE_DIR)
     return backend, f"{reason}; falling back to ONNX Runtime on {onnx.path}"
