@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.options import device_option, precision_option
+from edgetl.runtime.artifacts import PRECISIONS
 from edgetl.tables import format_table
 
 
@@ -58,8 +60,8 @@ def unpack_cmd(archive: str, out: str, overwrite: bool, as_json: bool) -> None:
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]))
-@click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@precision_option("all", ("all", *PRECISIONS))
+@device_option("auto")
 @click.option("--no-verify", is_flag=True, help="Skip checking artifact sha256.")
 @config_option
 @json_option

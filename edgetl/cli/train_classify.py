@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.options import CLASSIFY_LIBRARY_STRATEGY, batch_size_option, device_option, strategy_option
 from edgetl.tables import format_table
-
-_STRATEGIES = ["linear-probe", "partial", "full", "scratch"]
 
 
 @click.command(name="classify")
@@ -15,13 +14,12 @@ _STRATEGIES = ["linear-probe", "partial", "full", "scratch"]
 @click.option("--model", default="efficientnet_lite0", show_default=True, help="Registry name (`edgetl models`).")
 @click.option("--weights", default="pretrained", show_default=True,
               help="pretrained, none, or a state dict / checkpoint file.")
-@click.option("--strategy", type=click.Choice(_STRATEGIES), default="partial", show_default=True,
-              help="linear-probe: frozen backbone, cached features; partial: last --unfreeze stages; "
-                   "full: everything, backbone at a lower LR; scratch: no pretrained weights.")
+@strategy_option("frozen: backbone fixed, a linear head on cached features; partial: last --unfreeze stages; "
+                 "full: everything, backbone at a lower LR; scratch: no pretrained weights.")
 @click.option("--unfreeze", type=click.IntRange(min=0), default=2, show_default=True,
               help="partial: backbone stages to train, counted from the end.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@batch_size_option(32)
 @click.option("--lr", type=float, default=None, help="Head learning rate [default: per strategy].")
 @click.option("--backbone-lr-scale", type=float, default=0.1, show_default=True,
               help="Backbone LR as a fraction of --lr (partial, full).")
@@ -37,7 +35,7 @@ _STRATEGIES = ["linear-probe", "partial", "full", "scratch"]
 @click.option("--patience", type=click.IntRange(min=1), default=None, help="Early stopping: epochs without a gain.")
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm (0: off).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@device_option("auto", help="Where to train.")
 @click.option("--out", default="runs/exp", show_default=True, help="Run directory.")
 @click.option("--resume", default=None, help="Continue from a run's last.pt (or its run directory).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
@@ -61,6 +59,7 @@ def command(quiet: bool, as_json: bool, **options: object) -> None:
     """
     from edgetl.train.classify import TrainConfig, train_classifier
 
+    options["strategy"] = CLASSIFY_LIBRARY_STRATEGY.get(str(options["strategy"]), options["strategy"])
     cfg = TrainConfig(**options)
     say(f"training {cfg.model} ({cfg.strategy}) on {cfg.data} -> {cfg.out}")
     result = train_classifier(cfg, progress=not quiet)

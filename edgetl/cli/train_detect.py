@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.options import batch_size_option, device_option, strategy_option
 from edgetl.tables import format_table
-
-_STRATEGIES = ["frozen", "partial", "full", "scratch"]
 
 
 @click.command(name="detect")
@@ -16,13 +15,12 @@ _STRATEGIES = ["frozen", "partial", "full", "scratch"]
               help="Detector name: yolo-lite0-n, yolo-lite0-s, yolo-mbv3-n, ...")
 @click.option("--weights", default="pretrained", show_default=True,
               help="Backbone weights: pretrained, none, or a state dict file.")
-@click.option("--strategy", type=click.Choice(_STRATEGIES), default="partial", show_default=True,
-              help="frozen: backbone fixed; partial: stem and earliest blocks fixed; full: everything learns; "
-                   "scratch: random backbone.")
+@strategy_option("frozen: backbone fixed; partial: stem and earliest blocks fixed; full: everything learns; "
+                 "scratch: random backbone.")
 @click.option("--freeze-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Train the first N epochs with the whole backbone frozen, then apply --strategy.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@batch_size_option(16)
 @click.option("--lr", type=float, default=None, help="Peak learning rate [default: 2e-3 adamw, 1e-2 sgd].")
 @click.option("--backbone-lr-scale", type=float, default=1.0, show_default=True,
               help="Backbone LR as a fraction of --lr.")
@@ -41,7 +39,7 @@ _STRATEGIES = ["frozen", "partial", "full", "scratch"]
               help="Validate every N epochs (and after the last).")
 @click.option("--grad-clip", type=float, default=10.0, show_default=True, help="Max gradient norm (0: off).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@device_option("auto", help="Where to train.")
 @click.option("--out", default="runs/det", show_default=True, help="Run directory.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers.")
