@@ -33,8 +33,7 @@ def describe_classifier(info: ModelInfo) -> dict[str, Any]:
         "architecture": info.timm_name,
         "params_m": info.params_m,
         "input_size": list(info.input_size),
-        "interpolation": info.interpolation,
-        "crop_pct": info.crop_pct,
+        "pretrained": info.pretrained_name,
         "weights_offline": source.describe() if source else None,
         "description": info.description,
     }
