@@ -13,7 +13,7 @@ from edgetl.cli.common import (
     show,
     use_workstation_extensions,
 )
-from edgetl.cli.options import device_option, renamed_option
+from edgetl.cli.options import device_option, no_verify_option, renamed_option
 
 
 @click.command()
@@ -32,7 +32,7 @@ from edgetl.cli.options import device_option, renamed_option
               help="Add a PyTorch baseline row where torch and the checkpoint are available.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Training checkpoint for the PyTorch baseline when the bundle carries none.")
-@click.option("--no-verify", is_flag=True, help="Skip checking artifact sha256.")
+@no_verify_option()
 @config_option
 @json_option
 @handle_errors

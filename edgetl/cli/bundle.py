@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
-from edgetl.cli.options import device_option, precision_option
+from edgetl.cli.options import device_option, no_verify_option, precision_option
 from edgetl.runtime.artifacts import PRECISIONS
 from edgetl.tables import format_table
 
@@ -62,7 +62,7 @@ def unpack_cmd(archive: str, out: str, overwrite: bool, as_json: bool) -> None:
               type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]))
 @precision_option("all", ("all", *PRECISIONS))
 @device_option("auto")
-@click.option("--no-verify", is_flag=True, help="Skip checking artifact sha256.")
+@no_verify_option()
 @config_option
 @json_option
 @handle_errors

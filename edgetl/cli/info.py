@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, show
+from edgetl.cli.options import no_verify_option
 
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--no-verify", is_flag=True, help="Do not check artifact sha256 (faster on large bundles).")
+@no_verify_option()
 @config_option
 @json_option
 @handle_errors

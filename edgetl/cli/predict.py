@@ -22,7 +22,7 @@ from edgetl.cli.common import (
     show,
     use_workstation_extensions,
 )
-from edgetl.cli.options import batch_size_option, device_option, precision_option
+from edgetl.cli.options import batch_size_option, device_option, no_verify_option, precision_option
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -61,7 +61,7 @@ def _summary(result: Any) -> tuple[str, str, str]:
 @click.option("--bgr", is_flag=True, hidden=True)
 @click.option("--save-vis", type=click.Path(file_okay=False), default=None,
               help="Write images with boxes drawn into this directory (detection bundles).")
-@click.option("--no-verify", is_flag=True, help="Skip checking artifact sha256 (trusted bundles only).")
+@no_verify_option()
 @config_option
 @json_option
 @handle_errors

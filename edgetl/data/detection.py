@@ -1,23 +1,10 @@
 """Discover a detection dataset (YOLO ``data.yaml`` or COCO JSON), read it, split it, convert it.
 
 Torch-free: training, calibration, validation and ``edgetl data check`` share it. The label records and
-every check on them (the issue kinds below) are `edgetl.data.labels`; the formats are `edgetl.data.yolo`
-and `edgetl.data.coco`; this module chooses between them. Every problem a label file can have is
-found once, with the file it came from:
-
-==================  ================================================  ==========================
-kind                meaning                                           what happens (non-strict)
-==================  ================================================  ==========================
-``missing_image``   a label (or COCO image entry) whose image is gone  sample dropped
-``missing_label``   an image without a label file                     kept as a background image
-``corrupt_image``   the image does not decode                         sample dropped
-``bad_label``       a label line that does not parse, or NaN values   line dropped
-``unknown_class``   a class id outside ``0..nc-1`` (COCO: category)   box dropped
-``box_outside``     a box that leaves the image                       box clipped to the image
-``zero_area``       a box with no width or height (after clipping)    box dropped
-==================  ================================================  ==========================
-
-With ``strict=True`` any of them is an error (`BadInputError`, exit code 2) listing counts and files.
+every check on them (the issue kinds and what happens to each) are `edgetl.data.labels`; the formats
+are `edgetl.data.yolo` and `edgetl.data.coco`; this module chooses between them. `load_detection_data`
+applies the label checks non-strictly (clipping and dropping, with a report) unless ``strict=True``
+makes any problem an error (`BadInputError`, exit code 2) listing counts and files.
 """
 
 from __future__ import annotations
