@@ -68,8 +68,11 @@ def import_tensorrt() -> Any:
         raise MissingDependencyError(TENSORRT_MISSING) from exc
 
 
-def check_tensorrt_version(trt: Any) -> None:
-    """Refuse TensorRT releases older than `MIN_TENSORRT_MAJOR` with a message saying what to install."""
+def require_tensorrt() -> Any:
+    """The ``tensorrt`` module, imported now: `MissingDependencyError` (exit 3) when it is missing, and
+    `EnvironmentMissingError` for releases older than `MIN_TENSORRT_MAJOR`, each saying what to install.
+    Entry points (building, opening an engine) call it first; the helpers below use the module proxy."""
+    trt = import_tensorrt()
     version = str(getattr(trt, "__version__", "0"))
     try:
         major = int(version.split(".")[0])
@@ -80,18 +83,20 @@ def check_tensorrt_version(trt: Any) -> None:
             f"TensorRT {version} is too old: edgetl needs TensorRT {MIN_TENSORRT_MAJOR} or newer",
             hint="install edgetl[tensorrt] (tensorrt>=10) or move to JetPack 6.1+, or use the ONNX Runtime backend",
         )
+    return trt
 
 
 _LOGGERS: dict[int, tuple[Any, Any]] = {}
 _LOGGER_LOCK = threading.Lock()
 
 
-def get_logger(trt: Any) -> Any:
+def get_logger() -> Any:
     """One process-wide TensorRT logger that also keeps the last errors for our messages.
 
     TensorRT reports why a parse, build or deserialisation failed only through its logger, so the
     messages are kept (``logger.recent``) and quoted in the exception we raise.
     """
+    trt = import_tensorrt()  # the real module: a test may swap in another, and each gets its own logger class
     with _LOGGER_LOCK:
         known = _LOGGERS.get(id(trt))
         if known is not None and known[0] is trt:
@@ -214,8 +219,7 @@ class TensorRTBackend(Backend):
         self._slots: list[_Slot] = []
         if not self.artifact.is_file():
             raise BadInputError(f"TensorRT engine not found: {self.artifact}")
-        trt = self.trt = import_tensorrt()
-        check_tensorrt_version(trt)
+        trt = self.trt = require_tensorrt()
         from edgetl.runtime.compat import HOST_CODE_ENV, host_code_allowed, host_code_refusal, needs_host_code
 
         if allow_host_code is None:
@@ -230,7 +234,7 @@ class TensorRTBackend(Backend):
         self.device_index = device
         self.cuda = get_cuda_api(cuda)
         self.cuda.set_device(device)
-        self.logger = get_logger(trt)
+        self.logger = get_logger()
         self.runtime = trt.Runtime(self.logger)
         if self.host_code:
             self.runtime.engine_host_code_allowed = True
