@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "detector.json"))
     args = parser.parse_args(argv)
 
-    from edgetl.cli.common import format_table
     from edgetl.data.shapes import write_shapes
     from edgetl.export import export_checkpoint
     from edgetl.fileio import write_json
+    from edgetl.tables import format_table
     from edgetl.train.checkpoint import build_from_checkpoint
 
     started = time.perf_counter()

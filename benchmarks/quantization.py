@@ -176,8 +176,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=40)
     args = parser.parse_args()
     from edgetl.bundle import open_bundle
+    from edgetl.data.imagesets import decode, find_images
     from edgetl.runtime.cpu import describe
-    from edgetl.validate.samples import decode, find_images
 
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)

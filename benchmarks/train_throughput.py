@@ -146,11 +146,11 @@ def main() -> int:
 
     import torch
 
-    from edgetl.cli.common import format_table
     from edgetl.data import load_classification_data
     from edgetl.data.samples import write_digits
     from edgetl.fileio import write_json
     from edgetl.models import get_model_info
+    from edgetl.tables import format_table
 
     spec = get_model_info("efficientnet_lite0").preprocess_spec(args.size)
     per_class = max(-(-args.images // 10), -(-(args.steps + 1) * args.batch // 10))

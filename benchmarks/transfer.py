@@ -90,9 +90,9 @@ def main() -> int:
 
     import torch
 
-    from edgetl.cli.common import format_table
     from edgetl.data.samples import FASHION_NAMES, fashion_shipped_counts, write_fashion
     from edgetl.fileio import write_json
+    from edgetl.tables import format_table
     from edgetl.train.classify import TrainConfig, train_classifier
 
     val_images = 10 * fashion_shipped_counts()["val"]

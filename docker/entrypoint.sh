@@ -42,7 +42,7 @@ has_matching_engine() {
 import sys
 
 from edgetl.bundle.manifest import open_bundle
-from edgetl.runtime.backends.tensorrt import select_engine
+from edgetl.runtime.artifacts import select_engine
 
 artifact, reason = select_engine(open_bundle(sys.argv[1], verify=False))
 print(reason)

@@ -261,7 +261,7 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = lambda _m: None) -
 
 def format_summary(result: DemoResult) -> str:
     """The results table the demo ends with (the CLI prints it on stdout)."""
-    from edgetl.cli.common import format_table
+    from edgetl.tables import format_table
 
     s = result.summary
 

@@ -11,17 +11,17 @@ reference computed, with a tolerance per precision:
   differences are expected but decisions must not change).
 
 `TOLERANCES` is the one table: export records it in the manifest, and quantize's golden check, ``bundle
-check``, the daemon's swap check and compile's engine check all read it through `tolerance_for`.
+check``, the daemon's swap check and compile's engine check all read it through `tolerance_for`. This
+module holds the data and the comparison; running artifacts is the runtime's (`edgetl.runtime.golden`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgetl.bundle.manifest import Artifact, Bundle, open_bundle
+from edgetl.bundle.manifest import Bundle
 from edgetl.errors import BundleError
 
 TOLERANCES: dict[str, dict[str, float]] = {
@@ -91,66 +91,3 @@ def compare_outputs(
                 and entry["top1_agreement"] < tolerance["top1_agreement"]:
             failures.append(f"{name}: top-1 agreement {entry['top1_agreement']:.3f} < {tolerance['top1_agreement']}")
     return {"outputs": stats, "failures": failures, "passed": not failures}
-
-
-def _candidates(bundle: Bundle, backend: str, precision: str) -> list[Artifact]:
-    kinds = {"auto": ("onnx", "engine"), "onnxruntime": ("onnx",), "tensorrt": ("engine",),
-             "torch": ("checkpoint",)}.get(backend, ("onnx",))
-    wanted = None if precision in ("all", "best") else (("int8", "mixed") if precision == "int8" else (precision,))
-    return [a for a in bundle.artifacts if a.kind in kinds and (wanted is None or a.precision in wanted)]
-
-
-def check(
-    bundle_dir: str | Path | Bundle,
-    backend: str = "auto",
-    precision: str = "all",
-    *,
-    device: str = "auto",
-    verify: bool = True,
-) -> dict[str, Any]:
-    """Smoke-test runnable artifacts of a bundle against its golden samples.
-
-    Args:
-        bundle_dir: a bundle directory or an open `Bundle`.
-        backend: ``auto`` (every ONNX model, and engines when TensorRT is usable), ``onnxruntime``,
-            ``tensorrt`` or ``torch``.
-        precision: ``all`` or one of ``fp32``, ``fp16``, ``int8``.
-        device: device for the backends (``auto``, ``cpu``, ``cuda``).
-        verify: check artifact hashes first.
-
-    Returns:
-        ``{"bundle", "passed", "results": [{artifact, precision, backend, tolerance, outputs, passed,
-        failures | skipped}]}``. An engine that cannot run here (no TensorRT/GPU) is reported as
-        skipped, not failed.
-    """
-    from edgetl.errors import EnvironmentMissingError
-    from edgetl.runtime import load
-
-    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else open_bundle(bundle_dir, verify=verify)
-    x, reference = load_golden(bundle)
-    results: list[dict[str, Any]] = []
-    candidates = _candidates(bundle, backend, precision)
-    if not candidates:
-        raise BundleError(f"{bundle.root}: no {precision} artifact for backend {backend} in the bundle")
-    for art in candidates:
-        entry: dict[str, Any] = {"artifact": art.path, "precision": art.precision, "kind": art.kind}
-        tol = tolerance_for(bundle, art.precision)
-        entry["tolerance"] = tol
-        try:
-            predictor = load(bundle, artifact=art.path, device=device, verify=False)
-        except EnvironmentMissingError as exc:
-            entry.update(skipped=exc.message, passed=None)
-            results.append(entry)
-            continue
-        with predictor:
-            entry["backend"] = predictor.choice.backend
-            entry.update(compare_outputs(predictor.predict_batch(x), reference, tol,
-                                         classify=bundle.task == "classify"))
-        results.append(entry)
-    ran = [r for r in results if r["passed"] is not None]
-    return {
-        "bundle": str(bundle.root),
-        "samples": int(x.shape[0]),
-        "passed": bool(ran) and all(r["passed"] for r in ran),
-        "results": results,
-    }

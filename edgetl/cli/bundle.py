@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.options import device_option, no_verify_option, precision_option
+from edgetl.runtime.artifacts import PRECISIONS
+from edgetl.tables import format_table
 
 
 @click.group()
@@ -57,9 +60,9 @@ def unpack_cmd(archive: str, out: str, overwrite: bool, as_json: bool) -> None:
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]))
-@click.option("--precision", default="all", show_default=True, type=click.Choice(["all", "fp32", "fp16", "int8"]))
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--no-verify", is_flag=True, help="Skip checking artifact sha256.")
+@precision_option("all", ("all", *PRECISIONS))
+@device_option("auto")
+@no_verify_option()
 @config_option
 @json_option
 @handle_errors
@@ -68,8 +71,8 @@ def check_cmd(bundle: str, backend: str, precision: str, device: str, no_verify:
 
     Exit code 1 when an artifact is outside its precision's tolerance.
     """
-    from edgetl.bundle.check import check
     from edgetl.errors import GateFailedError
+    from edgetl.runtime.golden import check
 
     report = check(bundle, backend=backend, precision=precision, device=device, verify=not no_verify)
     if as_json:

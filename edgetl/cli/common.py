@@ -19,13 +19,14 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
 
 from edgetl.errors import EdgetlError
+from edgetl.tables import format_table  # noqa: F401  (edgetl.train.classify imports it from here)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -137,6 +138,14 @@ def hand_logging_to_root() -> None:
     logger.setLevel(logging.NOTSET)
 
 
+def use_workstation_extensions() -> None:
+    """Lend the runtime what the workstation side offers it (the PyTorch reference backend, the torch CUDA
+    fallback), for verbs that may run models. The runtime never imports them itself (docs/architecture.md);
+    each registers only where torch is installed, so on a device this does nothing."""
+    from edgetl.compile import torch_cuda  # noqa: F401
+    from edgetl.validate import torch_backend  # noqa: F401
+
+
 def handle_errors(func: F) -> F:
     """Run a verb with the CLI's contract: exit codes, stderr for humans, and one JSON document under ``--json``.
 
@@ -228,26 +237,6 @@ def _write(run: _JsonRun, document: Any, *, indent: int | None = 2) -> None:
     run.stream.write(json.dumps(document, indent=indent, default=_json_default) + "\n")
     run.stream.flush()
     run.emitted = True
-
-
-def format_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
-    """A plain aligned text table (no extra dependency)."""
-    str_rows = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in str_rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in str_rows]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value)
 
 
 def parse_int_list(value: str) -> list[int]:

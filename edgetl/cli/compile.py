@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, parse_int_list, say
+from edgetl.cli.options import cuda_index, device_option, precision_option, renamed_option
 
 
 def _batch(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -20,14 +21,15 @@ def _batch(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "best"]), default="fp16", show_default=True,
-              help="Engine precision; int8 uses the bundle's QDQ graph (explicit quantization) when present.")
+@precision_option("fp16", help="Engine precision; int8 uses the bundle's QDQ graph (explicit quantization) "
+                                "when present; best lets TensorRT choose per layer.")
 @click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Builder workspace memory pool in MiB.")
 @click.option("--dla-core", type=click.IntRange(min=0), default=None,
               help="Build for this DLA core (Jetson Xavier/Orin); unsupported layers fall back to the GPU.")
-@click.option("--batch", callback=_batch, default="1,8,32", show_default=True,
+@click.option("--batch-profile", callback=_batch, default="1,8,32", show_default=True,
               help="Optimisation profile min,opt,max batch sizes (dynamic-batch graphs).")
+@renamed_option("--batch", "--batch-profile", convert=lambda v: _batch(None, None, v))
 @click.option("--builder-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="Builder optimisation level: higher builds slower and may run faster.")
 @click.option("--hardware-compat", is_flag=True, help="Engine runs on any Ampere or newer GPU (slower).")
@@ -37,15 +39,16 @@ def _batch(_ctx: click.Context, _param: click.Parameter, value: str | None) -> t
 @click.option("--calib-data", type=click.Path(exists=True), default=None,
               help="Images for INT8 entropy calibration when the bundle has no QDQ graph.")
 @click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
+@device_option("cuda", indexed=True, gpu_only=True, help="The GPU to build on (cuda = cuda:0).")
 @click.option("--nms", type=click.Choice(["keep", "trt"]), default="keep", show_default=True,
               help="Detectors: `trt` ends the engine in TensorRT's EfficientNMS plugin; `keep` leaves the graph as is.")
 @config_option
 @json_option
 @handle_errors
-def command(bundle: str, precision: str, workspace_mb: int, dla_core: int | None, batch: tuple[int, ...],
+def command(bundle: str, precision: str, workspace_mb: int, dla_core: int | None, batch_profile: tuple[int, ...],
+            batch: tuple[int, ...] | None,
             builder_level: int, hardware_compat: bool, version_compat: bool, contexts: int,
-            calib_data: str | None, calib_size: int, device: int, nms: str, as_json: bool) -> None:
+            calib_data: str | None, calib_size: int, device: str, nms: str, as_json: bool) -> None:
     """Build a TensorRT engine for this GPU from BUNDLE's ONNX graph.
 
     The engine lands in BUNDLE/engines/<cc>-trt<version>-<precision>.engine with a compatibility key
@@ -55,10 +58,11 @@ def command(bundle: str, precision: str, workspace_mb: int, dla_core: int | None
     from edgetl.compile.builder import compile_bundle
 
     say(f"compiling {bundle} ({precision})...")
-    result = compile_bundle(bundle, precision, workspace_mb=workspace_mb, dla_core=dla_core, batch=batch,
+    result = compile_bundle(bundle, precision, workspace_mb=workspace_mb, dla_core=dla_core,
+                            batch=batch or batch_profile,
                             builder_level=builder_level, hardware_compat=hardware_compat,
                             version_compat=version_compat, contexts=contexts, calib_data=calib_data,
-                            calib_size=calib_size, device=device, nms=nms)
+                            calib_size=calib_size, device=cuda_index(device), nms=nms)
     if as_json:
         emit_json(result.to_dict())
         return

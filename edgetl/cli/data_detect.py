@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.tables import format_table
 
 
 @click.command(name="shapes")
@@ -60,8 +61,7 @@ def convert(src: str, target: str, out_dir: str, overwrite: bool, strict: bool, 
     Boxes, class names and images are kept; label problems are reported (and clipped/dropped
     unless --strict refuses them).
     """
-    from edgetl.data.coco import convert_dataset
-    from edgetl.data.detection import read_detection_dataset
+    from edgetl.data.detection import convert_dataset, read_detection_dataset
     from edgetl.errors import BadInputError
 
     if strict:

@@ -6,7 +6,9 @@ from typing import Any
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say, show
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say, show
+from edgetl.cli.options import batch_size_option, device_option
+from edgetl.tables import format_table
 
 
 @click.command()
@@ -14,8 +16,8 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @click.option("--data", required=True, help="Dataset folder or CSV (classifier), or data.yaml / COCO json (detector).")
 @click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
               help="Which images to evaluate on (detectors: val or train).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
+@batch_size_option(64)
+@device_option("cpu", help="Where to run the checkpoint.")
 @config_option
 @json_option
 @handle_errors

@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, show
+from edgetl.cli.options import no_verify_option
 
 
 @click.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--no-verify", is_flag=True, help="Do not check artifact sha256 (faster on large bundles).")
+@no_verify_option()
 @config_option
 @json_option
 @handle_errors
@@ -17,8 +18,8 @@ def command(bundle: str, no_verify: bool, as_json: bool) -> None:
     """Describe BUNDLE (a bundle directory)."""
     from pathlib import Path
 
-    from edgetl.bundle.info import bundle_info, format_info
     from edgetl.errors import BadInputError
+    from edgetl.runtime.info import bundle_info, format_info
 
     if Path(bundle).is_file():
         raise BadInputError(f"{bundle} is a file, not a bundle directory",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say, show
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say, show
+from edgetl.tables import format_table
 
 
 @click.command()

@@ -20,7 +20,9 @@ from edgetl.cli.common import (
     json_option,
     say,
     show,
+    use_workstation_extensions,
 )
+from edgetl.cli.options import batch_size_option, device_option, no_verify_option, precision_option
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -53,13 +55,13 @@ def _summary(result: Any) -> tuple[str, str, str]:
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1), help="Classes per image.")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]))
-@click.option("--precision", default="best", show_default=True, type=click.Choice(["best", "fp32", "fp16", "int8"]))
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--batch-size", default=None, type=click.IntRange(1), help="Largest batch sent at once.")
+@precision_option("best")
+@device_option("auto")
+@batch_size_option(None, help="Largest batch sent at once.")
 @click.option("--bgr", is_flag=True, hidden=True)
 @click.option("--save-vis", type=click.Path(file_okay=False), default=None,
               help="Write images with boxes drawn into this directory (detection bundles).")
-@click.option("--no-verify", is_flag=True, help="Skip checking artifact sha256 (trusted bundles only).")
+@no_verify_option()
 @config_option
 @json_option
 @handle_errors
@@ -72,6 +74,8 @@ def command(bundle: str, inputs: tuple[str, ...], top_k: int, backend: str, prec
     paths = expand_inputs(inputs)
     if not paths:
         raise click.UsageError("no images found in the given inputs")
+    if backend in ("torch", "tensorrt", "auto"):
+        use_workstation_extensions()
     with load(bundle, backend=backend, precision=precision, device=device, verify=not no_verify,
               max_batch=batch_size) as predictor:
         desc = predictor.describe()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.options import precision_option
+from edgetl.tables import format_table
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--precision", type=click.Choice(["int8", "fp16"]), default="int8", show_default=True)
+@precision_option("int8", ("int8", "fp16"))
 @click.option("--calib-data", type=click.Path(), default=None,
               help="Calibration images (dataset: its training split; or a folder). Default: the training dataset.")
 @click.option("--calib-size", type=int, default=300, show_default=True, help="Images, seeded and class-balanced.")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgetl.cli.common import config_option, emit_json, hand_logging_to_root, handle_errors, json_option, say
+from edgetl.cli.options import device_option, precision_option
 from edgetl.preprocess import DEFAULT_MAX_PIXELS
 
 
@@ -34,9 +35,8 @@ from edgetl.preprocess import DEFAULT_MAX_PIXELS
               help="How long a request waits for others to batch with.")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]), help="Inference backend.")
-@click.option("--precision", default="best", show_default=True,
-              type=click.Choice(["best", "fp32", "fp16", "int8"]), help="Artifact precision to serve.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@precision_option("best", help="Artifact precision to serve.")
+@device_option("auto")
 @click.option("--watch-interval", default=2.0, show_default=True, type=float,
               help="Seconds between model directory polls (0: no watching).")
 @click.option("--require-golden", is_flag=True, help="Reject bundles without golden samples.")

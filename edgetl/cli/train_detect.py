@@ -4,53 +4,22 @@ from __future__ import annotations
 
 import click
 
-from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
-
-_STRATEGIES = ["frozen", "partial", "full", "scratch"]
+from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.options import training_options
+from edgetl.tables import format_table
 
 
 @click.command(name="detect")
-@click.option("--data", required=True, help="A YOLO data.yaml (or its folder) or a COCO instances JSON.")
-@click.option("--model", default="yolo-lite0-n", show_default=True,
-              help="Detector name: yolo-lite0-n, yolo-lite0-s, yolo-mbv3-n, ...")
-@click.option("--weights", default="pretrained", show_default=True,
-              help="Backbone weights: pretrained, none, or a state dict file.")
-@click.option("--strategy", type=click.Choice(_STRATEGIES), default="partial", show_default=True,
-              help="frozen: backbone fixed; partial: stem and earliest blocks fixed; full: everything learns; "
-                   "scratch: random backbone.")
+@training_options("detect")
 @click.option("--freeze-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Train the first N epochs with the whole backbone frozen, then apply --strategy.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lr", type=float, default=None, help="Peak learning rate [default: 2e-3 adamw, 1e-2 sgd].")
-@click.option("--backbone-lr-scale", type=float, default=1.0, show_default=True,
-              help="Backbone LR as a fraction of --lr.")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--img-size", type=click.IntRange(min=32), default=320, show_default=True,
-              help="Square letterboxed input side, a multiple of 32.")
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Flips, scale/translate, colour jitter (boxes follow).")
-@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Evaluate and save EMA weights.")
 @click.option("--ema-decay", type=float, default=0.999, show_default=True)
-@click.option("--patience", type=click.IntRange(min=1), default=None,
-              help="Early stopping: evaluations without a gain.")
 @click.option("--eval-interval", type=click.IntRange(min=1), default=1, show_default=True,
               help="Validate every N epochs (and after the last).")
-@click.option("--grad-clip", type=float, default=10.0, show_default=True, help="Max gradient norm (0: off).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--out", default="runs/det", show_default=True, help="Run directory.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="CPU threads for PyTorch (0: its default; 1 is often faster on a busy small machine).")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (CUDA only).")
 @click.option("--strict", is_flag=True, help="Label problems are errors (exit 2) instead of being clipped/dropped.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="Held-out fraction when the dataset has no val split.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
 @config_option
 @json_option
 @handle_errors

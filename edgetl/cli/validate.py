@@ -6,7 +6,9 @@ import sys
 
 import click
 
-from edgetl.cli.common import EXIT_GATE, config_option, emit_json, format_table, handle_errors, json_option, say
+from edgetl.cli.common import EXIT_GATE, config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.options import DeviceType
+from edgetl.tables import format_table
 
 
 @click.command()
@@ -22,7 +24,8 @@ from edgetl.cli.common import EXIT_GATE, config_option, emit_json, format_table,
 @click.option("--min-agreement", type=float, default=0.99, show_default=True, help="Gate: top-1 agreement.")
 @click.option("--max-map-drop", type=float, default=1.0, show_default=True,
               help="Gate (detectors): mAP@0.5:0.95 drop, in points.")
-@click.option("--device", "backend_device", default="cpu", show_default=True, help="ONNX Runtime device.")
+@click.option("--device", "backend_device", type=DeviceType(), default="cpu", show_default=True,
+              help="Where ONNX Runtime runs both models.")
 @click.option("--latency-runs", type=int, default=20, show_default=True)
 @click.option("--numerics", type=click.Choice(["both", "exact", "device"]), default="both", show_default=True,
               help="How a quantized candidate is computed: exact (integer-exact QDQ semantics: TensorRT, VNNI/AMX "

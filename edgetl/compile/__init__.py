@@ -1,7 +1,8 @@
 """TensorRT engine building for a bundle, with compatibility keys that say where each engine runs.
 
-`compile_bundle` is imported lazily so that ``edgetl.compile.compat`` (used by the runtime's engine
-selection) stays light; nothing here imports tensorrt until a build starts.
+The compatibility keys themselves belong to the device side (`edgetl.runtime.compat`), which reads
+them to pick an engine; this package writes them. `compile_bundle` is imported lazily, so importing
+``edgetl.compile`` imports nothing of TensorRT until a build starts.
 """
 
 from __future__ import annotations

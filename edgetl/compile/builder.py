@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from edgetl.bundle.manifest import Artifact, Bundle, open_bundle
-from edgetl.compile.compat import (
+from edgetl.compile.nms import INFO_NAME, NMS_OUTPUTS, add_efficient_nms, check_nms_request
+from edgetl.errors import BadInputError, EnvironmentMissingError, GateFailedError
+from edgetl.fileio import write_bytes
+from edgetl.lazy import lazy_import
+from edgetl.runtime import artifacts
+from edgetl.runtime.backends.tensorrt import TensorRTError, get_logger, require_tensorrt
+from edgetl.runtime.compat import (
     HOST_CODE_ENV,
     TIMING_CACHE_DIR,
     DeviceInfo,
@@ -39,12 +45,10 @@ from edgetl.compile.compat import (
     probe_device,
     short_version,
 )
-from edgetl.compile.nms import INFO_NAME, NMS_OUTPUTS, add_efficient_nms, check_nms_request
-from edgetl.errors import BadInputError, EnvironmentMissingError, GateFailedError
-from edgetl.fileio import write_bytes
-from edgetl.runtime.backends.tensorrt import TensorRTError, check_tensorrt_version, get_logger, import_tensorrt
 
-PRECISIONS = ("fp32", "fp16", "int8", "best")
+trt = lazy_import("tensorrt", "tensorrt", purpose="building TensorRT engines")
+
+PRECISIONS = artifacts.PRECISION_CHOICES
 
 
 @dataclass(frozen=True)
@@ -151,23 +155,23 @@ class _Plan:
     notes: list[str]
 
 
-def weak_typing_supported(trt: Any) -> bool:
+def weak_typing_supported() -> bool:
     """TensorRT 10 accepts precision builder flags; TensorRT 11 builds strongly typed networks only."""
     return hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "INT8")
 
 
 def _qdq_graph(bundle: Bundle) -> Artifact | None:
-    found = bundle.find(kind="onnx", precision="int8") or bundle.find(kind="onnx", precision="mixed")
+    found = artifacts.matching(bundle, "onnx", "int8")
     return found[0] if found else None
 
 
-def plan_precision(trt: Any, bundle: Bundle, precision: str, *, dla: bool = False) -> _Plan:
+def plan_precision(bundle: Bundle, precision: str, *, dla: bool = False) -> _Plan:
     """Choose the source graph and builder flags for ``precision`` on this TensorRT."""
     qdq = _qdq_graph(bundle)
-    fp16_graph = (bundle.find(kind="onnx", precision="fp16") or [None])[0]
+    fp16_graph = (artifacts.matching(bundle, "onnx", "fp16") or [None])[0]
     ref = bundle.reference_onnx()
     notes: list[str] = []
-    weak = weak_typing_supported(trt)
+    weak = weak_typing_supported()
     if not weak:  # TensorRT 11+: precision is what the graph says
         if precision == "fp32":
             return _Plan(ref, [], True, False, "fp32", notes)
@@ -210,14 +214,14 @@ def plan_precision(trt: Any, bundle: Bundle, precision: str, *, dla: bool = Fals
 # --------------------------------------------------------------------------------------------------
 # Parsing
 # --------------------------------------------------------------------------------------------------
-def parse_onnx(trt: Any, builder: Any, onnx_path: Path, *, strongly_typed: bool) -> tuple[Any, Any]:
+def parse_onnx(builder: Any, onnx_path: Path, *, strongly_typed: bool) -> tuple[Any, Any]:
     """Create the network and parse ``onnx_path``; a parse failure lists every failing node."""
     flags = 0  # TensorRT 10 networks are explicit-batch always (EXPLICIT_BATCH is deprecated and ignored)
     creation = trt.NetworkDefinitionCreationFlag
     if strongly_typed and hasattr(creation, "STRONGLY_TYPED"):
         flags |= 1 << int(creation.STRONGLY_TYPED)
     network = builder.create_network(flags)
-    logger = get_logger(trt)
+    logger = get_logger()
     parser = trt.OnnxParser(network, logger)
     ok = parser.parse_from_file(str(onnx_path))
     if not ok:
@@ -265,7 +269,6 @@ def network_input(network: Any) -> tuple[str, tuple[int, ...]]:
 # Builder configuration
 # --------------------------------------------------------------------------------------------------
 def configure(
-    trt: Any,
     builder: Any,
     network: Any,
     options: BuildOptions,
@@ -368,8 +371,7 @@ def compile_bundle(
             host_code_refusal("a --version-compat engine"),
             hint=f"build without --version-compat, or unset {HOST_CODE_ENV} where host code is acceptable",
         )
-    trt = import_tensorrt()
-    check_tensorrt_version(trt)
+    require_tensorrt()
     batch = tuple(int(b) for b in batch)
     if len(batch) == 1:
         batch = (batch[0], batch[0], batch[0])
@@ -387,7 +389,8 @@ def compile_bundle(
         )
 
     started = time.perf_counter()
-    logger = get_logger(trt)
+    logger = get_logger()
+    from edgetl.compile import torch_cuda  # noqa: F401  (registers the torch fallback where torch is installed)
     from edgetl.runtime.backends.cuda_mem import get_cuda_api
 
     cuda = get_cuda_api("auto")
@@ -395,16 +398,16 @@ def compile_bundle(
     builder = trt.Builder(logger)
     if builder is None:
         raise TensorRTError(f"TensorRT could not create a builder ({logger.take()})")
-    plan = plan_precision(trt, bundle, options.precision, dla=options.dla_core is not None)
+    plan = plan_precision(bundle, options.precision, dla=options.dla_core is not None)
     if plan.calibrate and options.precision == "best" and not _calibration_possible(bundle, options):
         plan = _Plan(plan.source, ["FP16"], False, False, "fp16",
                      ["no QDQ graph and no calibration images: `best` builds FP16 (pass --calib-data for INT8)"])
-    network, _parser = parse_onnx(trt, builder, bundle.path_of(plan.source), strongly_typed=plan.strongly_typed)
+    network, _parser = parse_onnx(builder, bundle.path_of(plan.source), strongly_typed=plan.strongly_typed)
     nms_info: dict[str, Any] | None = None
     if nms == "trt":
-        nms_info = add_efficient_nms(trt, network, dict(bundle.manifest.get("postprocess") or {}), logger)
+        nms_info = add_efficient_nms(network, dict(bundle.manifest.get("postprocess") or {}), logger)
         plan.notes.append(f"NMS in the engine: {nms_info['plugin']} (outputs {', '.join(NMS_OUTPUTS)})")
-    config, profile = configure(trt, builder, network, options, plan, device=gpu)
+    config, profile = configure(builder, network, options, plan, device=gpu)
 
     key = compat_key(gpu, trt.__version__, options.precision, profile, dla_core=options.dla_core,
                      hardware_compat=options.hardware_compat, version_compat=options.version_compat)
@@ -417,7 +420,7 @@ def compile_bundle(
     calibrator = None
     calib_info: dict[str, Any] = {}
     if plan.calibrate:
-        calibrator, calib_info = _attach_calibrator(trt, builder, config, network, bundle, options, cuda, key)
+        calibrator, calib_info = _attach_calibrator(builder, config, network, bundle, options, cuda, key)
 
     try:
         serialized = builder.build_serialized_network(network, config)
@@ -488,7 +491,7 @@ def _attach_timing_cache(config: Any, path: Path) -> Any:
 
 
 def _attach_calibrator(
-    trt: Any, builder: Any, config: Any, network: Any, bundle: Bundle, options: BuildOptions, cuda: Any,
+    builder: Any, config: Any, network: Any, bundle: Bundle, options: BuildOptions, cuda: Any,
     key: dict[str, Any],
 ) -> tuple[Any, dict[str, Any]]:
     from edgetl.compile.calibrator import iter_batches, make_entropy_calibrator
@@ -505,7 +508,7 @@ def _attach_calibrator(
             f"or run `edgetl quantize {bundle.root} --precision int8` to get a QDQ graph instead",
         )
     batches = iter_batches(sources, bundle.preprocess, calib_batch)
-    calibrator = make_entropy_calibrator(trt, cuda, batches, batch_size=calib_batch,
+    calibrator = make_entropy_calibrator(cuda, batches, batch_size=calib_batch,
                                          sample_shape=tuple(shape[1:]), cache_path=cache_path)
     config.int8_calibrator = calibrator
     if shape[0] < 0:
@@ -582,8 +585,8 @@ def compare_detections(
     got: dict[str, np.ndarray], expected: dict[str, np.ndarray], postprocess: dict[str, Any], min_agreement: float
 ) -> dict[str, Any]:
     """Detections of an NMS engine vs host NMS on the reference ``boxes``/``scores``, matched box by box."""
+    from edgetl.metrics.detection import box_agreement
     from edgetl.runtime.detection import postprocess_detections
-    from edgetl.validate.detection import box_agreement
 
     if not {"boxes", "scores"} <= set(expected):
         return {"passed": None, "summary": "the golden outputs have no boxes/scores to compare detections with"}

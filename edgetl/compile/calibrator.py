@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 
 from edgetl.fileio import write_bytes
+from edgetl.lazy import lazy_import
 from edgetl.runtime.backends.cuda_mem import CudaApi
+
+trt = lazy_import("tensorrt", "tensorrt", purpose="INT8 calibration in TensorRT")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -42,7 +45,6 @@ def iter_batches(sources: Sequence[Any], spec: Any, batch_size: int) -> Iterator
 
 
 def make_entropy_calibrator(
-    trt: Any,
     cuda: CudaApi,
     batches: Iterator[np.ndarray],
     *,

@@ -29,7 +29,10 @@ from typing import Any
 import numpy as np
 
 from edgetl.errors import BadInputError, EnvironmentMissingError
+from edgetl.lazy import lazy_import
 from edgetl.runtime.backends.tensorrt import TensorRTError
+
+trt = lazy_import("tensorrt", "tensorrt", purpose="TensorRT's EfficientNMS plugin")
 
 PLUGIN_NAME = "EfficientNMS_TRT"
 PLUGIN_VERSION = "1"
@@ -125,7 +128,7 @@ def supported_params(params: dict[str, Any], declared: set[str] | None, version:
     return kept
 
 
-def _fields(trt: Any, params: dict[str, Any]) -> Any:
+def _fields(params: dict[str, Any]) -> Any:
     fields = []
     for name, value in params.items():
         if name in _FLOAT_FIELDS:
@@ -136,7 +139,7 @@ def _fields(trt: Any, params: dict[str, Any]) -> Any:
     return trt.PluginFieldCollection(fields)
 
 
-def _creator(trt: Any, logger: Any) -> Any:
+def _creator(logger: Any) -> Any:
     # The plugin library registers its creators only when asked to; without this the lookup fails.
     trt.init_libnvinfer_plugins(logger, "")
     registry = trt.get_plugin_registry()
@@ -162,11 +165,10 @@ def _output(network: Any, name: str) -> Any:
     )
 
 
-def add_efficient_nms(trt: Any, network: Any, postprocess: dict[str, Any], logger: Any) -> dict[str, Any]:
+def add_efficient_nms(network: Any, postprocess: dict[str, Any], logger: Any) -> dict[str, Any]:
     """Replace the network's ``boxes``/``scores`` outputs with EfficientNMS_TRT's four outputs.
 
     Args:
-        trt: the imported ``tensorrt`` module.
         network: a parsed network whose outputs include ``boxes`` (N, A, 4) and ``scores`` (N, A, C).
         postprocess: the manifest's detect postprocess section (thresholds, max_detections, class_agnostic).
         logger: the TensorRT logger (for ``init_libnvinfer_plugins``).
@@ -179,9 +181,9 @@ def add_efficient_nms(trt: Any, network: Any, postprocess: dict[str, Any], logge
     b_shape, s_shape = tuple(boxes.shape), tuple(scores.shape)
     if len(b_shape) != 3 or b_shape[2] != 4 or len(s_shape) != 3:
         raise BadInputError(f"--nms trt expects boxes (N, A, 4) and scores (N, A, C), got {b_shape} and {s_shape}")
-    creator = _creator(trt, logger)
+    creator = _creator(logger)
     params = supported_params(params, declared_fields(creator), str(trt.__version__))
-    fields = _fields(trt, params)
+    fields = _fields(params)
     if hasattr(trt, "IPluginCreatorV3One") and isinstance(creator, trt.IPluginCreatorV3One):
         plugin = creator.create_plugin("edgetl_nms", fields, trt.TensorRTPhase.BUILD)
     else:

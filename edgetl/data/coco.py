@@ -22,15 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.data.detection import (
-    DetectionData,
-    DetSample,
-    LabelIssue,
-    check_boxes,
-    read_detection_dataset,
-    read_image_size,
-)
-from edgetl.data.yolo import _check_out_dir, place_image, unique_names, write_yolo_dataset
+from edgetl.data.labels import DetectionData, DetSample, LabelIssue, check_boxes, read_image_size
+from edgetl.data.yolo import _check_out_dir, place_image, unique_names
 from edgetl.errors import BadInputError
 from edgetl.fileio import write_json
 
@@ -273,23 +266,3 @@ def _with_size(sample: DetSample) -> DetSample:
     if isinstance(size, str):
         raise BadInputError(f"{sample.path}: {size}")
     return DetSample(sample.path, sample.boxes, sample.labels, size[0], size[1])
-
-
-def convert_dataset(
-    src: str | Path, to: str, out_dir: str | Path, *, overwrite: bool = False, verify_images: bool = True
-) -> tuple[Path, DetectionData]:
-    """Convert a YOLO or COCO dataset to ``to`` (``"coco"`` or ``"yolo"``).
-
-    Boxes with problems are clipped/dropped as the label checks say; the returned data's ``issues``
-    lists them, so the caller can show or refuse them.
-
-    Returns:
-        ``(written dataset file, the data read from src)``.
-    """
-    if to not in ("coco", "yolo"):
-        raise BadInputError(f"unknown target format {to!r}; expected 'coco' or 'yolo'")
-    data = read_detection_dataset(src, verify_images=verify_images)
-    if not data.train:
-        raise BadInputError(f"{src}: no usable images to convert", hint=data.report(max_files=5))
-    writer = write_coco_dataset if to == "coco" else write_yolo_dataset
-    return writer(data, out_dir, overwrite=overwrite), data

@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgetl.errors import BadInputError, optional_import
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
+
+sk_datasets = lazy_import("sklearn.datasets", "train", purpose="the digits sample")
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 #: Fashion-MNIST class names in label order (0 = T-shirt/top ... 9 = ankle boot), as folder names.
@@ -137,8 +140,7 @@ def write_digits(
         size: output image side in pixels.
         overwrite: replace an existing sample in ``out_dir`` (writes go to a temp dir, then rename).
     """
-    datasets = optional_import("sklearn.datasets", "train", purpose="the digits sample")
-    digits = datasets.load_digits()
+    digits = sk_datasets.load_digits()
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise BadInputError(f"{out_dir} exists; pass --overwrite to replace it")

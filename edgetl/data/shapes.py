@@ -19,8 +19,10 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from edgetl.errors import BadInputError, optional_import
+from edgetl import lazy
+from edgetl.errors import BadInputError
 from edgetl.fileio import write_text
+from edgetl.lazy import lazy_import
 
 SHAPE_CLASSES = ["circle", "square", "triangle", "star", "hexagon"]
 #: skimage.data loaders whose images are inside the scikit-image wheel (checked offline).
@@ -37,6 +39,8 @@ BACKGROUND_PHOTOS = (
     "gravel",
     "brick",
 )
+
+skimage_data = lazy_import("skimage.data", "dev", purpose="the shapes sample backgrounds")
 MAX_OBJECTS = 5
 ASPECTS = (1.0, 0.75, 4 / 3)  # height / width of the generated images
 
@@ -47,7 +51,7 @@ def load_backgrounds() -> tuple[np.ndarray, ...]:
 
     Cached: decoding them takes seconds, and a process often writes several samples.
     """
-    data = optional_import("skimage.data", "dev", purpose="the shapes sample backgrounds")
+    data = lazy.load(skimage_data)
     photos = []
     for name in BACKGROUND_PHOTOS:
         try:

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgetl.data.imagefolder import Sample
+from edgetl.lazy import lazy_import
 from edgetl.preprocess import DEFAULT_MAX_PIXELS, load_image
+
+torch = lazy_import("torch", "train", purpose="training data loaders")
+torch_data = lazy_import("torch.utils.data", "train", purpose="training data loaders")
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,6 @@ class ImageDataset:
 
 def collate_skip_bad(items: list[tuple[Any, int] | BadItem]) -> tuple[Any, Any, list[BadItem]]:
     """Stack the good items of a batch; return ``(images or None, labels or None, bad items)``."""
-    import torch
-
     good = [item for item in items if not isinstance(item, BadItem)]
     bad = [item for item in items if isinstance(item, BadItem)]
     if not good:
@@ -76,9 +78,7 @@ def make_loader(
     pin_memory: bool = False,
 ) -> Any:
     """A ``DataLoader`` with the skipping collate and seeded shuffling (``generator``)."""
-    from torch.utils.data import DataLoader
-
-    return DataLoader(
+    return torch_data.DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgetl.errors import BadInputError, optional_import
-from edgetl.preprocess import PreprocessSpec
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
+from edgetl.preprocess import PreprocessSpec, normalize, resize_and_crop
 
-
-def _tv_transforms() -> Any:
-    return optional_import("torchvision.transforms", "train", purpose="training transforms")
+tv_transforms = lazy_import("torchvision.transforms", "train", purpose="training transforms")
+torch = lazy_import("torch", "train", purpose="training transforms")
 
 
 def _interpolation(spec: PreprocessSpec) -> Any:
-    modes = _tv_transforms().InterpolationMode
+    modes = tv_transforms.InterpolationMode
     return {
         "nearest": modes.NEAREST,
         "bilinear": modes.BILINEAR,
@@ -29,7 +29,7 @@ def _interpolation(spec: PreprocessSpec) -> Any:
 
 
 def _to_tensor_normalized(spec: PreprocessSpec) -> list[Any]:
-    t = _tv_transforms()
+    t = tv_transforms
     if abs(spec.scale - 1.0 / 255.0) > 1e-12:
         raise BadInputError(f"torchvision transforms assume scale 1/255, the spec has {spec.scale}")
     return [t.ToTensor(), t.Normalize(mean=list(spec.mean), std=list(spec.std))]
@@ -42,7 +42,7 @@ def eval_transform(spec: PreprocessSpec) -> Any:
         spec: ``center-crop`` (resize the short side to ``size / crop_pct``, crop the centre) or
             ``resize`` (stretch); ``letterbox`` is a detector mode and is refused here.
     """
-    t = _tv_transforms()
+    t = tv_transforms
     h, w = spec.size
     interp = _interpolation(spec)
     if spec.resize == "resize":
@@ -75,7 +75,7 @@ def train_transform(
     """
     if not augment:
         return eval_transform(spec)
-    t = _tv_transforms()
+    t = tv_transforms
     ops: list[Any] = [t.RandomResizedCrop(spec.size, scale=scale, interpolation=_interpolation(spec))]
     if hflip:
         ops.append(t.RandomHorizontalFlip())
@@ -94,9 +94,5 @@ class SpecTransform:
         self.spec = spec
 
     def __call__(self, image: Any) -> Any:
-        import torch
-
-        from edgetl.preprocess import normalize, resize_and_crop
-
         resized, _ = resize_and_crop(image, self.spec)
         return torch.from_numpy(normalize(resized, self.spec))

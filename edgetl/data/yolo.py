@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from edgetl.data.detection import DetectionData, DetSample, LabelIssue, check_boxes, read_image_size
 from edgetl.data.imagefolder import IMAGE_EXTENSIONS
+from edgetl.data.labels import DetectionData, DetSample, LabelIssue, check_boxes, read_image_size
 from edgetl.errors import BadInputError
 from edgetl.fileio import write_text
 

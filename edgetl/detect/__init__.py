@@ -7,8 +7,8 @@ DETECTOR_SIZES = ("n", "s")
 
 
 def list_detectors(pattern: str = "*") -> list[str]:
-    """Detector names matching a shell-style pattern; see `edgetl.detect.names.list_detectors`."""
-    from edgetl.detect.names import list_detectors as _list
+    """Detector names matching a shell-style pattern; see `edgetl.models.detectors.list_detectors`."""
+    from edgetl.models.detectors import list_detectors as _list
 
     return _list(pattern)
 

@@ -3,7 +3,8 @@
 The evaluation path is the deployment path: images go through `edgetl.preprocess` (letterbox), the
 model's decoded ``boxes``/``scores`` through the runtime's numpy post-processing
 (`edgetl.runtime.detection.postprocess_detections`), and boxes are scored in original-image pixels
-against the dataset's labels. Training validation calls the same `evaluate_model`.
+against the dataset's labels. Training validation calls the same `evaluate_model`. The scoring itself
+(thresholds, COCO mAP) is `edgetl.metrics.detection`, shared with validation and the INT8 budget.
 """
 
 from __future__ import annotations
@@ -14,21 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.lazy import lazy_import
+from edgetl.metrics.detection import (
+    EVAL_SCORE_THRESHOLD,
+    coco_map,
+    eval_postprocess,
+)
 from edgetl.preprocess import PreprocessSpec, preprocess_batch
 
-#: Scoring settings of mAP evaluation: a low threshold, as COCO evaluation expects.
-EVAL_SCORE_THRESHOLD = 0.001
-EVAL_IOU_THRESHOLD = 0.6
-EVAL_MAX_DETECTIONS = 100  # COCO scores at most 100 detections per image
-
-
-def eval_postprocess(postprocess: dict[str, Any], *, score_threshold: float = EVAL_SCORE_THRESHOLD,
-                     iou_threshold: float = EVAL_IOU_THRESHOLD,
-                     max_detections: int = EVAL_MAX_DETECTIONS) -> dict[str, Any]:
-    """The deployment post-processing with mAP-evaluation thresholds (the deployed ones stay as they are)."""
-    return {**postprocess, "outputs": "boxes_scores", "score_threshold": score_threshold,
-            "iou_threshold": iou_threshold, "max_detections": max_detections}
-
+torch = lazy_import("torch", "train", purpose="evaluating a detector checkpoint")
 
 class PreparedImages:
     """Preprocessed evaluation images kept in memory, so per-epoch validation decodes each file once.
@@ -51,8 +46,6 @@ class PreparedImages:
 def run_model(model: Any, images: PreparedImages, postprocess: dict[str, Any], labels: list[str],
               device: Any = "cpu") -> list[Any]:
     """Predict every prepared image with a PyTorch detector; returns runtime `DetectionResult`s."""
-    import torch
-
     from edgetl.runtime.detection import postprocess_detections
 
     model.eval()
@@ -83,8 +76,6 @@ def evaluate_model(model: Any, samples: Sequence[Any], classes: list[str], spec:
     Returns:
         ``{"map50", "map", "per_class": {name: AP@0.5:0.95}, "images", "detections"}``.
     """
-    from edgetl.validate.detection import coco_map
-
     if images is None:
         images = PreparedImages([s.path for s in samples], spec, batch_size)
     post = eval_postprocess(model.postprocess_spec(), score_threshold=score_threshold)
@@ -115,8 +106,6 @@ def evaluate_detector_checkpoint(checkpoint: str | Path, data: str | Path, split
     Raises:
         BadInputError: not a detector checkpoint, unknown split, or classes that differ from the labels.
     """
-    import torch
-
     from edgetl.data.detection import load_detection_data
     from edgetl.errors import BadInputError
     from edgetl.train.checkpoint import build_from_checkpoint

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# The names live in a torch-free module; importers of this one keep finding them here.
-from edgetl.detect.names import DEFAULT_DETECTOR, DetectorInfo, get_detector_info
-from edgetl.detect.names import list_detectors as list_detectors
 from edgetl.errors import BadInputError
+
+# The names live in a torch-free module; importers of this one keep finding them here.
+from edgetl.models.detectors import DEFAULT_DETECTOR, DetectorInfo, get_detector_info
+from edgetl.models.detectors import list_detectors as list_detectors
 from edgetl.preprocess import PreprocessSpec
 
 STRIDES = (8, 16, 32)

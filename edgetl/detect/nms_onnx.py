@@ -18,7 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgetl.errors import BadInputError, optional_import
+import numpy as np
+
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
+
+onnx = lazy_import("onnx", "train", purpose="adding NMS to the graph")
 
 NMS_OUTPUTS = ("num_detections", "det_boxes", "det_scores", "det_classes")
 _PREFIX = "edgetl_nms/"
@@ -39,9 +44,7 @@ def add_nms(model: Any, *, max_detections: int = 100, iou_threshold: float = 0.5
     Raises:
         BadInputError: the graph lacks the outputs, or the arguments are out of range.
     """
-    onnx = optional_import("onnx", "train", purpose="adding NMS to the graph")
-    from onnx import TensorProto, helper
-
+    TensorProto, helper = onnx.TensorProto, onnx.helper
     if max_detections < 1:
         raise BadInputError(f"max_detections must be >= 1, got {max_detections}")
     if not 0.0 <= iou_threshold <= 1.0:
@@ -65,8 +68,6 @@ def add_nms(model: Any, *, max_detections: int = 100, iou_threshold: float = 0.5
         return _PREFIX + name
 
     def const(name: str, value: Any, dtype: int = TensorProto.INT64) -> str:
-        import numpy as np
-
         np_dtype = {TensorProto.INT64: np.int64, TensorProto.FLOAT: np.float32}[dtype]
         inits.append(onnx.numpy_helper.from_array(np.asarray(value, dtype=np_dtype), n(name)))
         return n(name)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.bundle.manifest import MANIFEST_NAME, Bundle
+from edgetl.data.imagesets import balanced_indices, decode, find_images
 from edgetl.errors import BadInputError
 from edgetl.export.onnx_graph import (
     check_graph,
@@ -25,8 +26,10 @@ from edgetl.export.onnx_graph import (
 )
 from edgetl.export.parity import ParityError, backend_outputs, compare_outputs, torch_outputs
 from edgetl.fileio import sha256_file
+from edgetl.lazy import lazy_import
 from edgetl.preprocess import PreprocessSpec
-from edgetl.validate.samples import balanced_indices, decode, find_images
+
+torch = lazy_import("torch", "train", purpose="exporting a checkpoint")
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +253,6 @@ def _synthetic_batch(spec: PreprocessSpec) -> np.ndarray:
 
 
 def _provenance(checkpoint: Path, meta: Any, model: Any, opset: int) -> dict[str, Any]:
-    import torch
-
     return {
         "base_model": meta.model,
         "weights_source": meta.provenance.get("weights_source") or getattr(model, "edgetl_weights", None),

@@ -7,15 +7,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import BadInputError, EdgetlError, optional_import
+from edgetl.errors import BadInputError, EdgetlError
+from edgetl.lazy import lazy_import
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 17
 
 
-def _onnx():
-    return optional_import("onnx", "train", purpose="exporting to ONNX")
+onnx = lazy_import("onnx", "train", purpose="exporting to ONNX")
+onnxslim = lazy_import("onnxslim", "train", purpose="simplifying ONNX graphs")
+torch = lazy_import("torch", "train", purpose="exporting to ONNX")
 
 
 def trace_to_onnx(model: Any, path: Path, *, size: tuple[int, int], input_name: str, output_names: list[str],
@@ -30,8 +32,6 @@ def trace_to_onnx(model: Any, path: Path, *, size: tuple[int, int], input_name: 
         opset: ONNX opset, at least `MIN_OPSET`.
         dynamic_batch: batch dimension symbolic (``batch``) or fixed at ``batch_size``.
     """
-    import torch
-
     if opset < MIN_OPSET:
         raise BadInputError(f"opset {opset} is too old; edgetl exports opset >= {MIN_OPSET}")
     dummy = torch.zeros((batch_size, 3, *size), dtype=torch.float32)
@@ -50,7 +50,6 @@ def trace_to_onnx(model: Any, path: Path, *, size: tuple[int, int], input_name: 
 
 def check_graph(model_or_path: Any, where: str) -> None:
     """``onnx.checker`` with ``full_check`` (shape inference included); raises with the checker's words."""
-    onnx = _onnx()
     try:
         onnx.checker.check_model(model_or_path if not isinstance(model_or_path, Path) else str(model_or_path),
                                  full_check=True)
@@ -64,7 +63,6 @@ def simplify_graph(model: Any) -> tuple[Any, dict[str, Any]]:
     Returns ``(model, info)``; when the simplifier fails the original graph is kept and the reason
     recorded, since an unsimplified graph is still correct.
     """
-    onnxslim = optional_import("onnxslim", "train", purpose="simplifying ONNX graphs")
     before = len(model.graph.node)
     try:
         slim = onnxslim.slim(model)
@@ -77,7 +75,6 @@ def simplify_graph(model: Any) -> tuple[Any, dict[str, Any]]:
 
 def set_metadata(model: Any, metadata: dict[str, str]) -> None:
     """Write string metadata into the ONNX model (visible in Netron and via ORT's modelmeta)."""
-    onnx = _onnx()
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, metadata)
 
@@ -91,7 +88,6 @@ def op_histogram(model: Any) -> dict[str, int]:
 
 def load_onnx(path: str | Path) -> Any:
     """Load an ONNX file with a clear error for a missing or corrupt file."""
-    onnx = _onnx()
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"ONNX model not found: {path}")

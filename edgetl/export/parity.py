@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 from edgetl.errors import GateFailedError
+from edgetl.lazy import lazy_import
+
+torch = lazy_import("torch", "train", purpose="the export parity check")
 
 
 class ParityError(GateFailedError):
@@ -27,17 +30,16 @@ class ParityTolerance:
     rtol: float = 1e-4
 
 
-def torch_outputs(model: Any, batch: np.ndarray, output_names: list[str], chunk: int = 16) -> dict[str, np.ndarray]:
-    """Run the eager model on a NCHW batch; outputs by name, as numpy."""
-    import torch
-
+def torch_outputs(model: Any, batch: np.ndarray, output_names: list[str], chunk: int = 16, *,
+                  device: str = "cpu") -> dict[str, np.ndarray]:
+    """Run the eager model on a NCHW batch (on the model's ``device``); outputs by name, as float32 numpy."""
     parts: dict[str, list[np.ndarray]] = {n: [] for n in output_names}
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, len(batch), chunk):
-            out = model(torch.from_numpy(batch[start:start + chunk]))
+            out = model(torch.from_numpy(batch[start:start + chunk]).to(device))
             outs = out if isinstance(out, (tuple, list)) else (out,)
             for name, value in zip(output_names, outs):
-                parts[name].append(value.detach().cpu().numpy())
+                parts[name].append(value.detach().float().cpu().numpy())
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 

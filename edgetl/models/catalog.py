@@ -18,7 +18,7 @@ def catalog(pattern: str = "*") -> list[dict[str, Any]]:
     Each row has ``name``, ``task``, ``params_m``, ``input_size``, ``weights_offline`` (where ImageNet
     weights were found, or None) and ``description``; detectors add their ``backbone``.
     """
-    from edgetl.detect.names import list_detectors
+    from edgetl.models.detectors import list_detectors
 
     rows = [describe_classifier(get_model_info(name)) for name in list_models(pattern)]
     return rows + [describe_detector(name) for name in list_detectors(pattern)]
@@ -33,8 +33,7 @@ def describe_classifier(info: ModelInfo) -> dict[str, Any]:
         "architecture": info.timm_name,
         "params_m": info.params_m,
         "input_size": list(info.input_size),
-        "interpolation": info.interpolation,
-        "crop_pct": info.crop_pct,
+        "pretrained": info.pretrained_name,
         "weights_offline": source.describe() if source else None,
         "description": info.description,
     }
@@ -42,7 +41,7 @@ def describe_classifier(info: ModelInfo) -> dict[str, Any]:
 
 def describe_detector(name: str) -> dict[str, Any]:
     """One detector as a listing row: its ImageNet weights are its backbone's."""
-    from edgetl.detect.names import DEFAULT_DETECT_SIZE, PARAMS_CLASSES, get_detector_info
+    from edgetl.models.detectors import DEFAULT_DETECT_SIZE, PARAMS_CLASSES, get_detector_info
 
     info = get_detector_info(name)
     backbone = get_model_info(info.backbone)

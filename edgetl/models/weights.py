@@ -5,15 +5,19 @@ Nothing here downloads. When no source is available, the error says how to provi
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import BadInputError, EnvironmentMissingError
+from edgetl import lazy
+from edgetl.errors import BadInputError, EnvironmentMissingError, MissingDependencyError
+from edgetl.lazy import lazy_import
 from edgetl.models.registry import ModelInfo
+
+torch = lazy_import("torch", "train", purpose="loading weights")
+safetensors_torch = lazy_import("safetensors.torch", "train", purpose="loading .safetensors weights")
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,8 @@ def _package_source(info: ModelInfo) -> WeightSource | None:
     if not info.weight_package:
         return None
     try:
-        module = importlib.import_module(info.weight_package)
-    except ImportError:
+        module = lazy.require(info.weight_package, "train")
+    except MissingDependencyError:
         return None
     folder = Path(module.__file__).parent / "models"
     files = sorted(folder.glob("*.pth")) if folder.is_dir() else []
@@ -96,11 +100,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BadInputError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path)))
-    import torch
-
+        return dict(safetensors_torch.load_file(str(path)))
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types

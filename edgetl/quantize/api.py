@@ -313,8 +313,8 @@ def _statistics(bundle: Bundle, calib: Any, model: Any, *, progress: bool) -> An
 
 def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *, source, max_drop, min_agreement,
             val_size, seed, max_kept, progress, extra_exclude, only, numerics):
+    from edgetl.data.imagesets import balanced_indices, decode, find_images
     from edgetl.quantize.budget import Sample, score, search
-    from edgetl.validate.samples import balanced_indices, decode, find_images
 
     images = find_images(source, split="val", labels=bundle.labels)
     images = images.subset(balanced_indices(images.labels, val_size, seed + 1))
@@ -324,7 +324,7 @@ def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *
     labels = np.asarray(decoded.labels) if decoded.labels and decoded.labels[0] is not None else None
     scorer = score
     if bundle.task == "detect":  # mAP against the dataset's boxes instead of top-1
-        from edgetl.validate.detection import budget_scorer, ground_truth_for
+        from edgetl.metrics.detection import budget_scorer, ground_truth_for
 
         truth = ground_truth_for(decoded.paths, source, bundle.labels)
         if not any(len(t.labels) for t in truth):

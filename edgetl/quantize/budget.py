@@ -11,7 +11,7 @@ A quantization point ("unit", `edgetl.quantize.qdq_edit`) is a layer's weights o
 
 What "drop", "agreement" and "sensitivity" mean is the task's scorer: `score` for classifiers (top-1
 drop against labels, or disagreement with FP32 without labels; top-1 agreement; KL of the softmax),
-`edgetl.validate.detection.budget_scorer` for detectors (mAP@0.5:0.95 drop; box agreement; output
+`edgetl.metrics.detection.budget_scorer` for detectors (mAP@0.5:0.95 drop; box agreement; output
 error). The search itself is the same for every task.
 
 Every candidate scored is recorded so the report can say which units were kept and what each step bought.
@@ -31,8 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.lazy import lazy_import
+from edgetl.metrics.classification import classification_agreement, topk_accuracy
 from edgetl.quantize.qdq_edit import ACTIVATION, LAYER, Unit, restore
-from edgetl.validate.metrics import classification_agreement, topk_accuracy
+
+onnx = lazy_import("onnx", "train", purpose="the accuracy-budget search")
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +183,6 @@ def search(
         The outcome, and the path of the final model in a temporary directory the caller must remove
         (``None`` when nothing had to be kept).
     """
-    import onnx
-
     steps = [{"kept": 0, "unit": None, **full_metrics}]
     already = within(full_metrics, max_drop, min_agreement)
     if already or not units:

@@ -1,7 +1,7 @@
 """Calibration data for INT8: seeded class-balanced images, streamed in batches, and the statistics cache.
 
 Calibration runs on exactly the deployment preprocessing (`edgetl.preprocess` via
-`edgetl.validate.samples`). Images are decoded a batch at a time and folded into running statistics
+`edgetl.data.imagesets`). Images are decoded a batch at a time and folded into running statistics
 (`edgetl.quantize.statistics`), so memory does not grow with the number of images. The statistics (|x|
 histograms, min/max, layer input means) are cached under ``calibration/`` in the bundle, keyed by the
 reference model, the preprocessing and the chosen files: re-quantizing with another method, activation
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.data.imagesets import ImageSet, balanced_indices, decode, describe_failures, find_images
 from edgetl.errors import BadInputError
 from edgetl.fileio import write_json
 from edgetl.preprocess import PreprocessSpec
-from edgetl.validate.samples import ImageSet, balanced_indices, decode, describe_failures, find_images
 
 log = logging.getLogger(__name__)
 

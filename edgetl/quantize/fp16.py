@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgetl.errors import BadInputError, optional_import
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 
 #: Kept in FP32 in addition to the converter's own block list.
 KEEP_FP32_OPS = ("Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
                  "Exp", "Log", "Pow", "ReduceSum", "ReduceMean", "ReduceL2", "Erf")
+
+float16 = lazy_import("onnxruntime.transformers.float16", "train", purpose="FP16 conversion")
 
 
 def convert_fp16(model: Any, *, keep_ops: tuple[str, ...] = KEEP_FP32_OPS) -> tuple[Any, dict[str, Any]]:
@@ -24,7 +27,6 @@ def convert_fp16(model: Any, *, keep_ops: tuple[str, ...] = KEEP_FP32_OPS) -> tu
         model: an ``onnx.ModelProto`` (not modified).
         keep_ops: op types kept in FP32.
     """
-    float16 = optional_import("onnxruntime.transformers.float16", "train", purpose="FP16 conversion")
     import copy
 
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_ops))

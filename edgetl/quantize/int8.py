@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import BadInputError, optional_import
+import numpy as np
+
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,9 @@ LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _SHAPE_OPS = {"Shape", "Constant", "ConstantOfShape", "Identity", "Cast", "Range", "Size", "NonZero"}
 
 
-def _quant():
-    return optional_import("onnxruntime.quantization", "train", purpose="INT8 quantization")
+quant = lazy_import("onnxruntime.quantization", "train", purpose="INT8 quantization")
+ort_calibrate = lazy_import("onnxruntime.quantization.calibrate", "train", purpose="INT8 quantization")
+ort_registry = lazy_import("onnxruntime.quantization.registry", "train", purpose="INT8 quantization")
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,6 @@ class Int8Settings:
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``quantize_static``: ranges always come from edgetl's statistics
         (`edgetl.quantize.statistics`) through a min/max calibration cache, whatever the method."""
-        quant = _quant()
         symmetric = self.activation_type == "int8"
         extra: dict[str, Any] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
         if symmetric:
@@ -121,6 +124,14 @@ class _DropAdvice(logging.Filter):
         return "pre-process" not in record.getMessage() and "pre-processing" not in record.getMessage()
 
 
+def to_ort_ranges(ranges: dict[str, tuple[float, float]], method: Any) -> Any:
+    """The ranges as ONNX Runtime's ``TensorsData`` (what its quantizer reads from a calibration cache)."""
+    data = ort_calibrate.TensorData
+    return ort_calibrate.TensorsData(method, {name: data(lowest=np.array(lo, dtype=np.float32),
+                                                         highest=np.array(hi, dtype=np.float32))
+                                              for name, (lo, hi) in ranges.items()})
+
+
 @contextlib.contextmanager
 def quiet_quantizer() -> Iterator[None]:
     root = logging.getLogger()
@@ -141,14 +152,9 @@ def quantize_file(src: Path, dst: Path, settings: Int8Settings, *, ranges: dict[
     """``quantize_static`` into ``dst`` with the activation ranges ``ranges`` (tensor -> (low, high))."""
     import tempfile
 
-    from onnxruntime.quantization.calibrate import save_tensors_data
-
-    from edgetl.quantize.statistics import to_ort_ranges
-
-    quant = _quant()
     with tempfile.TemporaryDirectory(prefix="edgetl-ranges-") as tmp, quiet_quantizer():
         cache_path = Path(tmp) / "ranges.json"
-        save_tensors_data(to_ort_ranges(ranges, quant.CalibrationMethod.MinMax), cache_path)
+        ort_calibrate.save_tensors_data(to_ort_ranges(ranges, quant.CalibrationMethod.MinMax), cache_path)
         try:
             quant.quantize_static(
                 str(src), str(dst), None, nodes_to_exclude=nodes_to_exclude or [],
@@ -162,9 +168,7 @@ def quantize_file(src: Path, dst: Path, settings: Int8Settings, *, ranges: dict[
 
 def support_report(model: Any) -> dict[str, Any]:
     """Which ops get INT8 kernels. Nodes of other types stay in float: they are counted and named."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
+    quantizable = set(ort_registry.QDQRegistry) | set(ort_registry.QLinearOpsRegistry)
     counts: dict[str, int] = {}
     layers = []
     for node in model.graph.node:

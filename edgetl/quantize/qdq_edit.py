@@ -20,7 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edgetl.lazy import lazy_import
 from edgetl.quantize.int8 import LAYER_OPS
+
+onnx = lazy_import("onnx", "train", purpose="editing QDQ graphs")
 
 LAYER = "layer"
 ACTIVATION = "activation"
@@ -109,8 +112,6 @@ def list_units(quantized: Any, reference: Any, *, layers: list[str] | None = Non
 
 def restore(quantized: Any, reference: Any, units: list[Unit] | set[Unit]) -> Any:
     """A copy of ``quantized`` with ``units`` back in floating point (see the module docstring)."""
-    import onnx
-
     model = onnx.ModelProto()
     model.CopyFrom(quantized)
     q, ref = _Graph(model), _Graph(reference)
@@ -145,8 +146,6 @@ def _float_layer(node: Any, q: _Graph, ref: _Graph, needed: dict[str, Any]) -> N
 def _renamed(init: Any, name: str) -> Any:
     if init.name == name:
         return init
-    import onnx
-
     copy = onnx.TensorProto()
     copy.CopyFrom(init)
     copy.name = name
@@ -154,8 +153,6 @@ def _renamed(init: Any, name: str) -> Any:
 
 
 def _float_activation(tensor: str, model: Any, q: _Graph) -> None:
-    import onnx
-
     for quantizer in [n for n in q.consumers.get(tensor, []) if n.op_type == "QuantizeLinear"]:
         for dq in [n for n in q.consumers.get(quantizer.output[0], []) if n.op_type == "DequantizeLinear"]:
             for consumer in q.consumers.get(dq.output[0], []):

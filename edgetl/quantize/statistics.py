@@ -28,6 +28,11 @@ from typing import Any
 import numpy as np
 
 from edgetl.fileio import write_bytes
+from edgetl.lazy import lazy_import
+
+onnx = lazy_import("onnx", "train", purpose="INT8 calibration")
+ort = lazy_import("onnxruntime", "train", purpose="INT8 calibration")
+ort_registry = lazy_import("onnxruntime.quantization.registry", "train", purpose="INT8 calibration")
 
 BINS = 2048
 #: Quantized levels of a signed 8-bit magnitude (TensorRT's entropy calibration uses 128).
@@ -216,8 +221,6 @@ class CalibrationStatistics:
 def tensors_to_calibrate(model: Any, op_types: Iterable[str]) -> list[str]:
     """The float activations ONNX Runtime's quantizer asks ranges for: inputs and outputs of nodes of the
     quantizable op types, initializers excluded (the same rule as its calibrators)."""
-    import onnx
-
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
              + list(inferred.graph.output)}
@@ -255,8 +258,6 @@ def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tenso
         tensors: activations to calibrate (`tensors_to_calibrate`).
         layer_inputs: layer name -> input tensor whose mean bias correction needs.
     """
-    import onnx
-    import onnxruntime as ort
 
     augmented = copy.deepcopy(model)
     present = {o.name for o in augmented.graph.output}
@@ -287,21 +288,10 @@ def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tenso
     return CalibrationStatistics(stats, means, images)
 
 
-def to_ort_ranges(ranges: dict[str, tuple[float, float]], method: Any) -> Any:
-    """The ranges as ONNX Runtime's ``TensorsData`` (what its quantizer reads from a calibration cache)."""
-    from onnxruntime.quantization.calibrate import TensorData, TensorsData
-
-    return TensorsData(method, {name: TensorData(lowest=np.array(lo, dtype=np.float32),
-                                                 highest=np.array(hi, dtype=np.float32))
-                                for name, (lo, hi) in ranges.items()})
-
-
 def measure(model: Any, batches: Iterable[np.ndarray], *, input_name: str) -> CalibrationStatistics:
     """`collect` over the tensors ONNX Runtime's quantizer needs ranges for, and every weighted layer's input."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
     from edgetl.quantize.int8 import LAYER_OPS
 
-    return collect(model, batches, input_name=input_name,
-                   tensors=tensors_to_calibrate(model, set(QDQRegistry) | set(QLinearOpsRegistry)),
+    quantizable = set(ort_registry.QDQRegistry) | set(ort_registry.QLinearOpsRegistry)
+    return collect(model, batches, input_name=input_name, tensors=tensors_to_calibrate(model, quantizable),
                    layer_inputs=weighted_layer_inputs(model, LAYER_OPS))

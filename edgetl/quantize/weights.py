@@ -19,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from edgetl.lazy import lazy_import
 from edgetl.quantize.int8 import LAYER_OPS
+
+numpy_helper = lazy_import("onnx.numpy_helper", "train", purpose="INT8 weight rounding")
 
 #: Clipping ratios the MSE search tries, as fractions of the channel's largest magnitude.
 MSE_GRID = np.linspace(0.5, 1.0, 51)
@@ -52,8 +55,6 @@ class QuantizedLayer:
 
 def quantized_layers(quantized: Any, reference: Any) -> list[QuantizedLayer]:
     """The layers of ``quantized`` whose weights are int8 initializers behind a DequantizeLinear."""
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in quantized.graph.initializer}
     ref_inits = {i.name: i for i in reference.graph.initializer}
     ref_nodes = {n.name: n for n in reference.graph.node}
@@ -194,8 +195,6 @@ def refine_weights(quantized: Any, reference: Any, *, mse: bool, input_means: di
         reduce_range: 7-bit weights (|q| <= 63) on the layers whose x86 kernels can saturate (all but
             depthwise convolutions).
     """
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in quantized.graph.initializer}
 
     def put(name: str, value: np.ndarray) -> None:

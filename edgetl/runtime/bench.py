@@ -10,7 +10,6 @@ speed-up is computed against.
 
 from __future__ import annotations
 
-import importlib.util
 import platform
 import resource
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 
 from edgetl.bundle.manifest import Bundle, open_bundle
 from edgetl.errors import EdgetlError, EnvironmentMissingError
+from edgetl.runtime import artifacts, extensions
 
 
 def _reset_peak_rss() -> bool:
@@ -50,11 +50,9 @@ def peak_rss_mb() -> float:
 def _targets(bundle: Bundle, backend: str, precisions: Sequence[str] | None) -> list[tuple[str, str]]:
     """``(artifact path, precision)`` of the artifacts to measure, in manifest order."""
     kinds = {"auto": ("onnx", "engine"), "onnxruntime": ("onnx",), "tensorrt": ("engine",)}.get(backend, ())
-    wanted = None
-    if precisions:
-        wanted = set(precisions) | ({"mixed"} if "int8" in precisions else set())
-    return [(a.path, a.precision) for a in bundle.artifacts
-            if a.kind in kinds and (wanted is None or a.precision in wanted)]
+    wanted = {artifacts.family(p) for p in precisions} if precisions else None
+    return [(a.path, a.precision) for a in artifacts.matching(bundle, kinds)
+            if wanted is None or artifacts.family(artifacts.artifact_precision(a)) in wanted]
 
 
 def time_predictor(predictor: Any, batch: int, iters: int, warmup: int, seed: int = 0) -> dict[str, float]:
@@ -122,10 +120,11 @@ def bench_bundle(
     bundle = bundle_dir if isinstance(bundle_dir, Bundle) else open_bundle(bundle_dir, verify=verify)
     targets: list[tuple[str, str | None]] = list(_targets(bundle, backend, precisions))
     skipped: list[dict[str, Any]] = []
-    if torch_baseline and importlib.util.find_spec("torch") is not None:
+    if torch_baseline and extensions.backend_opener("torch") is not None:
         targets.append(("torch", None))
     elif torch_baseline:
-        skipped.append({"artifact": "torch", "reason": "PyTorch is not installed"})
+        skipped.append({"artifact": "torch", "reason": "PyTorch is not installed (or its reference backend is not "
+                                                       "loaded in this process)"})
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(targets) * len(batches), desc="bench", unit="run", disable=not progress, file=sys.stderr)
     for path, _precision in targets:
@@ -133,7 +132,8 @@ def bench_bundle(
         t0 = time.perf_counter()
         try:
             if path == "torch":
-                predictor = load(bundle, backend="torch", device=device, verify=False, checkpoint=checkpoint)
+                predictor = load(bundle, backend="torch", device=device, threads=threads, verify=False,
+                                 checkpoint=checkpoint)
             else:
                 predictor = load(bundle, artifact=path, device=device, threads=threads, verify=False)
         except (EnvironmentMissingError, EdgetlError) as exc:
@@ -141,10 +141,6 @@ def bench_bundle(
             bar.update(len(batches))
             continue
         load_s = time.perf_counter() - t0
-        if path == "torch" and threads:
-            import torch
-
-            torch.set_num_threads(threads)
         with predictor:
             desc = predictor.describe()
             for b in batches:
@@ -185,7 +181,7 @@ def bench_bundle(
 
 def format_bench(report: dict[str, Any]) -> str:
     """The bench report as a text table (one row per artifact and batch)."""
-    from edgetl.cli.common import format_table
+    from edgetl.tables import format_table
 
     headers = ["artifact", "backend", "prec", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS MB",
                "vs torch"]

@@ -17,6 +17,7 @@ import numpy as np
 from edgetl.bundle.manifest import Bundle, open_bundle
 from edgetl.errors import BadInputError, EdgetlError
 from edgetl.preprocess import DEFAULT_MAX_PIXELS, preprocess
+from edgetl.runtime import extensions
 from edgetl.runtime.backends.base import Backend
 from edgetl.runtime.results import ClassificationResult, PredictionError
 from edgetl.runtime.select import Choice, choose
@@ -76,14 +77,12 @@ def _open_backend(bundle: Bundle, picked: Choice, threads: int) -> Backend:
         cache = bundle.root / "engines" / "ort-trt-cache"
         return OnnxRuntimeBackend(path, device=picked.device, threads=threads, trt_cache_dir=cache)
     if picked.backend == "tensorrt":
-        from edgetl.compile.compat import needs_host_code
         from edgetl.runtime.backends.tensorrt import TensorRTBackend
+        from edgetl.runtime.compat import needs_host_code
 
         # A version-compatible engine runs host code; its compatibility key says so (policy permitting).
         return TensorRTBackend(path, allow_host_code=needs_host_code(picked.artifact.compat))
-    from edgetl.runtime.backends.torch_backend import TorchBackend
-
-    return TorchBackend(path, device=picked.device)
+    return extensions.require_backend(picked.backend)(path, device=picked.device, threads=threads)
 
 
 def artifact_postprocess(bundle: Bundle, artifact: Any) -> dict[str, Any]:

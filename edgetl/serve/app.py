@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from edgetl import __version__
-from edgetl.errors import BadInputError, optional_import
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 from edgetl.preprocess import load_image
 from edgetl.serve.config import ServeConfig
 from edgetl.serve.limits import (
@@ -53,6 +54,9 @@ from edgetl.serve.metrics import UNKNOWN_MODEL, ServeMetrics
 from edgetl.serve.models import LoadedModel, ModelManager, ModelNotFound, VerificationError
 from edgetl.serve.protocol import NonFiniteOutput, ProtocolError, encode_infer_response, parse_infer_request
 
+applications = lazy_import("starlette.applications", "serve", purpose="the HTTP daemon")
+responses = lazy_import("starlette.responses", "serve", purpose="the HTTP daemon")
+routing = lazy_import("starlette.routing", "serve", purpose="the HTTP daemon")
 log = logging.getLogger("edgetl.serve")
 
 PUBLIC_PATHS = ("/v2/health/live", "/v2/health/ready")
@@ -142,13 +146,13 @@ def _trim_top_k(result: Any, k: int) -> Any:
 
 # -- responses -------------------------------------------------------------------------------------
 
-def _json(starlette: Any, doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Any:
     try:
         body = json.dumps(doc, default=_jsonable, allow_nan=False).encode()
     except ValueError:  # a NaN or an infinity in a descriptive field (a metric): JSON has none, send null
         plain = json.loads(json.dumps(doc, default=_jsonable))
         body = json.dumps(_finite_or_none(plain), allow_nan=False).encode()
-    return starlette.responses.Response(body, status_code=status, media_type="application/json", headers=headers)
+    return responses.Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -183,7 +187,7 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _error_response(starlette: Any, exc: BaseException) -> tuple[Any, int]:
+def _error_response(exc: BaseException) -> tuple[Any, int]:
     """Map an exception to the protocol's error document and a status code."""
     headers = None
     if isinstance(exc, Overloaded):
@@ -211,7 +215,7 @@ def _error_response(starlette: Any, exc: BaseException) -> tuple[Any, int]:
     message = exc.message if isinstance(exc, BadInputError) else str(exc)
     if isinstance(exc, BadInputError) and exc.hint:
         message = f"{message} (hint: {exc.hint})"
-    return _json(starlette, {"error": message}, status, headers), status
+    return _json({"error": message}, status, headers), status
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -222,13 +226,10 @@ def create_app(state: ServeState) -> Any:
     Args:
         state: the shared `ServeState`; the caller runs ``state.manager.poll`` / ``watch`` and closes it.
     """
-    starlette = optional_import("starlette", "serve", purpose="the HTTP daemon")
-    optional_import("starlette.responses", "serve")
-    from starlette.applications import Starlette
-    from starlette.routing import Route
+    Starlette, Route = applications.Starlette, routing.Route
 
     config, manager, metrics = state.config, state.manager, state.metrics
-    Response = starlette.responses.Response
+    Response = responses.Response
 
     def endpoint(kind: str, model_param: str | None = "name"):
         """Wrap a handler: errors -> protocol error documents, and request metrics per model."""
@@ -241,7 +242,7 @@ def create_app(state: ServeState) -> Any:
                     response = await handler(request)
                     status = response.status_code
                 except Exception as exc:
-                    response, status = _error_response(starlette, exc)
+                    response, status = _error_response(exc)
                 if kind == "predict":
                     label = getattr(request.state, "model", None) or UNKNOWN_MODEL
                 elif model_param:
@@ -258,20 +259,19 @@ def create_app(state: ServeState) -> Any:
     # -- health and metadata --------------------------------------------------------------------
     @endpoint("health", None)
     async def live(request):
-        return _json(starlette, {"live": True})
+        return _json({"live": True})
 
     @endpoint("health", None)
     async def ready(request):
         if state.draining:
-            return _json(starlette, {"ready": False, "error": "shutting down"}, 503)
+            return _json({"ready": False, "error": "shutting down"}, 503)
         if not manager.ready():
-            return _json(starlette, {"ready": False, "error": "no model is serving yet"}, 503)
-        return _json(starlette, {"ready": True})
+            return _json({"ready": False, "error": "no model is serving yet"}, 503)
+        return _json({"ready": True})
 
     @endpoint("metadata", None)
     async def server_metadata(request):
         return _json(
-            starlette,
             {"name": "edgetl", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]},
         )
 
@@ -295,14 +295,14 @@ def create_app(state: ServeState) -> Any:
             "reason": record.reason or None,
             "rejected": list(record.failures),
         }
-        return _json(starlette, doc)
+        return _json(doc)
 
     @endpoint("metadata")
     async def model_ready(request):
         record = manager.get(request.path_params["name"])
         version = request.path_params.get("version")
         ok = record.serving is not None and version in (None, record.serving.version) and not state.draining
-        return _json(starlette, {"name": record.name, "ready": ok}, 200 if ok else 503)
+        return _json({"name": record.name, "ready": ok}, 200 if ok else 503)
 
     @endpoint("metadata")
     async def model_config(request):
@@ -320,7 +320,7 @@ def create_app(state: ServeState) -> Any:
                 if state.batching
                 else None,
             }
-        return _json(starlette, doc)
+        return _json(doc)
 
     # -- inference --------------------------------------------------------------------------------
     @endpoint("infer")
@@ -378,7 +378,6 @@ def create_app(state: ServeState) -> Any:
                     "boxes), which JSON cannot carry; the model is broken for this input"
                 )
             return _json(
-                starlette,
                 {"model_name": model.name, "model_version": model.version, "task": model.task, "results": dicts},
             )
 
@@ -393,17 +392,17 @@ def create_app(state: ServeState) -> Any:
     # -- repository -------------------------------------------------------------------------------
     @endpoint("repository", None)
     async def repository_index(request):
-        return _json(starlette, manager.index())
+        return _json(manager.index())
 
     @endpoint("repository")
     async def repository_load(request):
         record = await manager.load(request.path_params["name"])
-        return _json(starlette, {"name": record.name, "version": record.serving.version, "state": "READY"})
+        return _json({"name": record.name, "version": record.serving.version, "state": "READY"})
 
     @endpoint("repository")
     async def repository_unload(request):
         await manager.unload(request.path_params["name"])
-        return _json(starlette, {"name": request.path_params["name"], "state": "UNAVAILABLE"})
+        return _json({"name": request.path_params["name"], "state": "UNAVAILABLE"})
 
     # -- metrics ------------------------------------------------------------------------------------
     async def metrics_endpoint(request):
@@ -434,7 +433,7 @@ def create_app(state: ServeState) -> Any:
     async def not_found(request, exc):
         status = getattr(exc, "status_code", 404)
         detail = getattr(exc, "detail", None) or "not found"
-        return _json(starlette, {"error": f"{request.method} {request.url.path}: {detail}"}, status)
+        return _json({"error": f"{request.method} {request.url.path}: {detail}"}, status)
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.state.serve = state

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgetl.errors import optional_import
+from edgetl import lazy
+from edgetl.lazy import lazy_import
+
+prometheus_client = lazy_import("prometheus_client", "serve", purpose="the /metrics endpoint")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNKNOWN_MODEL = "_unknown"
@@ -24,8 +27,7 @@ class ServeMetrics:
     """The metric families of one daemon instance."""
 
     def __init__(self) -> None:
-        prom = optional_import("prometheus_client", "serve", purpose="the /metrics endpoint")
-        self._prom = prom
+        prom = self._prom = lazy.load(prometheus_client)
         self.registry = prom.CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = prom.Counter(

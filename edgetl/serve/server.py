@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import BadInputError, BundleError, optional_import
+from edgetl import lazy
+from edgetl.errors import BadInputError, BundleError
+from edgetl.lazy import lazy_import
 from edgetl.serve.app import ServeState, create_app
 from edgetl.serve.config import ServeConfig
 from edgetl.serve.notify import Notifier
 
+uvicorn = lazy_import("uvicorn", "serve", purpose="the HTTP daemon")
 log = logging.getLogger("edgetl.serve")
 
 #: Seconds between the drain timeout (stalled uploads get 503) and uvicorn cancelling what still runs:
@@ -145,7 +148,7 @@ async def serve_async(
         stop_event: setting it starts the same drain as SIGTERM (in-process use).
         log_level, access_log: uvicorn's own logging.
     """
-    uvicorn = optional_import("uvicorn", "serve", purpose="the HTTP daemon")
+    lazy.load(uvicorn)  # a missing extra is reported before the socket is bound
     notifier = notifier or Notifier()
     sock = bind_socket(config)
     state = ServeState(config, loader=loader)

@@ -1,7 +1,8 @@
 """Validate a candidate model against the FP32 reference: metrics, agreement, latency, size, and a gate.
 
-Submodules (``metrics``, ``samples``) are light and imported by other stages; the public API is loaded
-on first use so that importing them does not pull in the whole validation stack.
+The scores it uses are `edgetl.metrics`, and its image samples `edgetl.data.imagesets`, both in layers
+below every stage; the public API is loaded on first use so that importing a submodule (the PyTorch
+reference backend) does not pull in the whole validation stack.
 """
 
 from typing import Any

@@ -1,6 +1,6 @@
 """`validate_bundle`: run reference and candidate on the same images through the same code, then gate.
 
-Both models go through `edgetl.validate.samples` (the one preprocessing) and a runtime `Backend`
+Both models go through `edgetl.data.imagesets` (the one preprocessing) and a runtime `Backend`
 (`OnnxRuntimeBackend` for ONNX, `TensorRTBackend` for ``.engine`` files), so the only difference measured
 is the model itself. Task metrics are pluggable (`TASK_METRICS`): ``classify`` lives here, ``detect`` is
 provided by ``edgetl.validate.detection.task_metrics``.
@@ -17,11 +17,17 @@ from typing import Any
 
 import numpy as np
 
+from edgetl import lazy
 from edgetl.bundle.manifest import Bundle, open_bundle
+from edgetl.data.imagesets import balanced_indices, decode, find_images
 from edgetl.errors import BadInputError
 from edgetl.fileio import write_json, write_text
-from edgetl.validate.metrics import classification_agreement, latency_stats, topk_accuracy
-from edgetl.validate.samples import balanced_indices, decode, find_images
+from edgetl.lazy import lazy_import
+from edgetl.metrics.classification import classification_agreement, latency_stats, topk_accuracy
+from edgetl.runtime import artifacts
+
+trt_backend = lazy_import("edgetl.runtime.backends.tensorrt", "tensorrt", purpose="TensorRT engines")
+detection_metrics = lazy_import("edgetl.validate.detection", "train", purpose="detector validation")
 
 #: task -> fn(bundle, decoded_images, reference_outputs, candidate_outputs, *, max_top1_drop, min_agreement,
 #: max_map_drop, data) -> {"metrics", "agreement", "checks"}; a task ignores the gates that are not its own.
@@ -116,8 +122,8 @@ def validate_bundle(
     if numerics not in NUMERICS_CHOICES:
         raise BadInputError(f"unknown numerics {numerics!r}; expected one of {', '.join(NUMERICS_CHOICES)}")
     bundle = open_bundle(bundle_dir)
-    ref_path, ref_prec = _resolve(bundle, reference)
-    cand_path, cand_prec = _resolve(bundle, candidate)
+    ref_path, ref_prec = artifacts.select_named(bundle, reference)
+    cand_path, cand_prec = artifacts.select_named(bundle, candidate)
     modes, gate_mode = _numerics_plan(bundle, cand_path, numerics)
     source = data or bundle.manifest.get("provenance", {}).get("dataset")
     if not source:
@@ -186,35 +192,6 @@ def validate_bundle(
 
 
 # -- artifacts and backends ----------------------------------------------------------------------
-def _resolve(bundle: Bundle, which: str) -> tuple[Path, str]:
-    """A precision name or a path -> (file, precision label)."""
-    if which in ("fp32", "fp16", "int8", "mixed"):
-        if which == "fp32":
-            art = bundle.reference_onnx()
-            return bundle.path_of(art), "fp32"
-        wanted = ("int8", "mixed") if which in ("int8", "mixed") else (which,)
-        found = [a for a in bundle.find(kind="onnx") if a.precision in wanted]
-        if not found:
-            verb = "int8" if which == "mixed" else which
-            raise BadInputError(f"{bundle.root}: no {which} ONNX model in the bundle",
-                                hint=f"run `edgetl quantize {bundle.root} --precision {verb}`")
-        return bundle.path_of(found[-1]), found[-1].precision
-    path = Path(which)
-    if not path.is_absolute() and not path.exists():
-        path = bundle.root / which
-    if not path.is_file():
-        raise BadInputError(f"model not found: {which}", hint="pass fp32, fp16, int8, or a .onnx/.engine/.pt path")
-    art = _artifact_at(bundle, path)
-    if art is not None:
-        return path, art.precision
-    return path, {".engine": "engine", ".pt": "checkpoint"}.get(path.suffix, "onnx")
-
-
-def _artifact_at(bundle: Bundle, path: Path) -> Any | None:
-    """The bundle's artifact stored at ``path``, if the file is one of them."""
-    return next((a for a in bundle.artifacts if bundle.path_of(a).resolve() == path.resolve()), None)
-
-
 NUMERICS_CHOICES = ("exact", "device", "both")
 
 
@@ -226,8 +203,8 @@ def _numerics_plan(bundle: Bundle, path: Path, numerics: str) -> tuple[list[str]
     target's (`Int8Settings.gate_numerics`, recorded with the artifact), unless the caller asked for one
     mode only.
     """
-    art = _artifact_at(bundle, path)
-    quantized = path.suffix == ".onnx" and art is not None and art.precision in ("int8", "mixed")
+    art = artifacts.artifact_at(bundle, path)
+    quantized = path.suffix == ".onnx" and art is not None and artifacts.family(art.precision) == "int8"
     if not quantized:
         return ["device"], "device"
     target = (art.info or {}).get("gate_numerics") or (
@@ -245,14 +222,13 @@ def _machine() -> dict[str, Any]:
 
 def _open_backend(path: Path, device: str, numerics: str = "device"):
     if path.suffix == ".engine":
-        from edgetl.errors import optional_import
+        from edgetl.compile import torch_cuda  # noqa: F401  (registers the torch CUDA fallback, if torch is here)
 
-        trt_backend = optional_import("edgetl.runtime.backends.tensorrt", "tensorrt", purpose="TensorRT engines")
         return trt_backend.TensorRTBackend(path)
     if path.suffix in (".pt", ".pth"):
-        from edgetl.validate.torch_reference import TorchCheckpointBackend
+        from edgetl.validate.torch_backend import TorchBackend
 
-        return TorchCheckpointBackend(path)
+        return TorchBackend(path)
     from edgetl.export.onnx_graph import load_onnx
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -290,9 +266,7 @@ def _rel(bundle: Bundle, path: Path) -> str:
 # -- task metrics ----------------------------------------------------------------------------------
 def _task_metrics(task: str) -> Callable[..., dict[str, Any]]:
     if task not in TASK_METRICS and task == "detect":
-        from edgetl.errors import optional_import
-
-        detection = optional_import("edgetl.validate.detection", "train", purpose="detector validation")
+        detection = lazy.load(detection_metrics)
         if not hasattr(detection, "task_metrics"):
             raise BadInputError("edgetl.validate.detection provides no task_metrics(); detector validation "
                                 "is not available in this build")

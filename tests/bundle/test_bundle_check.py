@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgetl.bundle import check
 from edgetl.cli.main import cli
 from edgetl.errors import BundleError
+from edgetl.runtime import check
 
 
 def test_check_passes_every_onnx_artifact(colour_bundle: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from edgetl.bundle import open_bundle
 from edgetl.bundle.validation import SCHEMA, current, latest, passed_artifacts, record, records
 from edgetl.quantize import quantize_bundle
-from edgetl.runtime.select import validated_precisions
+from edgetl.runtime.artifacts import validated_precisions
 from edgetl.validate import validate_bundle
 
 

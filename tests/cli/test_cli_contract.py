@@ -156,12 +156,12 @@ def test_serve_json_prints_one_line_when_listening(colour_bundle: Path) -> None:
 
 def test_unexpected_exception_exits_4_with_traceback_never_1(colour_bundle: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgetl.bundle.info
+    import edgetl.runtime.info
 
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("something edgetl did not plan for")
 
-    monkeypatch.setattr(edgetl.bundle.info, "bundle_info", broken)
+    monkeypatch.setattr(edgetl.runtime.info, "bundle_info", broken)
     human = _invoke(["info", colour_bundle])
     assert human.exit_code == 4
     assert "Traceback" in human.stderr and "RuntimeError: something edgetl did not plan for" in human.stderr

@@ -996,7 +996,8 @@ def install(monkeypatch: Any, gpu: FakeGpu, *, device_name: str = "Orin", cc: st
     """Make ``import tensorrt`` / ``cuda.bindings.runtime`` return the fakes and the GPU probe report a device."""
     import sys
 
-    from edgetl.compile import builder, compat
+    from edgetl.compile import builder
+    from edgetl.runtime import compat
 
     monkeypatch.setitem(sys.modules, "tensorrt", gpu.trt)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", gpu.cudart)

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from edgetl.compile.compat import DeviceInfo, check_compat, compat_key, engine_relpath
 from edgetl.errors import BadInputError
 from edgetl.runtime.backends.tensorrt import TENSORRT_MISSING, Chunk, plan_chunks
+from edgetl.runtime.compat import DeviceInfo, check_compat, compat_key, engine_relpath
 
 ORIN = DeviceInfo("Orin", "8.7", integrated=True)
 PROFILE = {"input": "input", "min": [1, 3, 64, 64], "opt": [8, 3, 64, 64], "max": [32, 3, 64, 64]}
@@ -117,7 +117,7 @@ def test_plan_chunks_rejects_empty():
 
 def test_runtime_import_stays_light():
     """Importing the TensorRT backend and the compat module pulls in neither tensorrt nor torch."""
-    code = ("import sys, edgetl.runtime.backends.tensorrt, edgetl.compile.compat, edgetl.compile;"
+    code = ("import sys, edgetl.runtime.backends.tensorrt, edgetl.runtime.compat, edgetl.compile;"
             "import json; print(json.dumps(sorted(m for m in ('torch', 'tensorrt', 'onnx') if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout) == []

@@ -197,9 +197,10 @@ def test_contract_wrong_field_name_or_type_is_caught(monkeypatch, fake_gpu, dete
     from edgetl.compile import nms
 
     real_fields = nms._fields
+    trt = nms.trt  # the module proxy: the fake TensorRT while fake_gpu is installed
 
-    def wrong_fields(trt, good):
-        fields = [f for f in real_fields(trt, good) if f.name not in params and f.name != "score_threshold"]
+    def wrong_fields(good):
+        fields = [f for f in real_fields(good) if f.name not in params and f.name != "score_threshold"]
         for name, value in params.items():
             if isinstance(value, np.float64):
                 fields.append(trt.PluginField(name, np.array([value]), trt.PluginFieldType.FLOAT32))
@@ -208,7 +209,7 @@ def test_contract_wrong_field_name_or_type_is_caught(monkeypatch, fake_gpu, dete
                 dtype = np.float32 if isinstance(value, float) else np.int32
                 fields.append(trt.PluginField(name, np.array([value], dtype), kind))
         if "score_threshold" not in params and "score_thresh" not in params:
-            fields.append(next(f for f in real_fields(trt, good) if f.name == "score_threshold"))
+            fields.append(next(f for f in real_fields(good) if f.name == "score_threshold"))
         return trt.PluginFieldCollection(fields)
 
     _break(monkeypatch, "_fields", wrong_fields)

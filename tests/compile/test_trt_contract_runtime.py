@@ -19,7 +19,8 @@ import pytest
 from edgetl.bundle.manifest import open_bundle
 from edgetl.compile import compile_bundle
 from edgetl.errors import BadInputError
-from edgetl.runtime.backends.tensorrt import TensorRTBackend, TensorRTError, open_engine_or_fallback, select_engine
+from edgetl.runtime.artifacts import select_engine
+from edgetl.runtime.backends.tensorrt import TensorRTBackend, TensorRTError, open_engine_or_fallback
 
 pytestmark = pytest.mark.contract
 

@@ -10,8 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl.data.coco import convert_dataset
-from edgetl.data.detection import load_detection_data, read_detection_dataset
+from edgetl.data.detection import convert_dataset, load_detection_data, read_detection_dataset
 from edgetl.errors import BadInputError
 
 

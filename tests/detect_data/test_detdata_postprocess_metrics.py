@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from edgetl.data.detection import DetSample
+from edgetl.metrics.detection import box_agreement, coco_map, detection_metrics
 from edgetl.preprocess import LetterboxInfo, PreprocessSpec, preprocess
 from edgetl.runtime.detection import DetectionResult, nms_numpy, postprocess_detections
-from edgetl.validate.detection import box_agreement, coco_map, detection_metrics, validate_detection
+from edgetl.validate.detection import validate_detection
 
 CLASSES = ["cat", "dog"]
 

@@ -47,15 +47,37 @@ def test_models_table_is_on_stdout_and_filters_by_pattern() -> None:
 def test_recorded_parameter_counts_match_the_built_models() -> None:
     pytest.importorskip("torch")
     from edgetl.detect.model import build_detector
-    from edgetl.detect.names import PARAMS_CLASSES, get_detector_info, list_detectors
     from edgetl.models import get_model_info, list_models
-    from edgetl.models.factory import _timm
+    from edgetl.models.detectors import PARAMS_CLASSES, get_detector_info, list_detectors
+    from edgetl.models.factory import timm
 
     for name in list_models():
-        model = _timm().create_model(get_model_info(name).timm_name, pretrained=False)
+        model = timm.create_model(get_model_info(name).timm_name, pretrained=False)
         count = sum(p.numel() for p in model.parameters()) / 1e6
         assert get_model_info(name).params_m == pytest.approx(count, abs=0.006), name
     for name in list_detectors():
         model = build_detector(name, num_classes=PARAMS_CLASSES, weights="none")
         count = sum(p.numel() for p in model.parameters()) / 1e6
         assert get_detector_info(name).params_m == pytest.approx(count, abs=0.006), name
+
+
+def test_preprocessing_comes_from_timm_and_the_listing_size_matches_it() -> None:
+    """The registry types no mean/std: the spec is timm's pretrained config; the size the torch-free listing
+    shows is recorded and must agree with timm's."""
+    pytest.importorskip("timm")
+    import timm.data
+    import timm.models
+
+    from edgetl.models import get_model_info, list_models
+
+    for name in list_models():
+        info = get_model_info(name)
+        cfg = timm.data.resolve_data_config({}, pretrained_cfg=timm.models.get_pretrained_cfg(info.pretrained_name)
+                                            .to_dict())
+        spec = info.preprocess_spec()
+        assert spec.size == tuple(cfg["input_size"][1:]) == info.input_size, name
+        assert (spec.mean, spec.std) == (tuple(cfg["mean"]), tuple(cfg["std"])), name
+        assert (spec.interpolation, spec.crop_pct) == (cfg["interpolation"], cfg["crop_pct"]), name
+        assert spec.resize == "center-crop" and info.preprocess_spec(96).size == (96, 96)
+    lite0 = get_model_info("efficientnet_lite0").preprocess_spec()
+    assert lite0.mean == (0.5, 0.5, 0.5) and lite0.crop_pct == 0.875 and lite0.interpolation == "bicubic"

@@ -11,10 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.bundle import open_bundle
-from edgetl.bundle.check import TOLERANCES, check, compare_outputs, tolerance_for
+from edgetl.bundle.check import TOLERANCES, compare_outputs, tolerance_for
 from edgetl.cli.main import cli
 from edgetl.errors import GateFailedError
 from edgetl.quantize import quantize_bundle
+from edgetl.runtime.golden import check
 
 
 def test_one_table_recorded_at_export_and_read_everywhere(bundle_copy: Path) -> None:

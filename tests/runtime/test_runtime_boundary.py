@@ -22,7 +22,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("torch", "torchvision", "timm")
 DEVICE_MODULES = ["edgetl.runtime", "edgetl.runtime.predictor", "edgetl.runtime.bench", "edgetl.bundle",
-                  "edgetl.bundle.check", "edgetl.bundle.pack", "edgetl.bundle.info", "edgetl.preprocess",
+                  "edgetl.bundle.check", "edgetl.bundle.pack", "edgetl.runtime.info", "edgetl.runtime.golden",
+                  "edgetl.runtime.extensions", "edgetl.preprocess",
                   "edgetl.cli.predict", "edgetl.cli.bench", "edgetl.cli.info", "edgetl.cli.bundle"]
 
 

@@ -14,14 +14,14 @@ edgetl error that names the failing call, so a broken driver never surfaces as a
 from __future__ import annotations
 
 import ctypes
-import importlib
-import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from edgetl import lazy
 from edgetl.errors import EdgetlError, EnvironmentMissingError, MissingDependencyError
+from edgetl.runtime import extensions
 
 
 class CudaError(EdgetlError):
@@ -101,10 +101,10 @@ class CudaApi:
 
 
 def _import_cudart() -> Any:
-    for module in ("cuda.bindings.runtime", "cuda.cudart"):
+    for module in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-python 12.x names, newest first
         try:
-            return importlib.import_module(module)
-        except ImportError:
+            return lazy.require(module, "tensorrt", purpose="running TensorRT engines")
+        except MissingDependencyError:
             continue
     raise MissingDependencyError(
         "cuda-python is not installed (needed to run TensorRT engines)", hint="pip install 'edgetl[tensorrt]'"
@@ -199,92 +199,22 @@ class CudaPythonApi(CudaApi):
         self.rt.cudaStreamDestroy(stream)
 
 
-class TorchCudaApi(CudaApi):
-    """CUDA through torch tensors: a fallback where torch is installed but cuda-python is not."""
-
-    name = "torch"
-
-    def __init__(self) -> None:
-        self.torch = importlib.import_module("torch")
-        if not self.torch.cuda.is_available():
-            raise EnvironmentMissingError("torch reports no CUDA GPU (torch.cuda.is_available() is False)")
-        self.device = self.torch.device("cuda", 0)
-
-    def set_device(self, index: int) -> None:
-        self.device = self.torch.device("cuda", index)
-        self.torch.cuda.set_device(self.device)
-
-    def create_stream(self) -> Any:
-        return self.torch.cuda.Stream(device=self.device)
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream.cuda_stream)
-
-    def alloc_device(self, nbytes: int) -> DeviceBuffer:
-        t = self.torch.empty(max(int(nbytes), 1), dtype=self.torch.uint8, device=self.device)
-        return DeviceBuffer(int(t.data_ptr()), int(nbytes), t)
-
-    def alloc_host(self, shape: tuple[int, ...], dtype: np.dtype) -> HostBuffer:
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape)) if shape else 1
-        nbytes = count * dtype.itemsize
-        t = self.torch.empty(max(nbytes, 1), dtype=self.torch.uint8, pin_memory=True)
-        array = t.numpy()[:nbytes].view(dtype).reshape(shape)
-        return HostBuffer(array, int(t.data_ptr()), nbytes, t)
-
-    def htod(self, dst: DeviceBuffer, src: HostBuffer, nbytes: int, stream: Any) -> None:
-        with self.torch.cuda.stream(stream):
-            dst.owner[:nbytes].copy_(src.owner[:nbytes], non_blocking=True)
-
-    def dtoh(self, dst: HostBuffer, src: DeviceBuffer, nbytes: int, stream: Any) -> None:
-        with self.torch.cuda.stream(stream):
-            dst.owner[:nbytes].copy_(src.owner[:nbytes], non_blocking=True)
-
-    def synchronize(self, stream: Any) -> None:
-        stream.synchronize()
-
-    def begin_capture(self, stream: Any) -> None:
-        graph = self.torch.cuda.CUDAGraph()
-        self._capturing = graph
-        with self.torch.cuda.stream(stream):
-            graph.capture_begin()
-
-    def end_capture(self, stream: Any) -> Any:
-        graph = self._capturing
-        with self.torch.cuda.stream(stream):
-            graph.capture_end()
-        return graph
-
-    def launch_graph(self, graph: Any, stream: Any) -> None:
-        with self.torch.cuda.stream(stream):
-            graph.replay()
-
-    def free_graph(self, graph: Any) -> None:
-        graph.reset()
-
-    def free_device(self, buf: DeviceBuffer) -> None:
-        buf.owner = None
-
-    def free_host(self, buf: HostBuffer) -> None:
-        buf.owner = None
-
-    def destroy_stream(self, stream: Any) -> None:
-        return None
-
-
 def get_cuda_api(kind: str | CudaApi = "auto") -> CudaApi:
-    """The CUDA helper to use: ``"auto"`` (cuda-python, else torch), ``"cuda-python"``, ``"torch"``, or an instance."""
+    """The CUDA helper to use: ``"auto"`` (cuda-python, else a registered fallback such as ``"torch"``),
+    ``"cuda-python"``, a registered name (`edgetl.runtime.extensions`), or an instance."""
     if isinstance(kind, CudaApi):
         return kind
     if kind == "cuda-python":
         return CudaPythonApi()
-    if kind == "torch":
-        return TorchCudaApi()
     if kind != "auto":
-        raise ValueError(f"unknown CUDA API {kind!r}; expected auto, cuda-python or torch")
+        factory = extensions.cuda_api_factory(kind)
+        if factory is None:
+            known = ", ".join(["auto", "cuda-python", *extensions.cuda_api_names()])
+            raise ValueError(f"unknown CUDA API {kind!r}; expected one of {known}")
+        return factory()
     try:
         return CudaPythonApi()
     except MissingDependencyError as first:
-        if importlib.util.find_spec("torch") is None:
-            raise first from None
-        return TorchCudaApi()
+        for name in extensions.cuda_api_names():
+            return extensions.cuda_api_factory(name)()  # type: ignore[misc]
+        raise first from None

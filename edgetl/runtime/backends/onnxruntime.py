@@ -13,19 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.errors import BadInputError, optional_import
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 from edgetl.runtime.backends.base import Backend
 
 _ORT_LOG_ERROR = 3
 
 
-def _ort():
-    return optional_import("onnxruntime", "runtime", purpose="running ONNX models")
+ort = lazy_import("onnxruntime", "runtime", purpose="running ONNX models")
 
 
 def available_providers() -> list[str]:
     """Providers ONNX Runtime can actually use here (a GPU build on a CPU-only host reports only CPU)."""
-    ort = _ort()
     reported = ort.get_available_providers()
     usable = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in reported and _cuda_device_present():
@@ -113,7 +112,6 @@ def session_options(numerics: str = "device", threads: int = 0) -> Any:
 
     if numerics not in NUMERICS:
         raise BadInputError(f"unknown numerics {numerics!r}; expected one of {', '.join(NUMERICS)}")
-    ort = _ort()
     options = ort.SessionOptions()
     options.log_severity_level = _ORT_LOG_ERROR
     if numerics == "exact":
@@ -150,7 +148,6 @@ class OnnxRuntimeBackend(Backend):
         numerics: str = "device",
     ) -> None:
         super().__init__(artifact)
-        ort = _ort()
         if not self.artifact.is_file():
             raise BadInputError(f"ONNX model not found: {self.artifact}")
         options = session_options(numerics, threads)

@@ -14,9 +14,9 @@ one context at a time, so the pool size is bounded by the profiles the engine wa
 
 Host code: a version-compatible engine (``edgetl compile --version-compat``) embeds TensorRT's lean
 runtime, which TensorRT 10 deserialises only with ``runtime.engine_host_code_allowed = True``. That
-is set for exactly the engines whose compatibility key says ``host_code`` (`edgetl.compile.compat`),
-and never where ``EDGETL_TRT_ALLOW_HOST_CODE=0`` forbids it; `select_engine` then skips such engines
-with a warning and the runtime falls back to ONNX Runtime.
+is set for exactly the engines whose compatibility key says ``host_code`` (`edgetl.runtime.compat`),
+and never where ``EDGETL_TRT_ALLOW_HOST_CODE=0`` forbids it; `edgetl.runtime.artifacts.select_engine`
+then skips such engines with a warning and the runtime falls back to ONNX Runtime.
 
 Requires TensorRT 10 or newer (``pip install 'edgetl[tensorrt]'`` asks for ``tensorrt>=10.0``; JetPack
 6.1+). Never imports torch unless cuda-python is missing and torch is present (see
@@ -26,7 +26,6 @@ Requires TensorRT 10 or newer (``pip install 'edgetl[tensorrt]'`` asks for ``ten
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import queue
@@ -37,14 +36,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgetl import lazy
 from edgetl.errors import BadInputError, EdgetlError, EnvironmentMissingError, MissingDependencyError
+from edgetl.lazy import lazy_import
 from edgetl.runtime.backends.base import Backend
 from edgetl.runtime.backends.cuda_mem import CudaApi, DeviceBuffer, HostBuffer, get_cuda_api
 
 if TYPE_CHECKING:
-    from edgetl.bundle.manifest import Artifact, Bundle
+    from edgetl.bundle.manifest import Bundle
 
 log = logging.getLogger("edgetl.runtime")
+tensorrt = lazy_import("tensorrt", "tensorrt", purpose="TensorRT engines")
 
 #: The one message for a machine without TensorRT (the CLI prints it and exits 3).
 TENSORRT_MISSING = "TensorRT not found: install edgetl[tensorrt] or use JetPack's python3-libnvinfer"
@@ -61,13 +63,16 @@ class TensorRTError(EdgetlError):
 def import_tensorrt() -> Any:
     """``import tensorrt`` or raise `MissingDependencyError` (exit 3) with `TENSORRT_MISSING`."""
     try:
-        return importlib.import_module("tensorrt")
-    except ImportError as exc:
+        return lazy.load(tensorrt)
+    except MissingDependencyError as exc:
         raise MissingDependencyError(TENSORRT_MISSING) from exc
 
 
-def check_tensorrt_version(trt: Any) -> None:
-    """Refuse TensorRT releases older than `MIN_TENSORRT_MAJOR` with a message saying what to install."""
+def require_tensorrt() -> Any:
+    """The ``tensorrt`` module, imported now: `MissingDependencyError` (exit 3) when it is missing, and
+    `EnvironmentMissingError` for releases older than `MIN_TENSORRT_MAJOR`, each saying what to install.
+    Entry points (building, opening an engine) call it first; the helpers below use the module proxy."""
+    trt = import_tensorrt()
     version = str(getattr(trt, "__version__", "0"))
     try:
         major = int(version.split(".")[0])
@@ -78,26 +83,20 @@ def check_tensorrt_version(trt: Any) -> None:
             f"TensorRT {version} is too old: edgetl needs TensorRT {MIN_TENSORRT_MAJOR} or newer",
             hint="install edgetl[tensorrt] (tensorrt>=10) or move to JetPack 6.1+, or use the ONNX Runtime backend",
         )
-
-
-def tensorrt_version() -> str | None:
-    """The installed TensorRT version, or None when ``import tensorrt`` fails."""
-    try:
-        return str(import_tensorrt().__version__)
-    except MissingDependencyError:
-        return None
+    return trt
 
 
 _LOGGERS: dict[int, tuple[Any, Any]] = {}
 _LOGGER_LOCK = threading.Lock()
 
 
-def get_logger(trt: Any) -> Any:
+def get_logger() -> Any:
     """One process-wide TensorRT logger that also keeps the last errors for our messages.
 
     TensorRT reports why a parse, build or deserialisation failed only through its logger, so the
     messages are kept (``logger.recent``) and quoted in the exception we raise.
     """
+    trt = import_tensorrt()  # the real module: a test may swap in another, and each gets its own logger class
     with _LOGGER_LOCK:
         known = _LOGGERS.get(id(trt))
         if known is not None and known[0] is trt:
@@ -220,9 +219,8 @@ class TensorRTBackend(Backend):
         self._slots: list[_Slot] = []
         if not self.artifact.is_file():
             raise BadInputError(f"TensorRT engine not found: {self.artifact}")
-        trt = self.trt = import_tensorrt()
-        check_tensorrt_version(trt)
-        from edgetl.compile.compat import HOST_CODE_ENV, host_code_allowed, host_code_refusal, needs_host_code
+        trt = self.trt = require_tensorrt()
+        from edgetl.runtime.compat import HOST_CODE_ENV, host_code_allowed, host_code_refusal, needs_host_code
 
         if allow_host_code is None:
             key = engine_compat_key(self.artifact)
@@ -236,7 +234,7 @@ class TensorRTBackend(Backend):
         self.device_index = device
         self.cuda = get_cuda_api(cuda)
         self.cuda.set_device(device)
-        self.logger = get_logger(trt)
+        self.logger = get_logger()
         self.runtime = trt.Runtime(self.logger)
         if self.host_code:
             self.runtime.engine_host_code_allowed = True
@@ -433,12 +431,8 @@ class TensorRTBackend(Backend):
 
 
 # --------------------------------------------------------------------------------------------------
-# Engine selection for a bundle
+# Opening a bundle's engine (which engine: `edgetl.runtime.artifacts.select_engine`)
 # --------------------------------------------------------------------------------------------------
-#: Preference when the caller asks for the ``best`` precision: fastest first.
-BEST_ORDER = ("best", "int8", "fp16", "fp32")
-
-
 def engine_compat_key(engine: Path, levels: int = 3) -> dict[str, Any] | None:
     """The compatibility key the manifest of the bundle holding ``engine`` records for it, or None.
 
@@ -462,60 +456,6 @@ def engine_compat_key(engine: Path, levels: int = 3) -> dict[str, Any] | None:
     return None
 
 
-def _engine_precision(artifact: Artifact) -> str:
-    return str(artifact.compat.get("precision") or artifact.precision)
-
-
-def select_engine(bundle: Bundle, precision: str = "best", *, device: int = 0) -> tuple[Artifact | None, str]:
-    """Pick the bundle's engine that runs on this GPU and TensorRT, or say why none does.
-
-    Args:
-        bundle: an opened bundle.
-        precision: ``best`` (fastest engine that passed its golden check) or ``fp32|fp16|int8``.
-        device: CUDA device index whose compute capability is compared.
-
-    Returns:
-        ``(artifact, reason)``; ``artifact`` is None when nothing matches, and ``reason`` then lists
-        every engine with what differs, ending with the fallback the runtime takes.
-    """
-    from edgetl.compile.compat import HOST_CODE_ENV, check_compat, host_code_allowed, needs_host_code, probe_device
-
-    engines = bundle.find(kind="engine")
-    if not engines:
-        return None, "the bundle has no TensorRT engines (build them on the device with `edgetl compile`)"
-    if precision == "best":
-        order = {p: i for i, p in enumerate(BEST_ORDER)}
-        wanted = sorted(engines, key=lambda a: order.get(_engine_precision(a), len(order)))
-    else:
-        wanted = [a for a in engines if precision in (_engine_precision(a), a.precision)]
-        if not wanted:
-            have = ", ".join(sorted({_engine_precision(a) for a in engines}))
-            return None, f"the bundle has no {precision} TensorRT engine (it has: {have})"
-    trt_version = tensorrt_version()
-    gpu = probe_device(device)
-    rejected, fits = [], []
-    for artifact in wanted:
-        golden = artifact.info.get("golden") or {}
-        if golden.get("passed") is False:
-            rejected.append(f"{artifact.path}: failed its golden-sample check at compile time")
-            continue
-        verdict = check_compat(artifact.compat, gpu, trt_version)
-        if verdict.ok:
-            fits.append((artifact, verdict))
-        else:
-            rejected.append(f"{artifact.path}: {verdict.reason}")
-            if needs_host_code(artifact.compat) and not host_code_allowed():
-                log.warning("skipping TensorRT engine %s: it runs host code, which %s=0 forbids here; another "
-                            "engine or ONNX Runtime is used instead", artifact.path, HOST_CODE_ENV)
-    if fits:
-        # Keep the precision preference; within it, an exact GPU/TensorRT match wins.
-        best_rank = _engine_precision(fits[0][0])
-        same = [f for f in fits if _engine_precision(f[0]) == best_rank]
-        artifact, verdict = next((f for f in same if f[1].exact), same[0])
-        return artifact, verdict.reason
-    return None, "no TensorRT engine runs here: " + "; ".join(rejected)
-
-
 def open_engine_or_fallback(
     bundle: Bundle,
     precision: str = "best",
@@ -533,8 +473,9 @@ def open_engine_or_fallback(
     Returns:
         ``(backend, reason)`` with the reason the runtime reports in ``describe()``.
     """
-    from edgetl.compile.compat import ORT_TRT_CACHE_DIR, needs_host_code
+    from edgetl.runtime.artifacts import fallback_onnx, select_engine
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from edgetl.runtime.compat import ORT_TRT_CACHE_DIR, needs_host_code
 
     artifact, reason = select_engine(bundle, precision, device=device)
     if artifact is not None:
@@ -549,12 +490,6 @@ def open_engine_or_fallback(
             return backend, f"TensorRT engine {artifact.path}: {reason}"
         except EdgetlError as exc:
             reason = f"{artifact.path} matched but did not load ({exc.message})"
-    onnx = None
-    if precision not in ("best", "fp32"):
-        found = bundle.find(kind="onnx", precision=precision) or (
-            bundle.find(kind="onnx", precision="mixed") if precision == "int8" else []
-        )
-        onnx = found[0] if found else None
-    onnx = onnx or bundle.reference_onnx()
+    onnx = fallback_onnx(bundle, precision)
     backend = OnnxRuntimeBackend(bundle.path_of(onnx), device="auto", trt_cache_dir=bundle.root / ORT_TRT_CACHE_DIR)
     return backend, f"{reason}; falling back to ONNX Runtime on {onnx.path}"

@@ -1,27 +1,28 @@
 """A bundle described for people and scripts: what `edgetl info` prints.
 
-Torch-free and backend-free: reading the manifest is enough, except for "which engines fit this
-device", which asks TensorRT's backend module when it is importable.
+Torch-free: reading the manifest is enough, except for "which engines fit this device", which asks the
+runtime's engine selection when TensorRT is importable here (hence this lives in the runtime, not in
+the bundle layer below it).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
+from edgetl import lazy
 from edgetl.bundle.manifest import Bundle, open_bundle
+from edgetl.bundle.validation import current, latest
+from edgetl.runtime import artifacts
+from edgetl.tables import format_table
 
 
 def _engine_fit(bundle: Bundle) -> dict[str, str]:
     """``{engine path: fits | why not}`` when TensorRT is usable here; empty otherwise."""
-    if importlib.util.find_spec("tensorrt") is None or \
-            importlib.util.find_spec("edgetl.runtime.backends.tensorrt") is None:
+    if not lazy.available("tensorrt"):
         return {}
     try:
-        from edgetl.runtime.backends.tensorrt import select_engine
-
-        chosen, reason = select_engine(bundle)
+        chosen, reason = artifacts.select_engine(bundle)
     except Exception as exc:  # describing a bundle must not fail on a broken GPU stack
         return {a.path: f"unknown ({type(exc).__name__})" for a in bundle.find(kind="engine")}
     return {a.path: ("selected: " + reason if chosen and chosen.path == a.path else "not selected")
@@ -48,8 +49,6 @@ def bundle_info(bundle_dir: str | Path | Bundle, *, verify: bool = True) -> dict
         if a.info:
             entry["info"] = a.info
         artifacts.append(entry)
-    from edgetl.bundle.validation import current, latest
-
     validation = latest(bundle)
     return {
         "bundle": str(bundle.root),
@@ -78,8 +77,6 @@ def _mb(n: int) -> str:
 
 def format_info(info: dict[str, Any]) -> str:
     """The human-readable form of `bundle_info`."""
-    from edgetl.cli.common import format_table
-
     pre = info["preprocess"]
     labels = info["labels"]
     shown = ", ".join(labels[:12]) + (f", ... (+{len(labels) - 12})" if len(labels) > 12 else "")

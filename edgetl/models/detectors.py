@@ -1,7 +1,8 @@
 """Detector names and their configurations, without torch.
 
 ``edgetl models`` lists detectors beside classifiers, and configuration checks name them, on machines
-and in processes that never build one; `edgetl.detect.model` builds them from these records.
+and in processes that never build one; `edgetl.detect.model` builds them from these records. The records
+sit in the model registry's package, below the detector's own code, as the classifiers' do.
 """
 
 from __future__ import annotations

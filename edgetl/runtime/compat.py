@@ -24,6 +24,9 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from edgetl import lazy
+from edgetl.errors import MissingDependencyError
+
 #: Where ONNX Runtime's TensorRT execution provider keeps its engine cache inside a bundle.
 ORT_TRT_CACHE_DIR = "engines/ort-trt-cache"
 #: The TensorRT timing cache kept in a bundle, reused by every later build on a similar GPU.
@@ -63,6 +66,14 @@ class DeviceInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT version, or None when ``import tensorrt`` fails (imported now, not before)."""
+    try:
+        return str(lazy.require("tensorrt", "tensorrt").__version__)
+    except MissingDependencyError:
+        return None
 
 
 def probe_device(index: int = 0) -> DeviceInfo | None:
