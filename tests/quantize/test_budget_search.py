@@ -17,28 +17,33 @@ COST = {f"u{i}": c for i, c in enumerate([0.1, 3.0, 0.2, 5.0, 0.05, 1.0, 0.3, 2.
 UNITS = [Unit(LAYER if i % 2 else ACTIVATION, name) for i, name in enumerate(COST)]
 
 
-@pytest.fixture
-def stub(monkeypatch: pytest.MonkeyPatch):
+def _stubbed(monkeypatch: pytest.MonkeyPatch, costs: dict[str, float]):
     """restore() records which units are in float; the 'model' output is the drop those still quantized cost."""
-    def fake_restore(quantized, reference, kept):
-        model = onnx.ModelProto()
-        model.doc_string = ",".join(sorted(u.name for u in kept))
-        return model
-
-    monkeypatch.setattr(budget, "restore", fake_restore)
+    monkeypatch.setattr(budget, "restore", lambda quantized, reference, kept: _doc(kept))
     calls: list[int] = []
 
     def run(path: Path, batch: np.ndarray) -> float:
         floated = set(filter(None, onnx.load(str(path)).doc_string.split(",")))
         calls.append(len(floated))
-        return sum(c for name, c in COST.items() if name not in floated)
+        return sum(c for name, c in costs.items() if name not in floated)
 
     def scorer(drop: float, sample: Sample) -> dict:
         return {"drop": drop, "agreement": 1.0 - drop / 100, "sensitivity": drop}
 
     sample = Sample(np.zeros((10, 1), np.float32), None, np.zeros((10, 1)), "synthetic")
-    full = scorer(sum(COST.values()), sample)
+    full = scorer(sum(costs.values()), sample)
     return run, scorer, sample, full, calls
+
+
+def _doc(kept) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.doc_string = ",".join(sorted(u.name for u in kept))
+    return model
+
+
+@pytest.fixture
+def stub(monkeypatch: pytest.MonkeyPatch):
+    return _stubbed(monkeypatch, COST)
 
 
 def test_keeps_the_fewest_most_costly_units(stub) -> None:
@@ -86,29 +91,12 @@ def test_many_points_are_ranked_by_groups_with_far_fewer_runs(monkeypatch: pytes
     costs = {f"p{i:02d}": 0.01 for i in range(78)}
     costs.update({"p01": 4.0, "p03": 2.5, "p40": 3.0})  # two near the input, one mid-network
     units = [Unit(LAYER, name) for name in costs]
-    monkeypatch.setattr(budget, "restore", lambda quantized, reference, kept: _doc(kept))
-    runs: list[int] = []
-
-    def run(path: Path, batch: np.ndarray) -> float:
-        floated = set(filter(None, onnx.load(str(path)).doc_string.split(",")))
-        runs.append(len(floated))
-        return sum(c for name, c in costs.items() if name not in floated)
-
-    def scorer(drop: float, sample: Sample) -> dict:
-        return {"drop": drop, "agreement": 1.0 - drop / 100, "sensitivity": drop}
-
-    sample = Sample(np.zeros((10, 1), np.float32), None, np.zeros((10, 1)), "synthetic")
+    run, scorer, sample, full, runs = _stubbed(monkeypatch, costs)
     outcome, path = search(onnx.ModelProto(), onnx.ModelProto(), units, sample, run, max_drop=1.0,
-                           min_agreement=None, full_metrics=scorer(sum(costs.values()), sample), scorer=scorer)
+                           min_agreement=None, full_metrics=full, scorer=scorer)
     assert [u.name for u in outcome.kept] == ["p01", "p40", "p03"] and outcome.within_budget
     probes = len(runs) - (len(outcome.steps) - 1)
     assert probes == len(budget.probe_groups(units)) + 2 * 9 == 27  # instead of 78
     measured = {s["name"] for s in outcome.sensitivity if not s["estimated"]}
     assert {"p01", "p03", "p40"} <= measured and len(measured) == 18
     shutil.rmtree(path.parent)
-
-
-def _doc(kept) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.doc_string = ",".join(sorted(u.name for u in kept))
-    return model
