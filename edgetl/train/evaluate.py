@@ -43,7 +43,7 @@ def evaluate_checkpoint(
     Returns:
         ``{"checkpoint", "split", "images", "top1", "top5", "per_class", "confusion", "labels", "skipped"}``.
     """
-    from edgetl.train.classify import resolve_device
+    from edgetl.train.engine import resolve_device
 
     if split not in SPLITS:
         raise BadInputError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
