@@ -42,6 +42,7 @@ _STRATEGIES = ["frozen", "partial", "full", "scratch"]
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--out", default="runs/det", show_default=True, help="Run directory.")
+@click.option("--resume", default=None, help="Continue from a run's last.pt (or its run directory).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
@@ -64,7 +65,7 @@ def command(quiet: bool, as_json: bool, **options: object) -> None:
       edgetl train detect --data data/shapes/data.yaml --model yolo-lite0-n --epochs 30 \\
           --img-size 320 --strategy full --freeze-epochs 3 --out runs/shapes
     """
-    from edgetl.detect.train import DetectTrainConfig, train_detector
+    from edgetl.train.detect import DetectTrainConfig, train_detector
 
     cfg = DetectTrainConfig(**options)
     say(f"training {cfg.model} ({cfg.strategy}, {cfg.freeze_epochs} frozen epoch(s)) on {cfg.data} -> {cfg.out}")

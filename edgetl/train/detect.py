@@ -10,22 +10,39 @@ earliest blocks fixed), ``full`` (everything learns), ``scratch`` (random backbo
 ``freeze_epochs`` trains the first epochs with the whole backbone frozen, then switches to the strategy:
 the new head settles before its gradients reach the pretrained features.
 
+The epochs, seeding, schedule, EMA, checkpoints and resume are the shared training core
+(`edgetl.train.engine`); this module supplies the detector, its data, augmentation and loss.
+
+Ctrl-C and ``resume``: ``last.pt`` holds the EMA weights (deployable as is) plus the raw training
+weights, optimizer, EMA and progress, so ``--resume`` continues exactly where the last complete epoch
+ended.
+
 Reproducibility: on the CPU the same config gives the same weights (each epoch reseeds shuffling and
-augmentation from ``(seed, epoch)``).
+augmentation from ``(seed, epoch)``), with or without an interruption and resume in between.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
-import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edgetl.errors import BadInputError
+from edgetl.train.checkpoint import CheckpointMeta
+from edgetl.train.config import RunConfig
+from edgetl.train.engine import (
+    EpochOutcome,
+    TrainingRun,
+    check_device_name,
+    make_ema,
+    progress_bar,
+    seed_epoch,
+    seed_everything,
+)
+from edgetl.train.loop import build_optimizer, lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +50,8 @@ STRATEGIES = ("frozen", "partial", "full", "scratch")
 
 
 @dataclass
-class DetectTrainConfig:
-    """Everything a detector training run depends on (saved in ``config.yaml`` and checkpoints).
+class DetectTrainConfig(RunConfig):
+    """A detector training run: the shared options (`edgetl.train.config.RunConfig`) and these.
 
     Args:
         data: data.yaml (YOLO layout) or COCO JSON.
@@ -42,60 +59,30 @@ class DetectTrainConfig:
         weights: backbone weights: ``pretrained``, ``none`` or a path to a state dict.
         strategy: ``frozen`` | ``partial`` | ``full`` | ``scratch`` (see the module docstring).
         freeze_epochs: epochs with the whole backbone frozen before the strategy applies.
-        epochs: training epochs.
-        batch_size: images per step.
         lr: peak learning rate (AdamW: 2e-3, SGD: 1e-2 when None).
-        backbone_lr_scale: the backbone's learning rate relative to ``lr``.
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: on conv/linear weights (norms and biases get none).
         img_size: square input size, a multiple of 32.
         augment: flips, scale/translate and colour jitter on the training images.
-        warmup_epochs: linear learning-rate warm-up, then cosine decay.
-        ema: evaluate and save an exponential moving average of the weights.
+        ema: evaluate and save an exponential moving average of the weights (timm's ``ModelEmaV3``).
         ema_decay: EMA decay at full strength (it ramps up over the first steps).
-        amp: mixed precision on CUDA (ignored on the CPU).
-        grad_clip: gradient norm clip (0: off).
-        patience: stop after this many epochs without a better mAP (None: never).
         eval_interval: validate every N epochs (and always after the last).
-        max_steps: stop after this many optimizer steps (smoke tests).
-        seed: seeds the split, initialisation, shuffling and augmentation.
-        device: ``auto`` | ``cpu`` | ``cuda``.
-        out: run directory.
-        workers: data-loader worker processes.
         threads: CPU threads for PyTorch during the run (0: PyTorch's default). One thread is often
             faster on a small, busy machine, where threads wait on each other.
         strict: label problems are errors instead of being clipped/dropped with a report.
-        val_fraction: held-out fraction when the dataset has no validation split.
     """
 
-    data: str | Path = ""
     model: str = "yolo-lite0-n"
-    weights: str = "pretrained"
-    strategy: str = "partial"
-    freeze_epochs: int = 0
     epochs: int = 30
     batch_size: int = 16
-    lr: float | None = None
-    backbone_lr_scale: float = 1.0
-    optimizer: str = "adamw"
-    weight_decay: float = 0.05
-    img_size: int = 320
-    augment: bool = True
-    warmup_epochs: float = 1.0
+    weight_decay: float | None = 0.05
+    img_size: int | None = 320
+    grad_clip: float | None = 10.0
+    out: str | Path = "runs/det"
+    freeze_epochs: int = 0
     ema: bool = True
     ema_decay: float = 0.999
-    amp: bool = True
-    grad_clip: float = 10.0
-    patience: int | None = None
     eval_interval: int = 1
-    max_steps: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    out: str | Path = "runs/det"
-    workers: int = 0
     threads: int = 0
     strict: bool = False
-    val_fraction: float = 0.2
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -109,7 +96,7 @@ class DetectTrainConfig:
             raise BadInputError(f"unknown strategy {self.strategy!r}; expected one of {STRATEGIES}")
         if self.optimizer not in ("adamw", "sgd"):
             raise BadInputError(f"unknown optimizer {self.optimizer!r}; expected adamw or sgd")
-        if self.img_size < 32 or self.img_size % 32:
+        if self.img_size is None or self.img_size < 32 or self.img_size % 32:
             raise BadInputError(f"--img-size must be a positive multiple of 32, got {self.img_size}")
         for name in ("epochs", "batch_size", "eval_interval"):
             if int(getattr(self, name)) < 1:
@@ -120,10 +107,10 @@ class DetectTrainConfig:
             raise BadInputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr is not None and self.lr <= 0:
             raise BadInputError(f"lr must be positive, got {self.lr}")
+        check_device_name(self.device)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["data"], d["out"] = str(self.data), str(self.out)
+        d = super().to_dict()
         if not d["extra"]:
             d.pop("extra")
         return d
@@ -158,83 +145,6 @@ class DetectTrainResult:
         for key in ("run_dir", "best_checkpoint", "last_checkpoint"):
             d[key] = str(d[key])
         return d
-
-
-class ModelEMA:
-    """Exponential moving average of a model's weights (buffers copied), with a warm-up ramp so the
-    first steps are not dominated by the random head.
-
-    Args:
-        model: the training model.
-        decay: decay at full strength.
-        tau: steps over which the decay ramps up (``decay * (1 - exp(-step / tau))``).
-    """
-
-    def __init__(self, model: Any, decay: float = 0.999, tau: float = 200.0) -> None:
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay, self.tau, self.updates = decay, tau, 0
-
-    def update(self, model: Any) -> None:
-        import torch
-
-        self.updates += 1
-        d = self.decay * (1 - math.exp(-self.updates / self.tau))
-        with torch.no_grad():
-            own = self.module.state_dict()
-            for key, value in model.state_dict().items():
-                if value.dtype.is_floating_point:
-                    own[key].mul_(d).add_(value.detach(), alpha=1 - d)
-                else:
-                    own[key].copy_(value)
-
-
-def _seed_all(seed: int) -> Any:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def _resolve_device(name: str) -> Any:
-    import torch
-
-    from edgetl.errors import EnvironmentMissingError
-
-    if name not in ("auto", "cpu", "cuda"):
-        raise BadInputError(f"unknown device {name!r}; expected auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EnvironmentMissingError("--device cuda, but torch sees no CUDA GPU", hint="use --device cpu")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
-def _param_groups(model: Any, lr: float, backbone_scale: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Backbone and neck/head groups, each split into decayed weights and undecayed norms/biases.
-
-    Frozen parameters are included: they have no gradient so the optimizer skips them, and unfreezing
-    later needs no new optimizer.
-    """
-    groups = []
-    for name, module, scale in (("backbone", model.backbone, backbone_scale),
-                                ("neck", model.neck, 1.0), ("head", model.head, 1.0)):
-        params = list(module.parameters())
-        for suffix, chosen, wd in (("", [p for p in params if p.ndim > 1], weight_decay),
-                                   ("_no_decay", [p for p in params if p.ndim <= 1], 0.0)):
-            if chosen:
-                groups.append({"params": chosen, "lr": lr * scale, "initial_lr": lr * scale,
-                               "weight_decay": wd, "name": name + suffix})
-    return groups
-
-
-def _lr_factor(step: int, total: int, warmup: int, min_factor: float = 0.05) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _dataset_digest(data: Any) -> str:
@@ -278,45 +188,45 @@ def plot_detection_curves(history: list[dict[str, Any]], path: str | Path) -> Pa
     return Path(path)
 
 
-class _Run:
-    """One training run: holds the model, data, optimizer and bookkeeping."""
+class _Run(TrainingRun):
+    """A detector run: the data, model, loss and augmentation; `TrainingRun` runs the epochs."""
 
-    def __init__(self, cfg: DetectTrainConfig, progress: bool) -> None:
+    task = "detect"
+
+    def __init__(self, cfg: DetectTrainConfig, progress: bool, on_step: Callable[[int], None] | None) -> None:
         import torch
 
         from edgetl.data.detection import load_detection_data
+        from edgetl.detect.loss import DetectionLoss
         from edgetl.detect.model import build_detector, detector_preprocess_spec
 
-        cfg.validate()
-        self.cfg, self.progress = cfg, progress
-        self.device = _resolve_device(cfg.device)
-        self.run_dir = Path(cfg.out)
+        super().__init__(cfg, progress, on_step)
+        self.cfg: DetectTrainConfig = cfg
         self.data = load_detection_data(cfg.data, strict=cfg.strict, val_fraction=cfg.val_fraction, seed=cfg.seed)
         if self.data.issues:
             log.warning("%s", self.data.report(max_files=5))
         if not self.data.val:
             raise BadInputError(f"{cfg.data}: no validation images", hint="add a val split or more train images")
-        _seed_all(cfg.seed)
+        seed_everything(cfg.seed)
         weights = "none" if cfg.strategy == "scratch" else cfg.weights
         self.model = build_detector(cfg.model, num_classes=len(self.data.classes), weights=weights).to(self.device)
+        if self.channels_last:  # NHWC: the depthwise backbone trains faster in it, on CPU and GPU
+            self.model.to(memory_format=torch.channels_last)
         self.spec = detector_preprocess_spec(cfg.model, cfg.img_size)
         self.lr = cfg.lr or (2e-3 if cfg.optimizer == "adamw" else 1e-2)
-        groups = _param_groups(self.model, self.lr, cfg.backbone_lr_scale, cfg.weight_decay)
-        if cfg.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
-        else:
-            self.optimizer = torch.optim.SGD(groups, momentum=0.9, nesterov=True)
-        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        from edgetl.detect.loss import DetectionLoss
-
+        groups = [{"params": list(module.parameters()), "lr": self.lr * scale, "name": name}
+                  for name, module, scale in (("backbone", self.model.backbone, cfg.backbone_lr_scale),
+                                              ("neck", self.model.neck, 1.0), ("head", self.model.head, 1.0))]
+        self.optimizer = build_optimizer(groups, cfg.optimizer, cfg.weight_decay, include_frozen=True)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss = DetectionLoss(len(self.data.classes), self.model.reg_max)
-        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
-        self.history: list[dict[str, Any]] = []
+        self.ema = make_ema(self.model, cfg.ema_decay) if cfg.ema else None
         self.best: dict[str, Any] = {"map": -1.0, "map50": 0.0, "epoch": 0}
-        self.step = 0
-        self.images_seen = 0
-        self.train_seconds = 0.0
+        self._val_images: Any = None
+        if cfg.resume:
+            self.resume(cfg.resume)
+            if self.best_epoch:
+                self.best = {"map": self.best_score, "epoch": self.best_epoch, "map50": 0.0, **self.best_metrics}
 
     # ---- pieces ----------------------------------------------------------------------------------
     def _backbone_mode(self, epoch: int) -> str:
@@ -324,24 +234,29 @@ class _Run:
             return "frozen"
         return {"partial": "partial", "full": "full", "scratch": "full"}[self.cfg.strategy]
 
+    def _drop_last(self) -> bool:
+        return len(self.data.train) > self.cfg.batch_size
+
+    def _steps_per_epoch(self) -> int:
+        n, b = len(self.data.train), self.cfg.batch_size
+        return max(1, n // b if self._drop_last() else -(-n // b))
+
     def _loader(self, epoch: int) -> Any:
         import torch
 
         from edgetl.detect.dataset import DetectionTorchDataset, collate_detections
 
         dataset = DetectionTorchDataset(self.data.train, self.spec, train=True, augment=self.cfg.augment)
-        generator = _seed_all(self.cfg.seed * 100_003 + epoch)
+        generator = seed_epoch(self.cfg.seed, epoch)
         return torch.utils.data.DataLoader(
             dataset, batch_size=self.cfg.batch_size, shuffle=True, generator=generator,
-            num_workers=self.cfg.workers, collate_fn=collate_detections, drop_last=len(dataset) > self.cfg.batch_size,
+            num_workers=self.cfg.workers, collate_fn=collate_detections, drop_last=self._drop_last(),
         )
 
     def _eval_model(self) -> Any:
         return self.ema.module if self.ema is not None else self.model
 
-    def _meta(self, epoch: int, metrics: dict[str, Any]) -> Any:
-        from edgetl.train.checkpoint import CheckpointMeta
-
+    def meta(self, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
         return CheckpointMeta(
             task="detect", model=self.cfg.model, labels=list(self.data.classes), preprocess=self.spec,
             model_args=self.model.model_args(), train_config=self.cfg.to_dict(), epoch=epoch, metrics=metrics,
@@ -350,31 +265,33 @@ class _Run:
                         "dataset_digest": _dataset_digest(self.data)},
         )
 
-    def _state_dict(self) -> dict[str, Any]:
-        return {k: v.detach().cpu().clone() for k, v in self._eval_model().state_dict().items()}
+    def check_resume(self, path: Path, raw: dict[str, Any], meta: CheckpointMeta) -> None:
+        super().check_resume(path, raw, meta)
+        if meta.labels != list(self.data.classes):
+            raise BadInputError(f"--resume {path}: its classes {meta.labels} differ from the dataset's "
+                                f"{list(self.data.classes)}")
 
-    def _train_epoch(self, epoch: int, loader: Any, total_steps: int, warmup: int) -> dict[str, float]:
+    def _train_epoch(self, epoch: int, loader: Any) -> dict[str, float]:
         import torch
 
         model, cfg = self.model, self.cfg
         model.set_backbone_trainable(self._backbone_mode(epoch))
         model.train()
+        total = self.total_steps(self._steps_per_epoch())
+        warmup = min(int(cfg.warmup_epochs * self._steps_per_epoch()), max(0, total - 1))
         sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "dfl": 0.0}
         batches = 0
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False)
+        bar = progress_bar(len(loader), f"epoch {epoch}/{cfg.epochs}", "batch", self.progress)
         started = time.perf_counter()
         for images, targets in loader:
-            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            if self.done:
                 break
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * _lr_factor(self.step, total_steps, warmup)
+            set_lr(self.optimizer, lr_factor(self.step, total, warmup, min_factor=0.05))
             images = images.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(self.device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
                 outputs = model.forward_train(images)
             loss, parts = self.loss(outputs, targets)
             if not torch.isfinite(loss):
@@ -388,88 +305,53 @@ class _Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.ema is not None:
-                self.ema.update(model)
+                self.ema.step(model)
             self.step += 1
+            if self.on_step is not None:
+                self.on_step(self.step)
             batches += 1
-            self.images_seen += images.shape[0]
+            self.train_images += images.shape[0]
             sums["loss"] += float(loss.detach())
             for key in ("box", "cls", "dfl"):
                 sums[key] += parts[key]
-            if bar is not None:
-                bar.set_postfix(loss=f"{sums['loss'] / batches:.3f}")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            bar.set_postfix(loss=f"{sums['loss'] / batches:.3f}")
+            bar.update(1)
+        bar.close()
         self.train_seconds += time.perf_counter() - started
         return {f"train_{k}": v / max(1, batches) for k, v in sums.items()} | {"steps": batches}
 
-    # ---- the run ---------------------------------------------------------------------------------
-    def run(self) -> DetectTrainResult:
-        import yaml
-
+    def train_and_evaluate(self, epoch: int) -> EpochOutcome:
         from edgetl.detect.evaluate import PreparedImages, evaluate_model
-        from edgetl.fileio import write_json, write_text
-        from edgetl.train.checkpoint import save_checkpoint
 
         cfg = self.cfg
-        started = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        val_images = PreparedImages([s.path for s in self.data.val], self.spec, batch_size=max(1, cfg.batch_size))
-        steps_per_epoch = max(1, len(self._loader(0)))
-        total_steps = steps_per_epoch * cfg.epochs
-        if cfg.max_steps is not None:
-            total_steps = min(total_steps, cfg.max_steps)
-        warmup = min(int(cfg.warmup_epochs * steps_per_epoch), max(0, total_steps - 1))
-        stopped, since_best, epoch = "completed", 0, 0
-        last_metrics: dict[str, Any] = {}
-        try:
-            for epoch in range(1, cfg.epochs + 1):
-                record: dict[str, Any] = {"epoch": epoch, "backbone": self._backbone_mode(epoch)}
-                record |= self._train_epoch(epoch, self._loader(epoch), total_steps, warmup)
-                record["lr"] = self.optimizer.param_groups[-1]["lr"]
-                finished = cfg.max_steps is not None and self.step >= cfg.max_steps
-                if epoch % cfg.eval_interval == 0 or epoch == cfg.epochs or finished:
-                    metrics = evaluate_model(self._eval_model(), self.data.val, list(self.data.classes), self.spec,
-                                             device=self.device, images=val_images)
-                    m_all, m50 = float(metrics["map"] or 0.0), float(metrics["map50"] or 0.0)
-                    record |= {"map50": m50, "map": m_all}
-                    last_metrics = {"map50": m50, "map": m_all, "per_class": metrics.get("per_class", {})}
-                    if m_all > self.best["map"]:
-                        self.best = {"map": m_all, "map50": m50, "epoch": epoch,
-                                     "per_class": metrics.get("per_class", {})}
-                        save_checkpoint(self.run_dir / "best.pt", self._state_dict(), self._meta(epoch, last_metrics))
-                        since_best = 0
-                    else:
-                        since_best += 1
-                else:
-                    record |= {"map50": None, "map": None}
-                record["seconds"] = round(time.perf_counter() - started, 2)
-                self.history.append(record)
-                log.info("epoch %d: loss %.4f mAP %s", epoch, record["train_loss"], record["map"])
-                save_checkpoint(self.run_dir / "last.pt", self._state_dict(), self._meta(epoch, last_metrics))
-                write_json(self.run_dir / "metrics.json", self._document("running", started))
-                if finished:
-                    stopped = "max_steps"
-                    break
-                if cfg.patience is not None and since_best >= cfg.patience:
-                    stopped = "early_stopping"
-                    break
-        except KeyboardInterrupt:
-            stopped = "interrupted"
-            write_json(self.run_dir / "metrics.json", self._document(stopped, started))
-            raise
-        write_json(self.run_dir / "metrics.json", self._document(stopped, started))
-        plot_detection_curves(self.history, self.run_dir / "curves.png")
-        return DetectTrainResult(
-            run_dir=self.run_dir, best_checkpoint=self.run_dir / "best.pt", last_checkpoint=self.run_dir / "last.pt",
-            best_map=float(self.best["map"]), best_map50=float(self.best["map50"]), best_epoch=int(self.best["epoch"]),
-            history=self.history, seconds=round(time.perf_counter() - started, 2),
-            images_per_second=round(self.images_seen / max(self.train_seconds, 1e-9), 2), stopped=stopped,
-            issues=self.data.issue_counts(),
-        )
+        if self._val_images is None:
+            self._val_images = PreparedImages([s.path for s in self.data.val], self.spec,
+                                              batch_size=max(1, cfg.batch_size))
+        record: dict[str, Any] = {"epoch": epoch, "backbone": self._backbone_mode(epoch)}
+        record |= self._train_epoch(epoch, self._loader(epoch))
+        record["lr"] = self.optimizer.param_groups[-1]["lr"]
+        score, metrics = None, self.last_metrics
+        if epoch % cfg.eval_interval == 0 or epoch == cfg.epochs or self.done:
+            result = evaluate_model(self._eval_model(), self.data.val, list(self.data.classes), self.spec,
+                                    device=self.device, images=self._val_images)
+            m_all, m50 = float(result["map"] or 0.0), float(result["map50"] or 0.0)
+            record |= {"map50": m50, "map": m_all}
+            metrics = {"map50": m50, "map": m_all, "per_class": result.get("per_class", {})}
+            score = m_all
+        else:
+            record |= {"map50": None, "map": None}
+        record["seconds"] = round(time.perf_counter() - self.started, 2)
+        return EpochOutcome(entry=record, score=score, metrics=metrics, steps=record["steps"],
+                            full_epoch=record["steps"] >= self._steps_per_epoch())
 
-    def _document(self, status: str, started: float) -> dict[str, Any]:
+    def on_best(self, outcome: EpochOutcome) -> None:
+        self.best = {"map": outcome.score, "map50": outcome.metrics["map50"], "epoch": outcome.entry["epoch"],
+                     "per_class": outcome.metrics.get("per_class", {})}
+
+    def epoch_line(self, entry: dict[str, Any]) -> str:
+        return f"epoch {entry['epoch']}: loss {entry['train_loss']:.4f} mAP {entry['map']}"
+
+    def document(self, status: str) -> dict[str, Any]:
         return {
             "task": "detect",
             "status": status,
@@ -481,19 +363,32 @@ class _Run:
             "best": self.best,
             "history": self.history,
             "label_issues": self.data.issue_counts(),
-            "seconds": round(time.perf_counter() - started, 2),
-            "images_per_second": round(self.images_seen / max(self.train_seconds, 1e-9), 2),
+            "seconds": round(self.seconds, 2),
+            "images_per_second": self.images_per_second,
             "config": self.cfg.to_dict(),
             "device": str(self.device),
         }
 
+    def draw(self) -> None:
+        plot_detection_curves(self.history, self.run_dir / "curves.png")
 
-def train_detector(cfg: DetectTrainConfig, progress: bool = True) -> DetectTrainResult:
+    def result(self, stopped: str) -> DetectTrainResult:
+        return DetectTrainResult(
+            run_dir=self.run_dir, best_checkpoint=self.run_dir / "best.pt", last_checkpoint=self.run_dir / "last.pt",
+            best_map=float(self.best["map"]), best_map50=float(self.best["map50"]), best_epoch=int(self.best["epoch"]),
+            history=self.history, seconds=round(self.seconds, 2), images_per_second=self.images_per_second,
+            stopped=stopped, issues=self.data.issue_counts(),
+        )
+
+
+def train_detector(cfg: DetectTrainConfig, progress: bool = True,
+                   on_step: Callable[[int], None] | None = None) -> DetectTrainResult:
     """Fine-tune a detector and write its run directory.
 
     Args:
         cfg: the run configuration.
         progress: show a progress bar per epoch on stderr.
+        on_step: called with the global step after every optimizer step (tests, custom logging).
 
     Returns:
         A `DetectTrainResult` (checkpoints, best mAP, per-epoch history, throughput).
@@ -501,6 +396,7 @@ def train_detector(cfg: DetectTrainConfig, progress: bool = True) -> DetectTrain
     Raises:
         BadInputError: bad settings or dataset (exit code 2).
         EnvironmentMissingError: no pretrained weights offline, or ``--device cuda`` without a GPU (3).
+        KeyboardInterrupt: after writing a usable ``last.pt`` and ``metrics.json``.
     """
     import torch
 
@@ -508,6 +404,7 @@ def train_detector(cfg: DetectTrainConfig, progress: bool = True) -> DetectTrain
     if cfg.threads and cfg.threads > 0:
         torch.set_num_threads(int(cfg.threads))
     try:
-        return _Run(cfg, progress).run()
+        run = _Run(cfg, progress, on_step)
+        return run.result(run.fit())
     finally:
         torch.set_num_threads(previous)
