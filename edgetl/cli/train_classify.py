@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
@@ -46,11 +48,13 @@ _STRATEGIES = ["linear-probe", "partial", "full", "scratch"]
               help="NHWC memory layout (faster on CPU and GPU).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Held-out fraction when the dataset has no val/ split.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Train in N data-parallel processes on this machine (runs torchrun; one per GPU or core).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @config_option
 @json_option
 @handle_errors
-def command(quiet: bool, as_json: bool, **options: object) -> None:
+def command(quiet: bool, as_json: bool, nproc: int | None, **options: object) -> None:
     """Fine-tune a pretrained image classifier on your data.
 
     \b
@@ -59,8 +63,15 @@ def command(quiet: bool, as_json: bool, **options: object) -> None:
       edgetl train classify --data digits --strategy partial --epochs 10 --out runs/digits
     """
     from edgetl.train.classify import TrainConfig, train_classifier
+    from edgetl.train.distributed import is_main_process
+    from edgetl.train.launch import relaunch
 
     cfg = TrainConfig(**options)
+    if nproc is not None:
+        relaunch(nproc, str(cfg.device), sys.argv[1:])
+    if not is_main_process():  # under torchrun, rank 0 alone speaks
+        train_classifier(cfg, progress=False)
+        return
     say(f"training {cfg.model} ({cfg.strategy}) on {cfg.data} -> {cfg.out}")
     result = train_classifier(cfg, progress=not quiet)
     if result.skipped:

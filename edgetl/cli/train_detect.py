@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
@@ -51,11 +53,13 @@ _STRATEGIES = ["frozen", "partial", "full", "scratch"]
 @click.option("--strict", is_flag=True, help="Label problems are errors (exit 2) instead of being clipped/dropped.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Held-out fraction when the dataset has no val split.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Train in N data-parallel processes on this machine (runs torchrun; one per GPU or core).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @config_option
 @json_option
 @handle_errors
-def command(quiet: bool, as_json: bool, **options: object) -> None:
+def command(quiet: bool, as_json: bool, nproc: int | None, **options: object) -> None:
     """Fine-tune a YOLO-style detector on a pretrained backbone.
 
     \b
@@ -66,8 +70,15 @@ def command(quiet: bool, as_json: bool, **options: object) -> None:
           --img-size 320 --strategy full --freeze-epochs 3 --out runs/shapes
     """
     from edgetl.train.detect import DetectTrainConfig, train_detector
+    from edgetl.train.distributed import is_main_process
+    from edgetl.train.launch import relaunch
 
     cfg = DetectTrainConfig(**options)
+    if nproc is not None:
+        relaunch(nproc, str(cfg.device), sys.argv[1:])
+    if not is_main_process():  # under torchrun, rank 0 alone speaks
+        train_detector(cfg, progress=False)
+        return
     say(f"training {cfg.model} ({cfg.strategy}, {cfg.freeze_epochs} frozen epoch(s)) on {cfg.data} -> {cfg.out}")
     result = train_detector(cfg, progress=not quiet)
     if result.issues:

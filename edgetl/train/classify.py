@@ -30,7 +30,7 @@ from edgetl.data.torch_datasets import BadItem, ImageDataset, make_loader
 from edgetl.data.transforms import SpecTransform, train_transform
 from edgetl.errors import BadInputError
 from edgetl.preprocess import PreprocessSpec
-from edgetl.train import announce
+from edgetl.train import announce, distributed
 from edgetl.train.checkpoint import CheckpointMeta
 from edgetl.train.config import RunConfig
 from edgetl.train.engine import (
@@ -143,6 +143,7 @@ class _Run(TrainingRun):
         self.cfg: TrainConfig = cfg
         self.cuda = self.device.type == "cuda"
         self.data = load_classification_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        self.check_dataset(_dataset_digest(self.data))
         from edgetl.models import create, get_model_info
 
         info = get_model_info(cfg.model)
@@ -157,7 +158,7 @@ class _Run(TrainingRun):
         self.model = create(cfg.model, weights=weights, num_classes=len(self.data.classes))
         self.weights_source = self.model.edgetl_weights
         lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.strategy] * (10 if cfg.optimizer == "sgd" else 1)
-        self.lr = lr
+        lr = self.lr = self.scaled_lr(lr)
         self.plan = apply_strategy(
             self.model, cfg.strategy, lr=lr, unfreeze=cfg.unfreeze, backbone_lr_scale=cfg.backbone_lr_scale
         )
@@ -207,8 +208,14 @@ class _Run(TrainingRun):
     def _bar(self, total: int, desc: str) -> Any:
         return progress_bar(total, desc, "img", self.progress)
 
+    def _drop_single(self) -> bool:
+        """A last batch of one image cannot train BatchNorm (no batch statistics): it is skipped."""
+        n = self.per_rank(len(self.data.train))
+        return self.cfg.strategy != "linear-probe" and n > 1 and n % self.cfg.batch_size == 1
+
     def _steps_per_epoch(self) -> int:
-        return max(1, -(-len(self.data.train) // self.cfg.batch_size))
+        n, b = self.per_rank(len(self.data.train)), self.cfg.batch_size
+        return max(1, n // b if self._drop_single() else -(-n // b))
 
     def _context(self) -> StepContext:
         cfg = self.cfg
@@ -270,8 +277,11 @@ class _Run(TrainingRun):
                                             val_images=len(self.data.val), epochs=epochs, steps=steps,
                                             batch_size=cfg.batch_size)
         lines.append(announce.plan_line(strategy=cfg.strategy, epochs=epochs, train_images=len(self.data.train),
-                                        batch_size=cfg.batch_size, img_size=self.spec.size[0], device=self.device,
+                                        batch_size=cfg.batch_size * self.dist.world, img_size=self.spec.size[0],
+                                        device=self.device,
                                         seconds=seconds if per_image else None, max_steps=steps))
+        if self.dist.enabled:
+            lines.append(self.parallel_line())
         if self.start_epoch > 1:
             lines.append(f"  resuming at epoch {self.start_epoch} (step {self.step})")
         announce.announce(lines)
@@ -283,31 +293,46 @@ class _Run(TrainingRun):
         train_ds = ImageDataset(self.data.train, train_transform(self.spec, cfg.augment, hflip=cfg.hflip))
         val_loader = make_loader(ImageDataset(self.data.val, SpecTransform(self.spec)),
                                  batch_size=cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
+        forward = self.parallel(self.model, sync_bn=True)
 
         def one_epoch(ctx: StepContext, epoch: int) -> dict[str, Any]:
-            generator = seed_epoch(cfg.seed, epoch)
-            loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, workers=cfg.workers,
-                                 generator=generator, pin_memory=self.cuda)
+            generator = seed_epoch(cfg.seed, epoch, self.dist.rank)
+            sampler = self.sampler(train_ds, epoch)
+            loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, workers=cfg.workers,
+                                 generator=generator, pin_memory=self.cuda, sampler=sampler,
+                                 drop_last=self._drop_single())
             self.plan.apply_train_mode(self.model)
             t0 = time.perf_counter()
-            with self._bar(len(train_ds), f"epoch {epoch}/{cfg.epochs}") as bar:
-                record = run_epoch(ctx, self.model, loader, bar)
+            with self._bar(self.per_rank(len(train_ds)), f"epoch {epoch}/{cfg.epochs}") as bar:
+                record = self._reduced(run_epoch(ctx, forward, loader, bar))
             self.train_seconds += time.perf_counter() - t0
-            self.train_images += record["images"]
+            self.sync_state()
             self.model.eval()
-            logits, labels, bad = predict(self.model, val_loader, self.device, amp=self.amp,
-                                          channels_last=self.channels_last)
+
+            def evaluate() -> tuple[float, dict[str, Any], list[BadItem]]:
+                logits, labels, bad = predict(self.model, val_loader, self.device, amp=self.amp,
+                                              channels_last=self.channels_last)
+                with torch.no_grad():
+                    val_loss = float(self.loss_fn(logits, labels)) if len(labels) else 0.0
+                return val_loss, classification_metrics(logits, labels, self.data.classes), bad
+
+            val_loss, evaluation, bad = distributed.broadcast_object(self.dist, evaluate() if self.is_main else None,
+                                                                      "sharing the validation result")
             ctx.bad += bad
-            with torch.no_grad():
-                record["val_loss"] = float(self.loss_fn(logits, labels)) if len(labels) else 0.0
-            record["eval"] = self._evaluation(logits, labels)
+            record["val_loss"] = val_loss
+            record["eval"] = self._last_eval = evaluation
             return record
 
         return one_epoch
 
-    def _evaluation(self, logits: Any, labels: Any) -> dict[str, Any]:
-        self._last_eval = classification_metrics(logits, labels, self.data.classes)
-        return self._last_eval
+    def _reduced(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The epoch's training loss, top-1 and image count over every rank."""
+        seen = record["images"]
+        loss_sum, correct, seen = distributed.all_reduce_sum(
+            self.dist, [record["train_loss"] * seen, record["train_top1"] * seen / 100.0, seen])
+        self.train_images += int(seen)
+        return {"train_loss": loss_sum / max(seen, 1), "train_top1": 100.0 * correct / max(seen, 1),
+                "images": int(seen)}
 
     def _linear_probe_epochs(self) -> Callable[[StepContext, int], dict[str, Any]]:
         import torch
@@ -317,33 +342,40 @@ class _Run(TrainingRun):
         cfg = self.cfg
         t0 = time.perf_counter()
         cached = {}
+        rank, world = self.dist.rank, self.dist.world
         for split, samples in (("train", self.data.train), ("val", self.data.val)):
-            with self._bar(len(samples), f"caching {split} features") as bar:
-                feats, labels, bad = extract_features(
-                    self.model, samples, self.spec, batch_size=max(cfg.batch_size, 64), device=self.device,
+            mine = samples[rank::world]  # each rank encodes its share once; the shares are gathered
+            with self._bar(len(mine), f"caching {split} features") as bar:
+                part = extract_features(
+                    self.model, mine, self.spec, batch_size=max(cfg.batch_size, 64), device=self.device,
                     workers=cfg.workers, progress=bar.update, channels_last=self.channels_last, amp=self.amp,
                 )
-            self.bad += bad
+            parts = distributed.gather_objects(self.dist, part, f"gathering the cached {split} features")
+            feats = torch.cat([p[0] for p in parts if len(p[1])] or [parts[0][0]])
+            labels = torch.cat([p[1] for p in parts])
+            self.bad += [b for p in parts for b in p[2]]
             cached[split] = (feats.to(self.device), labels.to(self.device))
         self.feature_seconds = time.perf_counter() - t0
         self.train_seconds += self.feature_seconds
         head = self.model.get_classifier()
+        forward = self.parallel(head, sync_bn=False)
 
         def one_epoch(ctx: StepContext, epoch: int) -> dict[str, Any]:
-            generator = seed_epoch(cfg.seed, epoch)
+            generator = seed_epoch(cfg.seed, epoch)  # the same permutation on every rank; each takes its share
             head.train()
             feats, labels = cached["train"]
             t1 = time.perf_counter()
-            record = run_epoch(ctx, head, tensor_batches(feats, labels, cfg.batch_size, generator))
+            batches = tensor_batches(feats, labels, cfg.batch_size, generator,
+                                     select=lambda order: distributed.shard(self.dist, len(labels), order))
+            record = self._reduced(run_epoch(ctx, forward, batches))
             self.train_seconds += time.perf_counter() - t1
-            self.train_images += record["images"]
             head.eval()
             with torch.no_grad():
                 val_feats, val_labels = cached["val"]
                 logits = head(val_feats).float().cpu()
                 val_labels = val_labels.cpu()
                 record["val_loss"] = float(self.loss_fn(logits, val_labels)) if len(val_labels) else 0.0
-            record["eval"] = self._evaluation(logits, val_labels)
+            record["eval"] = self._last_eval = classification_metrics(logits, val_labels, self.data.classes)
             return record
 
         return one_epoch
@@ -418,5 +450,8 @@ def train_classifier(
         EnvironmentMissingError: no pretrained weights offline, or ``--device cuda`` without a GPU (3).
         KeyboardInterrupt: after writing a usable ``last.pt`` and ``metrics.json``.
     """
-    run = _Run(cfg, progress, on_step)
-    return run.result(run.fit())
+    try:
+        run = _Run(cfg, progress, on_step)
+        return run.result(run.fit())
+    finally:
+        distributed.teardown()

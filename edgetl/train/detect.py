@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.errors import BadInputError
+from edgetl.train import distributed
 from edgetl.train.checkpoint import CheckpointMeta
 from edgetl.train.config import RunConfig
 from edgetl.train.engine import (
@@ -207,13 +208,14 @@ class _Run(TrainingRun):
             log.warning("%s", self.data.report(max_files=5))
         if not self.data.val:
             raise BadInputError(f"{cfg.data}: no validation images", hint="add a val split or more train images")
+        self.check_dataset(_dataset_digest(self.data))
         seed_everything(cfg.seed)
         weights = "none" if cfg.strategy == "scratch" else cfg.weights
         self.model = build_detector(cfg.model, num_classes=len(self.data.classes), weights=weights).to(self.device)
         if self.channels_last:  # NHWC: the depthwise backbone trains faster in it, on CPU and GPU
             self.model.to(memory_format=torch.channels_last)
         self.spec = detector_preprocess_spec(cfg.model, cfg.img_size)
-        self.lr = cfg.lr or (2e-3 if cfg.optimizer == "adamw" else 1e-2)
+        self.lr = self.scaled_lr(cfg.lr or (2e-3 if cfg.optimizer == "adamw" else 1e-2))
         groups = [{"params": list(module.parameters()), "lr": self.lr * scale, "name": name}
                   for name, module, scale in (("backbone", self.model.backbone, cfg.backbone_lr_scale),
                                               ("neck", self.model.neck, 1.0), ("head", self.model.head, 1.0))]
@@ -223,22 +225,28 @@ class _Run(TrainingRun):
         self.ema = make_ema(self.model, cfg.ema_decay) if cfg.ema else None
         self.best: dict[str, Any] = {"map": -1.0, "map50": 0.0, "epoch": 0}
         self._val_images: Any = None
+        self._forward: Any = None
+        self._forward_mode = ""
         if cfg.resume:
             self.resume(cfg.resume)
             if self.best_epoch:
                 self.best = {"map": self.best_score, "epoch": self.best_epoch, "map50": 0.0, **self.best_metrics}
 
     # ---- pieces ----------------------------------------------------------------------------------
+    def announce(self) -> None:
+        if self.dist.enabled:
+            log.info("%s", self.parallel_line().strip())
+
     def _backbone_mode(self, epoch: int) -> str:
         if epoch <= self.cfg.freeze_epochs or self.cfg.strategy == "frozen":
             return "frozen"
         return {"partial": "partial", "full": "full", "scratch": "full"}[self.cfg.strategy]
 
     def _drop_last(self) -> bool:
-        return len(self.data.train) > self.cfg.batch_size
+        return self.per_rank(len(self.data.train)) > self.cfg.batch_size
 
     def _steps_per_epoch(self) -> int:
-        n, b = len(self.data.train), self.cfg.batch_size
+        n, b = self.per_rank(len(self.data.train)), self.cfg.batch_size
         return max(1, n // b if self._drop_last() else -(-n // b))
 
     def _loader(self, epoch: int) -> Any:
@@ -247,11 +255,30 @@ class _Run(TrainingRun):
         from edgetl.detect.dataset import DetectionTorchDataset, collate_detections
 
         dataset = DetectionTorchDataset(self.data.train, self.spec, train=True, augment=self.cfg.augment)
-        generator = seed_epoch(self.cfg.seed, epoch)
+        generator = seed_epoch(self.cfg.seed, epoch, self.dist.rank)
+        sampler = self.sampler(dataset, epoch)
         return torch.utils.data.DataLoader(
-            dataset, batch_size=self.cfg.batch_size, shuffle=True, generator=generator,
+            dataset, batch_size=self.cfg.batch_size, shuffle=sampler is None, generator=generator, sampler=sampler,
             num_workers=self.cfg.workers, collate_fn=collate_detections, drop_last=self._drop_last(),
         )
+
+    def _train_forward(self, mode: str) -> Any:
+        """The training forward (``forward_train``), wrapped for data-parallel training; rebuilt when the
+        backbone's trainable set changes, since DistributedDataParallel fixes it when it is built."""
+        if self._forward is None or mode != self._forward_mode:
+            import torch
+
+            class TrainForward(torch.nn.Module):
+                def __init__(self, model: Any) -> None:
+                    super().__init__()
+                    self.model = model
+
+                def forward(self, images: Any) -> Any:
+                    return self.model.forward_train(images)
+
+            self._forward = self.parallel(TrainForward(self.model), sync_bn=mode != "frozen")
+            self._forward_mode = mode
+        return self._forward
 
     def _eval_model(self) -> Any:
         return self.ema.module if self.ema is not None else self.model
@@ -275,12 +302,14 @@ class _Run(TrainingRun):
         import torch
 
         model, cfg = self.model, self.cfg
-        model.set_backbone_trainable(self._backbone_mode(epoch))
+        mode = self._backbone_mode(epoch)
+        model.set_backbone_trainable(mode)
+        forward = self._train_forward(mode)
         model.train()
         total = self.total_steps(self._steps_per_epoch())
         warmup = min(int(cfg.warmup_epochs * self._steps_per_epoch()), max(0, total - 1))
         sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "dfl": 0.0}
-        batches = 0
+        batches = images_seen = 0
         bar = progress_bar(len(loader), f"epoch {epoch}/{cfg.epochs}", "batch", self.progress)
         started = time.perf_counter()
         for images, targets in loader:
@@ -292,7 +321,7 @@ class _Run(TrainingRun):
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(self.device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                outputs = model.forward_train(images)
+                outputs = forward(images)
             loss, parts = self.loss(outputs, targets)
             if not torch.isfinite(loss):
                 raise BadInputError(f"the loss became {float(loss)} at step {self.step}",
@@ -310,7 +339,7 @@ class _Run(TrainingRun):
             if self.on_step is not None:
                 self.on_step(self.step)
             batches += 1
-            self.train_images += images.shape[0]
+            images_seen += images.shape[0]
             sums["loss"] += float(loss.detach())
             for key in ("box", "cls", "dfl"):
                 sums[key] += parts[key]
@@ -318,22 +347,28 @@ class _Run(TrainingRun):
             bar.update(1)
         bar.close()
         self.train_seconds += time.perf_counter() - started
-        return {f"train_{k}": v / max(1, batches) for k, v in sums.items()} | {"steps": batches}
+        keys = list(sums)
+        totals = distributed.all_reduce_sum(self.dist, [sums[k] for k in keys] + [batches, images_seen])
+        self.train_images += int(totals[-1])
+        return {f"train_{k}": v / max(1, totals[-2]) for k, v in zip(keys, totals)} | {"steps": batches}
 
     def train_and_evaluate(self, epoch: int) -> EpochOutcome:
         from edgetl.detect.evaluate import PreparedImages, evaluate_model
 
         cfg = self.cfg
-        if self._val_images is None:
+        if self._val_images is None and self.is_main:
             self._val_images = PreparedImages([s.path for s in self.data.val], self.spec,
                                               batch_size=max(1, cfg.batch_size))
         record: dict[str, Any] = {"epoch": epoch, "backbone": self._backbone_mode(epoch)}
         record |= self._train_epoch(epoch, self._loader(epoch))
         record["lr"] = self.optimizer.param_groups[-1]["lr"]
         score, metrics = None, self.last_metrics
+        self.sync_state()
         if epoch % cfg.eval_interval == 0 or epoch == cfg.epochs or self.done:
-            result = evaluate_model(self._eval_model(), self.data.val, list(self.data.classes), self.spec,
-                                    device=self.device, images=self._val_images)
+            result = distributed.broadcast_object(
+                self.dist, evaluate_model(self._eval_model(), self.data.val, list(self.data.classes), self.spec,
+                                          device=self.device, images=self._val_images) if self.is_main else None,
+                "sharing the validation result")
             m_all, m50 = float(result["map"] or 0.0), float(result["map50"] or 0.0)
             record |= {"map50": m50, "map": m_all}
             metrics = {"map50": m50, "map": m_all, "per_class": result.get("per_class", {})}
@@ -407,4 +442,5 @@ def train_detector(cfg: DetectTrainConfig, progress: bool = True,
         run = _Run(cfg, progress, on_step)
         return run.result(run.fit())
     finally:
+        distributed.teardown()
         torch.set_num_threads(previous)

@@ -28,6 +28,7 @@ from typing import Any
 
 from edgetl.errors import BadInputError, EnvironmentMissingError
 from edgetl.fileio import write_text
+from edgetl.train import distributed
 from edgetl.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from edgetl.train.cpu_memory import keep_freed_memory
 from edgetl.train.report import write_metrics
@@ -35,6 +36,7 @@ from edgetl.train.report import write_metrics
 log = logging.getLogger(__name__)
 
 EPOCH_SEED_STRIDE = 100_003
+RANK_SEED_STRIDE = 1_000_003
 
 
 def seed_everything(seed: int) -> Any:
@@ -50,9 +52,12 @@ def seed_everything(seed: int) -> Any:
     return torch.Generator().manual_seed(seed)
 
 
-def seed_epoch(seed: int, epoch: int) -> Any:
-    """Reseed everything for one epoch from ``(seed, epoch)``: an epoch replays the same after a resume."""
-    return seed_everything(seed * EPOCH_SEED_STRIDE + epoch)
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> Any:
+    """Reseed everything for one epoch from ``(seed, epoch)``: an epoch replays the same after a resume.
+
+    Each data-parallel rank gets its own stream (``rank``), so ranks do not draw the same augmentations.
+    """
+    return seed_everything(seed * EPOCH_SEED_STRIDE + epoch + rank * RANK_SEED_STRIDE)
 
 
 DEVICES_HINT = "use --device auto, cpu, cuda or cuda:N"
@@ -168,9 +173,10 @@ class TrainingRun:
     def __init__(self, cfg: Any, progress: bool, on_step: Callable[[int], None] | None = None) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.progress = progress
         self.on_step = on_step
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = distributed.setup(resolve_device(cfg.device))
+        self.is_main = self.dist.is_main
+        self.progress = progress and self.is_main
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         self.channels_last = bool(cfg.channels_last)
         self.run_dir = Path(cfg.out)
@@ -220,6 +226,62 @@ class TrainingRun:
         return f"epoch {entry['epoch']}"
 
     # -- shared --------------------------------------------------------------------------------
+    def scaled_lr(self, lr: float) -> float:
+        """The learning rate for the global batch: ``lr`` is for one process's ``batch_size``; with N
+        processes the global batch is N times larger and the rate N times higher (linear scaling rule)."""
+        return lr * self.dist.world
+
+    def check_dataset(self, digest: str) -> None:
+        """Every rank must train on the same files; the first collective of the run checks it."""
+        distributed.check_same(self.dist, digest, "dataset (file list and labels)")
+
+    def parallel(self, module: Any, sync_bn: bool) -> Any:
+        """``module`` as this rank trains it: wrapped in DistributedDataParallel under torchrun.
+
+        Args:
+            module: what the optimizer steps (the model, or the head of a linear probe).
+            sync_bn: the strategy trains BatchNorm; on GPUs its statistics are then synchronised
+                across ranks (SyncBatchNorm). Gloo has no SyncBatchNorm, so on CPUs each rank keeps its
+                own batch statistics and rank 0's are copied to all at the end of every epoch.
+        """
+        if not self.dist.enabled:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        if sync_bn and self.device.type == "cuda":
+            from timm.layers import convert_sync_batchnorm
+
+            module = convert_sync_batchnorm(module)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def sampler(self, dataset: Any, epoch: int) -> Any:
+        """This rank's shuffled share of ``dataset`` for ``epoch`` (None in a single process)."""
+        if not self.dist.enabled:
+            return None
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True,
+                                     seed=self.cfg.seed)
+        sampler.set_epoch(epoch)
+        return sampler
+
+    def parallel_line(self) -> str:
+        """How the run is split: processes, backend, global batch, the scaled learning rate."""
+        return (f"  data-parallel: {self.dist.world} processes ({self.dist.backend}), global batch "
+                f"{self.cfg.batch_size * self.dist.world} ({self.cfg.batch_size} per process), learning rate "
+                f"scaled x{self.dist.world}")
+
+    def per_rank(self, n: int) -> int:
+        """Items of an ``n``-item set that each rank trains on per epoch."""
+        return -(-n // self.dist.world)
+
+    def sync_state(self) -> None:
+        """Give every rank rank 0's BatchNorm statistics (model and EMA), before evaluation and saving."""
+        distributed.broadcast_buffers(self.dist, self.model)
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.dist, self.ema.module)
+
     @property
     def done(self) -> bool:
         """True once ``max_steps`` optimizer steps have been taken."""
@@ -235,7 +297,9 @@ class TrainingRun:
         return cpu_state_dict(self.ema.module if self.ema is not None else self.model)
 
     def save_last(self, epoch: int, metrics: dict[str, Any], interrupted: bool = False) -> Path:
-        """``last.pt``: the deployable weights plus everything `resume` needs to continue."""
+        """``last.pt``: the deployable weights plus everything `resume` needs to continue (rank 0 writes)."""
+        if not self.is_main:
+            return self.run_dir / "last.pt"
         resume = {"epoch": epoch, "step": self.step, "history": self.history, "best_score": self.best_score,
                   "best_epoch": self.best_epoch, "best_metrics": self.best_metrics, "since_best": self.since_best,
                   "interrupted": interrupted}
@@ -263,10 +327,13 @@ class TrainingRun:
         if self.ema is not None:
             self.ema.module.load_state_dict(raw["state_dict"])
             self.ema.updates = int(state.get("ema_updates", 0))
+        planned = [(g["lr"], g["initial_lr"]) for g in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(raw["optimizer"])
         except ValueError as exc:
             raise BadInputError(f"--resume {path}: optimizer state does not fit this strategy ({exc})") from exc
+        for group, (lr, initial) in zip(self.optimizer.param_groups, planned):  # this run's (scaled) rates
+            group["lr"], group["initial_lr"] = lr, initial
         if self.scaler is not None and "scaler" in raw:
             self.scaler.load_state_dict(raw["scaler"])
         self.start_epoch = int(state["epoch"]) + 1
@@ -284,20 +351,24 @@ class TrainingRun:
                 self.best_score, self.best_epoch, self.since_best = outcome.score, epoch, 0
                 self.best_metrics = outcome.metrics
                 self.on_best(outcome)
-                save_checkpoint(self.run_dir / "best.pt", self.weights(), self.meta(epoch, outcome.metrics))
+                if self.is_main:
+                    save_checkpoint(self.run_dir / "best.pt", self.weights(), self.meta(epoch, outcome.metrics))
             else:
                 self.since_best += 1
         self.last_metrics = outcome.metrics
         self.save_last(epoch, outcome.metrics)
+        if not self.is_main:
+            return
         if self.progress:
             say(self.epoch_line(outcome.entry))
         log.info("%s", self.epoch_line(outcome.entry))
         write_metrics(self.run_dir, self.document("running"))
 
     def report(self, status: str) -> None:
-        """The final ``metrics.json`` and plots."""
-        write_metrics(self.run_dir, self.document(status))
-        self.draw()
+        """The final ``metrics.json`` and plots (rank 0)."""
+        if self.is_main:
+            write_metrics(self.run_dir, self.document(status))
+            self.draw()
 
     def fit(self) -> str:
         """Run the epochs; returns why it stopped: ``completed``, ``max_steps`` or ``early_stopping``.
@@ -311,9 +382,10 @@ class TrainingRun:
         self.last_metrics: dict[str, Any] = {}
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        self.announce()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            self.announce()
         stopped = "completed"
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs + 1):
@@ -331,7 +403,7 @@ class TrainingRun:
         except KeyboardInterrupt:
             # last.pt already holds the end of the last complete epoch, so a resume replays the
             # interrupted epoch exactly; only when no epoch finished is the current state written.
-            if not (self.run_dir / "last.pt").is_file() or not self.history:
+            if self.is_main and (not (self.run_dir / "last.pt").is_file() or not self.history):
                 self.save_last(self.start_epoch - 1, {}, interrupted=True)
             self.report("interrupted")
             raise

@@ -167,12 +167,18 @@ def predict(
     return torch.cat(all_logits), torch.cat(all_labels), bad
 
 
-def tensor_batches(features: Any, labels: Any, batch_size: int, generator: Any = None) -> Any:
-    """Shuffled (when ``generator`` is given) mini-batches over in-memory tensors, loader-shaped."""
+def tensor_batches(features: Any, labels: Any, batch_size: int, generator: Any = None,
+                   select: Callable[[Any], Any] | None = None) -> Any:
+    """Shuffled (when ``generator`` is given) mini-batches over in-memory tensors, loader-shaped.
+
+    ``select`` picks this process's share of the shuffled order (data-parallel training).
+    """
     import torch
 
     n = len(labels)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
+    if select is not None:
+        order = select(order)
+    for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         yield features[index], labels[index], []
