@@ -50,6 +50,8 @@ _STRATEGIES = ["frozen", "partial", "full", "scratch"]
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="CPU threads for PyTorch (0: its default; 1 is often faster on a busy small machine).")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (CUDA only).")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="NHWC memory layout (faster on CPU and GPU).")
 @click.option("--strict", is_flag=True, help="Label problems are errors (exit 2) instead of being clipped/dropped.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Held-out fraction when the dataset has no val split.")

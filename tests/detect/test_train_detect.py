@@ -187,3 +187,19 @@ def test_ema_is_timms_model_ema_v3():
     ema.step(model)
     d = 0.9 * (1 - torch.exp(torch.tensor(-1.0)))
     assert torch.allclose(ema.module.weight, before * d + model.weight * (1 - d), atol=1e-6)
+
+
+def test_cli_config_yaml_of_a_run_is_reusable(shapes, tmp_path):
+    import yaml
+
+    first = tmp_path / "first"
+    args = ["train", "detect", "--data", str(shapes), "--img-size", str(SIZE), "--batch-size", "4", "--threads", "1",
+            "--epochs", "1", "--max-steps", "1", "--strategy", "frozen", "--device", "cpu", "--quiet", "--json"]
+    res = CliRunner().invoke(cli, [*args, "--out", str(first)])
+    assert res.exit_code == 0, res.output
+    config = yaml.safe_load((first / "config.yaml").read_text())
+    assert config["channels_last"] is True and config["resume"] is None
+    again = CliRunner().invoke(cli, ["train", "detect", "--config", str(first / "config.yaml"), "--out",
+                                     str(tmp_path / "again"), "--quiet", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["history"][0]["train_loss"] == json.loads(res.stdout)["history"][0]["train_loss"]
