@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _train(data: Path, out: Path, args: argparse.Namespace, strategy: str) -> Any:
-    from edgetl.detect.train import DetectTrainConfig, train_detector
+    from edgetl.train.detect import DetectTrainConfig, train_detector
 
     cfg = DetectTrainConfig(data=str(data), model=args.model, strategy=strategy, epochs=args.epochs,
                             batch_size=args.batch_size, img_size=args.img_size, seed=args.seed, out=str(out),

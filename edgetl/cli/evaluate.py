@@ -34,7 +34,7 @@ def command(checkpoint: str, data: str, split: str, batch_size: int, device: str
     count = f"{images} {split} image(s)" if images is not None else f"the {split} images"
     say(f"evaluating {meta.model} ({checkpoint}) on {count} of {data} at {size} px on {device}...")
     if meta.task == "detect":
-        from edgetl.detect.evaluate import evaluate_detector_checkpoint
+        from edgetl.train.evaluate import evaluate_detector_checkpoint
 
         result = evaluate_detector_checkpoint(checkpoint, data, split, batch_size=batch_size, device=device)
         if as_json:

@@ -191,6 +191,11 @@ def training_options(task: str) -> Callable[[Any], Any]:
                      help="DataLoader workers."),
         click.option("--amp/--no-amp", default=True, show_default=True, help="Mixed precision (CUDA only)."),
         click.option("--val-fraction", type=float, default=0.2, show_default=True, help=d.val_fraction_help),
+        click.option("--resume", default=None, help="Continue from a run's last.pt (or its run directory)."),
+        click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+                     help="NHWC memory layout (faster on CPU and GPU)."),
+        click.option("--nproc", type=click.IntRange(min=1), default=None,
+                     help="Train in N data-parallel processes on this machine (runs torchrun; one per GPU or core)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
@@ -16,13 +18,10 @@ from edgetl.tables import format_table
 @click.option("--hflip/--no-hflip", default=True, show_default=True,
               help="Random horizontal flips; turn off when mirroring changes the class (digits, text).")
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--resume", default=None, help="Continue from a run's last.pt (or its run directory).")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
-              help="NHWC memory layout (faster on CPU and GPU).")
 @config_option
 @json_option
 @handle_errors
-def command(quiet: bool, as_json: bool, **options: object) -> None:
+def command(quiet: bool, as_json: bool, nproc: int | None, **options: object) -> None:
     """Fine-tune a pretrained image classifier on your data.
 
     \b
@@ -31,9 +30,16 @@ def command(quiet: bool, as_json: bool, **options: object) -> None:
       edgetl train classify --data digits --strategy partial --epochs 10 --out runs/digits
     """
     from edgetl.train.classify import TrainConfig, train_classifier
+    from edgetl.train.distributed import is_main_process
+    from edgetl.train.launch import relaunch
 
     options["strategy"] = CLASSIFY_LIBRARY_STRATEGY.get(str(options["strategy"]), options["strategy"])
     cfg = TrainConfig(**options)
+    if nproc is not None:
+        relaunch(nproc, str(cfg.device), sys.argv[1:])
+    if not is_main_process():  # under torchrun, rank 0 alone speaks
+        train_classifier(cfg, progress=False)
+        return
     say(f"training {cfg.model} ({cfg.strategy}) on {cfg.data} -> {cfg.out}")
     result = train_classifier(cfg, progress=not quiet)
     if result.skipped:

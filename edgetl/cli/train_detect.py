@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
@@ -23,7 +25,7 @@ from edgetl.tables import format_table
 @config_option
 @json_option
 @handle_errors
-def command(quiet: bool, as_json: bool, **options: object) -> None:
+def command(quiet: bool, as_json: bool, nproc: int | None, **options: object) -> None:
     """Fine-tune a YOLO-style detector on a pretrained backbone.
 
     \b
@@ -33,9 +35,16 @@ def command(quiet: bool, as_json: bool, **options: object) -> None:
       edgetl train detect --data data/shapes/data.yaml --model yolo-lite0-n --epochs 30 \\
           --img-size 320 --strategy full --freeze-epochs 3 --out runs/shapes
     """
-    from edgetl.detect.train import DetectTrainConfig, train_detector
+    from edgetl.train.detect import DetectTrainConfig, train_detector
+    from edgetl.train.distributed import is_main_process
+    from edgetl.train.launch import relaunch
 
     cfg = DetectTrainConfig(**options)
+    if nproc is not None:
+        relaunch(nproc, str(cfg.device), sys.argv[1:])
+    if not is_main_process():  # under torchrun, rank 0 alone speaks
+        train_detector(cfg, progress=False)
+        return
     say(f"training {cfg.model} ({cfg.strategy}, {cfg.freeze_epochs} frozen epoch(s)) on {cfg.data} -> {cfg.out}")
     result = train_detector(cfg, progress=not quiet)
     if result.issues:

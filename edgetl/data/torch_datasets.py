@@ -76,8 +76,10 @@ def make_loader(
     generator: Any = None,
     drop_last: bool = False,
     pin_memory: bool = False,
+    sampler: Any = None,
 ) -> Any:
-    """A ``DataLoader`` with the skipping collate and seeded shuffling (``generator``)."""
+    """A ``DataLoader`` with the skipping collate and seeded shuffling (``generator``, or ``sampler``:
+    a ``DistributedSampler`` under data-parallel training)."""
     return torch_data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -85,6 +87,7 @@ def make_loader(
         num_workers=workers,
         collate_fn=collate_skip_bad,
         generator=generator,
+        sampler=sampler,
         drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=False,

@@ -1,4 +1,6 @@
-"""Object detection: a YOLO-style anchor-free detector on registry backbones, its loss, training and evaluation.
+"""Object detection: a YOLO-style anchor-free detector on registry backbones, its loss and evaluation.
+
+Training it is `edgetl.train.detect`, on the training core both tasks share.
 
 Importing this package does not import torch; the submodules do.
 """

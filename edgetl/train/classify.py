@@ -28,78 +28,47 @@ from typing import Any
 from edgetl.data.imagefolder import ClassificationData, load_classification_data
 from edgetl.data.torch_datasets import BadItem, ImageDataset, make_loader
 from edgetl.data.transforms import SpecTransform, train_transform
-from edgetl.errors import BadInputError, EnvironmentMissingError, optional_import
-from edgetl.fileio import write_text
+from edgetl.errors import BadInputError
 from edgetl.preprocess import PreprocessSpec
-from edgetl.train import announce
-from edgetl.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from edgetl.train import announce, distributed
+from edgetl.train.checkpoint import CheckpointMeta
+from edgetl.train.config import RunConfig
+from edgetl.train.engine import (
+    EpochOutcome,
+    TrainingRun,
+    progress_bar,
+    seed_epoch,
+    seed_everything,
+)
 from edgetl.train.loop import StepContext, build_optimizer, predict, run_epoch, tensor_batches
 from edgetl.train.metrics import classification_metrics
-from edgetl.train.report import plot_confusion, plot_curves, write_metrics
+from edgetl.train.report import plot_confusion, plot_curves
 from edgetl.train.strategies import DEFAULT_LR, apply_strategy, check_strategy
 
 
 @dataclass
-class TrainConfig:
-    """Everything a classifier fine-tuning run depends on (saved in ``config.yaml`` and checkpoints).
+class TrainConfig(RunConfig):
+    """A classifier fine-tuning run: the shared options (`edgetl.train.config.RunConfig`) and these.
 
     Args:
         data: dataset folder (``train/<class>/*`` [+ ``val/``]) or a ``path,label`` CSV.
         model: registry name (`edgetl.models.list_models`).
-        weights: ``"pretrained"``, ``"none"``, or a state dict / checkpoint path.
         strategy: ``linear-probe`` | ``partial`` | ``full`` | ``scratch`` (`edgetl.train.strategies`).
         unfreeze: ``partial``: backbone stages trained, counted from the end.
-        epochs: passes over the training set.
-        batch_size: images per step.
         lr: head learning rate; None picks the strategy's default (`DEFAULT_LR`; SGD 10x).
         backbone_lr_scale: backbone learning rate as a fraction of ``lr`` (``partial``, ``full``).
-        optimizer: ``adamw`` or ``sgd``.
-        weight_decay: None for the optimizer's default.
         img_size: input side in pixels; None for the model's pretrained size.
         augment: random resized crop + colour jitter (+ flips, see ``hflip``) on training images.
         hflip: random horizontal flips while augmenting (turn off for digits, text, arrows...).
         label_smoothing: cross-entropy label smoothing.
         warmup_epochs: linear warm-up before the cosine decay (capped at half the run).
-        patience: stop after this many epochs without a better validation top-1 (None: never).
-        grad_clip: max gradient norm (0/None: off).
-        seed: seeds the split, initialisation, shuffling and augmentation.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        out: run directory.
-        resume: a ``last.pt`` (or its run directory) to continue from.
-        max_steps: stop after this many optimizer steps in total (the schedule spans them).
-        workers: DataLoader worker processes.
-        amp: mixed precision on CUDA (ignored on CPU).
-        channels_last: NHWC memory layout (about 2x faster for these depthwise networks on CPU as well).
-        val_fraction: held-out fraction when the dataset has no validation split.
     """
 
-    data: str | Path = ""
     model: str = "efficientnet_lite0"
-    weights: str = "pretrained"
-    strategy: str = "partial"
-    unfreeze: int = 2
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float | None = None
     backbone_lr_scale: float = 0.1
-    optimizer: str = "adamw"
-    weight_decay: float | None = None
-    img_size: int | None = None
-    augment: bool = True
+    unfreeze: int = 2
     hflip: bool = True
     label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    patience: int | None = None
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    device: str = "auto"
-    out: str | Path = "runs/exp"
-    resume: str | Path | None = None
-    max_steps: int | None = None
-    workers: int = 0
-    amp: bool = True
-    channels_last: bool = True
-    val_fraction: float = 0.2
 
     def validate(self) -> None:
         """Refuse impossible settings with a message naming the option."""
@@ -124,9 +93,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise BadInputError(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -157,29 +123,6 @@ class TrainResult:
         return d
 
 
-def resolve_device(name: str) -> Any:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an environment error."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EnvironmentMissingError("--device cuda: no CUDA GPU is visible to torch", hint="use --device cpu")
-    return torch.device(name)
-
-
-def _seed(seed: int) -> Any:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 def _dataset_digest(data: ClassificationData) -> str:
     digest = hashlib.sha256("\n".join(data.classes).encode())
     for split, samples in (("train", data.train), ("val", data.val)):
@@ -188,21 +131,19 @@ def _dataset_digest(data: ClassificationData) -> str:
     return digest.hexdigest()[:16]
 
 
-class _Run:
-    """State of one training run; `train_classifier` is its public face."""
+class _Run(TrainingRun):
+    """A classifier run: the data, model, strategy and loss; `TrainingRun` runs the epochs."""
+
+    task = "classify"
 
     def __init__(self, cfg: TrainConfig, progress: bool, on_step: Callable[[int], None] | None) -> None:
         import torch
 
-        cfg.validate()
-        self.cfg = cfg
-        self.progress = progress
-        self.device = resolve_device(cfg.device)
+        super().__init__(cfg, progress, on_step)
+        self.cfg: TrainConfig = cfg
         self.cuda = self.device.type == "cuda"
-        self.amp = bool(cfg.amp and self.cuda)
-        self.channels_last = bool(cfg.channels_last)  # NHWC: faster for depthwise convs on CPU too
-        self.run_dir = Path(cfg.out)
         self.data = load_classification_data(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        self.check_dataset(_dataset_digest(self.data))
         from edgetl.models import create, get_model_info
 
         info = get_model_info(cfg.model)
@@ -213,11 +154,11 @@ class _Run:
                 f"--strategy {cfg.strategy} with --weights none trains from random weights",
                 hint="use --strategy scratch for that, or give pretrained weights",
             )
-        _seed(cfg.seed)
+        seed_everything(cfg.seed)
         self.model = create(cfg.model, weights=weights, num_classes=len(self.data.classes))
         self.weights_source = self.model.edgetl_weights
         lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.strategy] * (10 if cfg.optimizer == "sgd" else 1)
-        self.lr = lr
+        lr = self.lr = self.scaled_lr(lr)
         self.plan = apply_strategy(
             self.model, cfg.strategy, lr=lr, unfreeze=cfg.unfreeze, backbone_lr_scale=cfg.backbone_lr_scale
         )
@@ -227,22 +168,17 @@ class _Run:
         self.optimizer = build_optimizer(self.plan.param_groups, cfg.optimizer, cfg.weight_decay)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
-        self.on_step = on_step
-        self.history: list[dict[str, Any]] = []
-        self.best_top1 = -1.0
-        self.best_epoch = 0
         self.best_eval: dict[str, Any] | None = None
-        self.start_epoch = 1
-        self.step = 0
         self.bad: list[BadItem] = []
         self.feature_seconds = 0.0
-        self.train_images = 0
-        self.train_seconds = 0.0
+        self._epoch_fn: Callable[[StepContext, int], dict[str, Any]] | None = None
+        self._ctx: StepContext | None = None
+        self._last_eval: dict[str, Any] | None = None
         if cfg.resume:
-            self._resume(Path(cfg.resume))
+            self.resume(cfg.resume)
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def _meta(self, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
+    def meta(self, epoch: int, metrics: dict[str, Any]) -> CheckpointMeta:
         return CheckpointMeta(
             task="classify",
             model=self.cfg.model,
@@ -261,63 +197,30 @@ class _Run:
             },
         )
 
-    def _state_dict(self) -> dict[str, Any]:
-        import torch
-
-        state = self.model.state_dict()
-        return {k: v.detach().to("cpu").contiguous() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-
-    def save_last(self, epoch: int, interrupted: bool = False) -> Path:
-        resume = {
-            "epoch": epoch,
-            "step": self.step,
-            "history": self.history,
-            "best_top1": self.best_top1,
-            "best_epoch": self.best_epoch,
-            "interrupted": interrupted,
-        }
-        metrics = self.history[-1] if self.history else {}
-        return save_checkpoint(
-            self.run_dir / "last.pt", self._state_dict(), self._meta(epoch, metrics),
-            optimizer=self.optimizer.state_dict(), resume=resume,
-        )
-
-    def _resume(self, path: Path) -> None:
-        if path.is_dir():
-            path = path / "last.pt"
-        raw, meta = load_checkpoint(path)
-        if meta.task != "classify" or meta.model != self.cfg.model:
-            raise BadInputError(f"--resume {path}: a {meta.task} checkpoint of {meta.model}, not {self.cfg.model}")
+    def check_resume(self, path: Path, raw: dict[str, Any], meta: CheckpointMeta) -> None:
+        super().check_resume(path, raw, meta)
         if meta.labels != list(self.data.classes):
             raise BadInputError(
                 f"--resume {path}: its labels {meta.labels} differ from the dataset's {self.data.classes}"
             )
-        if "resume" not in raw or "optimizer" not in raw:
-            raise BadInputError(f"--resume {path}: holds no training state", hint="resume from a run's last.pt")
-        self.model.load_state_dict(raw["state_dict"])
-        try:
-            self.optimizer.load_state_dict(raw["optimizer"])
-        except ValueError as exc:
-            raise BadInputError(f"--resume {path}: optimizer state does not fit this strategy ({exc})") from exc
-        state = raw["resume"]
-        self.start_epoch = int(state["epoch"]) + 1
-        self.step = int(state["step"])
-        self.history = list(state["history"])
-        self.best_top1 = float(state["best_top1"])
-        self.best_epoch = int(state["best_epoch"])
 
     # -- training --------------------------------------------------------------------------------
     def _bar(self, total: int, desc: str) -> Any:
-        tqdm = optional_import("tqdm", "train").tqdm
-        return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress, dynamic_ncols=True)
+        return progress_bar(total, desc, "img", self.progress)
+
+    def _drop_single(self) -> bool:
+        """A last batch of one image cannot train BatchNorm (no batch statistics): it is skipped."""
+        n = self.per_rank(len(self.data.train))
+        return self.cfg.strategy != "linear-probe" and n > 1 and n % self.cfg.batch_size == 1
 
     def _steps_per_epoch(self) -> int:
-        return max(1, -(-len(self.data.train) // self.cfg.batch_size))
+        n, b = self.per_rank(len(self.data.train)), self.cfg.batch_size
+        return max(1, n // b if self._drop_single() else -(-n // b))
 
     def _context(self) -> StepContext:
         cfg = self.cfg
         spe = self._steps_per_epoch()
-        total = cfg.epochs * spe if cfg.max_steps is None else min(cfg.epochs * spe, cfg.max_steps)
+        total = self.total_steps(spe)
         warmup = min(int(round(cfg.warmup_epochs * spe)), total // 2)
         return StepContext(
             model=self.model, optimizer=self.optimizer, loss_fn=self.loss_fn, device=self.device,
@@ -326,45 +229,35 @@ class _Run:
             on_step=self.on_step, bad=self.bad,
         )
 
-    def run(self) -> TrainResult:
-        started = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        import yaml
+    def train_and_evaluate(self, epoch: int) -> EpochOutcome:
+        if self._ctx is None:
+            self._ctx = self._context()
+        if self._epoch_fn is None:
+            self._epoch_fn = (self._linear_probe_epochs() if self.cfg.strategy == "linear-probe"
+                              else self._image_epochs())
+        before = self._ctx.step
+        record = self._epoch_fn(self._ctx, epoch)
+        self.step = self._ctx.step
+        evaluation = record.pop("eval")
+        entry = {
+            "epoch": epoch,
+            "step": self.step,
+            "train_loss": round(record["train_loss"], 5),
+            "train_top1": round(record["train_top1"], 3),
+            "val_loss": round(record["val_loss"], 5),
+            "val_top1": evaluation["top1"],
+            "val_top5": evaluation["top5"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images": record["images"],
+        }
+        steps = self.step - before
+        return EpochOutcome(entry=entry, score=evaluation["top1"], metrics=entry, steps=steps,
+                            full_epoch=steps >= self._steps_per_epoch() or self.cfg.strategy == "linear-probe")
 
-        write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        self._announce()
-        ctx = self._context()
-        stopped = "completed"
-        epoch = self.start_epoch
-        try:
-            if self.cfg.strategy == "linear-probe":
-                epoch_fn = self._linear_probe_epochs()
-            else:
-                epoch_fn = self._image_epochs()
-            for epoch in range(self.start_epoch, self.cfg.epochs + 1):
-                if ctx.done:
-                    stopped = "max_steps"
-                    epoch -= 1
-                    break
-                record = epoch_fn(ctx, epoch)
-                self.step = ctx.step
-                self._end_epoch(epoch, record)
-                if ctx.done and epoch < self.cfg.epochs:
-                    stopped = "max_steps"
-                    break
-                if self.cfg.patience and epoch - self.best_epoch >= self.cfg.patience:
-                    stopped = "early_stopping"
-                    break
-        except KeyboardInterrupt:
-            # last.pt already holds the end of the last complete epoch, so a resume replays the
-            # interrupted epoch exactly; only when no epoch finished is the current state written.
-            if not (self.run_dir / "last.pt").is_file() or not self.history:
-                self.save_last(self.start_epoch - 1, interrupted=True)
-            self._report(started, "interrupted")
-            raise
-        return self._finish(started, stopped)
+    def on_best(self, outcome: EpochOutcome) -> None:
+        self.best_eval = self._last_eval
 
-    def _announce(self) -> None:
+    def announce(self) -> None:
         """Log the dataset and the plan before the first epoch (`edgetl.train.announce`).
 
         The time estimate runs the model on a few training images, so it is only measured when
@@ -384,8 +277,11 @@ class _Run:
                                             val_images=len(self.data.val), epochs=epochs, steps=steps,
                                             batch_size=cfg.batch_size)
         lines.append(announce.plan_line(strategy=cfg.strategy, epochs=epochs, train_images=len(self.data.train),
-                                        batch_size=cfg.batch_size, img_size=self.spec.size[0], device=self.device,
+                                        batch_size=cfg.batch_size * self.dist.world, img_size=self.spec.size[0],
+                                        device=self.device,
                                         seconds=seconds if per_image else None, max_steps=steps))
+        if self.dist.enabled:
+            lines.append(self.parallel_line())
         if self.start_epoch > 1:
             lines.append(f"  resuming at epoch {self.start_epoch} (step {self.step})")
         announce.announce(lines)
@@ -397,27 +293,46 @@ class _Run:
         train_ds = ImageDataset(self.data.train, train_transform(self.spec, cfg.augment, hflip=cfg.hflip))
         val_loader = make_loader(ImageDataset(self.data.val, SpecTransform(self.spec)),
                                  batch_size=cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
+        forward = self.parallel(self.model, sync_bn=True)
 
         def one_epoch(ctx: StepContext, epoch: int) -> dict[str, Any]:
-            generator = _seed(cfg.seed * 100_003 + epoch)
-            loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, workers=cfg.workers,
-                                 generator=generator, pin_memory=self.cuda)
+            generator = seed_epoch(cfg.seed, epoch, self.dist.rank)
+            sampler = self.sampler(train_ds, epoch)
+            loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, workers=cfg.workers,
+                                 generator=generator, pin_memory=self.cuda, sampler=sampler,
+                                 drop_last=self._drop_single())
             self.plan.apply_train_mode(self.model)
             t0 = time.perf_counter()
-            with self._bar(len(train_ds), f"epoch {epoch}/{cfg.epochs}") as bar:
-                record = run_epoch(ctx, self.model, loader, bar)
+            with self._bar(self.per_rank(len(train_ds)), f"epoch {epoch}/{cfg.epochs}") as bar:
+                record = self._reduced(run_epoch(ctx, forward, loader, bar))
             self.train_seconds += time.perf_counter() - t0
-            self.train_images += record["images"]
+            self.sync_state()
             self.model.eval()
-            logits, labels, bad = predict(self.model, val_loader, self.device, amp=self.amp,
-                                          channels_last=self.channels_last)
+
+            def evaluate() -> tuple[float, dict[str, Any], list[BadItem]]:
+                logits, labels, bad = predict(self.model, val_loader, self.device, amp=self.amp,
+                                              channels_last=self.channels_last)
+                with torch.no_grad():
+                    val_loss = float(self.loss_fn(logits, labels)) if len(labels) else 0.0
+                return val_loss, classification_metrics(logits, labels, self.data.classes), bad
+
+            val_loss, evaluation, bad = distributed.broadcast_object(self.dist, evaluate() if self.is_main else None,
+                                                                      "sharing the validation result")
             ctx.bad += bad
-            with torch.no_grad():
-                record["val_loss"] = float(self.loss_fn(logits, labels)) if len(labels) else 0.0
-            record["eval"] = classification_metrics(logits, labels, self.data.classes)
+            record["val_loss"] = val_loss
+            record["eval"] = self._last_eval = evaluation
             return record
 
         return one_epoch
+
+    def _reduced(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The epoch's training loss, top-1 and image count over every rank."""
+        seen = record["images"]
+        loss_sum, correct, seen = distributed.all_reduce_sum(
+            self.dist, [record["train_loss"] * seen, record["train_top1"] * seen / 100.0, seen])
+        self.train_images += int(seen)
+        return {"train_loss": loss_sum / max(seen, 1), "train_top1": 100.0 * correct / max(seen, 1),
+                "images": int(seen)}
 
     def _linear_probe_epochs(self) -> Callable[[StepContext, int], dict[str, Any]]:
         import torch
@@ -427,69 +342,60 @@ class _Run:
         cfg = self.cfg
         t0 = time.perf_counter()
         cached = {}
+        rank, world = self.dist.rank, self.dist.world
         for split, samples in (("train", self.data.train), ("val", self.data.val)):
-            with self._bar(len(samples), f"caching {split} features") as bar:
-                feats, labels, bad = extract_features(
-                    self.model, samples, self.spec, batch_size=max(cfg.batch_size, 64), device=self.device,
+            mine = samples[rank::world]  # each rank encodes its share once; the shares are gathered
+            with self._bar(len(mine), f"caching {split} features") as bar:
+                part = extract_features(
+                    self.model, mine, self.spec, batch_size=max(cfg.batch_size, 64), device=self.device,
                     workers=cfg.workers, progress=bar.update, channels_last=self.channels_last, amp=self.amp,
                 )
-            self.bad += bad
+            parts = distributed.gather_objects(self.dist, part, f"gathering the cached {split} features")
+            feats = torch.cat([p[0] for p in parts if len(p[1])] or [parts[0][0]])
+            labels = torch.cat([p[1] for p in parts])
+            self.bad += [b for p in parts for b in p[2]]
             cached[split] = (feats.to(self.device), labels.to(self.device))
         self.feature_seconds = time.perf_counter() - t0
         self.train_seconds += self.feature_seconds
         head = self.model.get_classifier()
+        forward = self.parallel(head, sync_bn=False)
 
         def one_epoch(ctx: StepContext, epoch: int) -> dict[str, Any]:
-            generator = _seed(cfg.seed * 100_003 + epoch)
+            generator = seed_epoch(cfg.seed, epoch)  # the same permutation on every rank; each takes its share
             head.train()
             feats, labels = cached["train"]
             t1 = time.perf_counter()
-            record = run_epoch(ctx, head, tensor_batches(feats, labels, cfg.batch_size, generator))
+            batches = tensor_batches(feats, labels, cfg.batch_size, generator,
+                                     select=lambda order: distributed.shard(self.dist, len(labels), order))
+            record = self._reduced(run_epoch(ctx, forward, batches))
             self.train_seconds += time.perf_counter() - t1
-            self.train_images += record["images"]
             head.eval()
             with torch.no_grad():
                 val_feats, val_labels = cached["val"]
                 logits = head(val_feats).float().cpu()
                 val_labels = val_labels.cpu()
                 record["val_loss"] = float(self.loss_fn(logits, val_labels)) if len(val_labels) else 0.0
-            record["eval"] = classification_metrics(logits, val_labels, self.data.classes)
+            record["eval"] = self._last_eval = classification_metrics(logits, val_labels, self.data.classes)
             return record
 
         return one_epoch
 
-    def _end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
-        evaluation = record.pop("eval")
-        entry = {
-            "epoch": epoch,
-            "step": self.step,
-            "train_loss": round(record["train_loss"], 5),
-            "train_top1": round(record["train_top1"], 3),
-            "val_loss": round(record["val_loss"], 5),
-            "val_top1": evaluation["top1"],
-            "val_top5": evaluation["top5"],
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "images": record["images"],
-        }
-        self.history.append(entry)
-        if evaluation["top1"] > self.best_top1:
-            self.best_top1, self.best_epoch, self.best_eval = evaluation["top1"], epoch, evaluation
-            save_checkpoint(self.run_dir / "best.pt", self._state_dict(), self._meta(epoch, entry))
-        self.save_last(epoch)
-        if self.progress:
-            from edgetl.cli.common import say
+    def epoch_line(self, entry: dict[str, Any]) -> str:
+        return (f"epoch {entry['epoch']}: loss {entry['train_loss']:.4f}  train top-1 {entry['train_top1']:.1f}%  "
+                f"val top-1 {entry['val_top1']:.1f}%  (best {self.best_score:.1f}% @ {self.best_epoch})")
 
-            say(f"epoch {epoch}: loss {entry['train_loss']:.4f}  train top-1 {entry['train_top1']:.1f}%  "
-                f"val top-1 {entry['val_top1']:.1f}%  (best {self.best_top1:.1f}% @ {self.best_epoch})")
-        write_metrics(self.run_dir, self._document("running"))
-
+    # -- reports ---------------------------------------------------------------------------------
     def _skipped(self) -> list[tuple[str, str]]:
         seen = {p for p, _ in self.data.skipped}
         extra = [(b.path, b.reason) for b in self.bad if b.path not in seen and not seen.add(b.path)]
         return list(self.data.skipped) + extra
 
-    def _document(self, status: str) -> dict[str, Any]:
+    def document(self, status: str) -> dict[str, Any]:
         skipped = self._skipped()
+        timing = {"train_seconds": round(self.train_seconds, 3), "feature_cache_seconds":
+                  round(self.feature_seconds, 3), "train_images": self.train_images}
+        if status != "running":
+            timing["total_seconds"] = self.seconds
         return {
             "status": status,
             "task": "classify",
@@ -500,37 +406,29 @@ class _Run:
             "labels": self.data.classes,
             "data": self.data.summary(),
             "preprocess": self.spec.to_dict(),
-            "best": {"epoch": self.best_epoch, "val_top1": self.best_top1,
+            "best": {"epoch": self.best_epoch, "val_top1": self.best_score,
                      **({k: self.best_eval[k] for k in ("top5", "per_class", "confusion")} if self.best_eval else {})},
             "history": self.history,
             "skipped": {"count": len(skipped), "files": [f"{p}: {why}" for p, why in skipped]},
-            "timing": {"train_seconds": round(self.train_seconds, 3), "feature_cache_seconds":
-                       round(self.feature_seconds, 3), "train_images": self.train_images},
+            "timing": timing,
             "config": self.cfg.to_dict(),
         }
 
-    def _report(self, started: float, status: str) -> None:
-        document = self._document(status)
-        document["timing"]["total_seconds"] = round(time.perf_counter() - started, 3)
-        write_metrics(self.run_dir, document)
+    def draw(self) -> None:
         plot_curves(self.history, self.run_dir / "curves.png")
         if self.best_eval is not None:
             plot_confusion(self.best_eval["confusion"], self.data.classes, self.run_dir / "confusion.png",
-                           title=f"validation, epoch {self.best_epoch}: top-1 {self.best_top1:.1f}%")
+                           title=f"validation, epoch {self.best_epoch}: top-1 {self.best_score:.1f}%")
 
-    def _finish(self, started: float, stopped: str) -> TrainResult:
-        if not self.history:
-            raise BadInputError("no epoch ran", hint="raise --epochs or --max-steps, or check --resume")
-        self._report(started, stopped)
-        seconds = time.perf_counter() - started
+    def result(self, stopped: str) -> TrainResult:
         return TrainResult(
             run_dir=self.run_dir,
             best_checkpoint=self.run_dir / "best.pt",
             last_checkpoint=self.run_dir / "last.pt",
-            best_top1=self.best_top1,
+            best_top1=self.best_score,
             history=self.history,
-            seconds=round(seconds, 3),
-            images_per_second=round(self.train_images / self.train_seconds, 2) if self.train_seconds else 0.0,
+            seconds=self.seconds,
+            images_per_second=self.images_per_second,
             skipped=self._skipped(),
             best_epoch=self.best_epoch,
             stopped=stopped,
@@ -552,4 +450,8 @@ def train_classifier(
         EnvironmentMissingError: no pretrained weights offline, or ``--device cuda`` without a GPU (3).
         KeyboardInterrupt: after writing a usable ``last.pt`` and ``metrics.json``.
     """
-    return _Run(cfg, progress, on_step).run()
+    try:
+        run = _Run(cfg, progress, on_step)
+        return run.result(run.fit())
+    finally:
+        distributed.teardown()

@@ -1,4 +1,5 @@
-"""`evaluate_checkpoint`: top-1, top-5, per-class accuracy and confusion of a classifier checkpoint.
+"""`evaluate_checkpoint` (top-1, top-5, per-class accuracy and confusion of a classifier checkpoint) and
+`evaluate_detector_checkpoint` (mAP of a detector checkpoint).
 
 Images go through `edgetl.preprocess` with the spec stored in the checkpoint, so the figures are the
 ones the exported and deployed model is held to.
@@ -13,9 +14,12 @@ from edgetl.data.imagefolder import Sample, load_classification_data
 from edgetl.data.torch_datasets import ImageDataset, make_loader
 from edgetl.data.transforms import SpecTransform
 from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 from edgetl.train.checkpoint import build_from_checkpoint
 from edgetl.train.loop import predict
 from edgetl.train.metrics import classification_metrics
+
+torch = lazy_import("torch", "train", purpose="evaluating a checkpoint")
 
 SPLITS = ("val", "train", "all")
 
@@ -43,7 +47,7 @@ def evaluate_checkpoint(
     Returns:
         ``{"checkpoint", "split", "images", "top1", "top5", "per_class", "confusion", "labels", "skipped"}``.
     """
-    from edgetl.train.classify import resolve_device
+    from edgetl.train.engine import resolve_device
 
     if split not in SPLITS:
         raise BadInputError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
@@ -68,3 +72,50 @@ def evaluate_checkpoint(
     skipped = [f"{p}: {why}" for p, why in dataset.skipped] + [f"{b.path}: {b.reason}" for b in bad]
     return {"checkpoint": str(checkpoint), "split": split, **result, "labels": meta.labels,
             "skipped": {"count": len(skipped), "files": skipped}}
+
+
+def evaluate_detector_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", *,
+                                 batch_size: int = 16, device: str = "cpu", limit: int | None = None,
+                                 strict: bool = False) -> dict[str, Any]:
+    """Evaluate a detector checkpoint on a dataset's split.
+
+    Args:
+        checkpoint: an edgetl checkpoint with task ``detect``.
+        data: data.yaml or COCO JSON (its classes must match the checkpoint's labels).
+        split: ``val`` or ``train``.
+        batch_size: images per forward pass.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        limit: evaluate only the first N images.
+        strict: label problems are errors.
+
+    Returns:
+        ``{"task": "detect", "checkpoint", "split", "map50", "map", "per_class", "images", ...}``.
+
+    Raises:
+        BadInputError: not a detector checkpoint, unknown split, or classes that differ from the labels.
+    """
+    from edgetl.data.detection import load_detection_data
+    from edgetl.detect.evaluate import evaluate_model
+
+    model, meta = build_from_checkpoint(checkpoint)
+    if meta.task != "detect":
+        raise BadInputError(f"{checkpoint}: a {meta.task} checkpoint, not a detector",
+                            hint="use `edgetl evaluate` with the classification data for it")
+    if split not in ("val", "train"):
+        raise BadInputError(f"unknown split {split!r}; expected val or train")
+    dataset = load_detection_data(data, strict=strict, seed=int(meta.train_config.get("seed", 0)))
+    if list(dataset.classes) != list(meta.labels):
+        raise BadInputError(
+            f"{data}: classes {dataset.classes} differ from the checkpoint's labels {meta.labels}",
+            hint="evaluate on a dataset with the same class list, in the same order",
+        )
+    samples = dataset.val if split == "val" else dataset.train
+    if limit:
+        samples = samples[:limit]
+    if not samples:
+        raise BadInputError(f"{data}: the {split} split has no images")
+    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    model.to(dev)
+    metrics = evaluate_model(model, samples, meta.labels, meta.preprocess, device=dev, batch_size=batch_size)
+    return {"task": "detect", "checkpoint": str(checkpoint), "model": meta.model, "split": split,
+            "data": str(data), **metrics}

@@ -16,13 +16,16 @@ from edgetl.errors import BadInputError
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 1e-4}
 
 
-def build_optimizer(param_groups: list[dict[str, Any]], name: str, weight_decay: float | None) -> Any:
+def build_optimizer(param_groups: list[dict[str, Any]], name: str, weight_decay: float | None, *,
+                    include_frozen: bool = False) -> Any:
     """AdamW or SGD (Nesterov momentum 0.9); biases and norm weights get no weight decay.
 
     Args:
-        param_groups: from `edgetl.train.strategies.TrainPlan`, each with ``params``, ``lr``, ``name``.
+        param_groups: each with ``params``, ``lr``, ``name`` (e.g. `edgetl.train.strategies.TrainPlan`).
         name: ``"adamw"`` or ``"sgd"``.
         weight_decay: None uses the optimizer's default (`DEFAULT_WEIGHT_DECAY`).
+        include_frozen: keep parameters that do not require a gradient now; the optimizer skips them
+            while they have none, and a schedule that unfreezes them later needs no new optimizer.
     """
     import torch
 
@@ -31,7 +34,7 @@ def build_optimizer(param_groups: list[dict[str, Any]], name: str, weight_decay:
     decay = DEFAULT_WEIGHT_DECAY[name] if weight_decay is None else float(weight_decay)
     groups = []
     for group in param_groups:
-        params = [p for p in group["params"] if p.requires_grad]
+        params = [p for p in group["params"] if include_frozen or p.requires_grad]
         with_decay = [p for p in params if p.ndim > 1]
         without = [p for p in params if p.ndim <= 1]
         for suffix, chosen, wd in (("", with_decay, decay), ("_no_decay", without, 0.0)):
@@ -164,12 +167,18 @@ def predict(
     return torch.cat(all_logits), torch.cat(all_labels), bad
 
 
-def tensor_batches(features: Any, labels: Any, batch_size: int, generator: Any = None) -> Any:
-    """Shuffled (when ``generator`` is given) mini-batches over in-memory tensors, loader-shaped."""
+def tensor_batches(features: Any, labels: Any, batch_size: int, generator: Any = None,
+                   select: Callable[[Any], Any] | None = None) -> Any:
+    """Shuffled (when ``generator`` is given) mini-batches over in-memory tensors, loader-shaped.
+
+    ``select`` picks this process's share of the shuffled order (data-parallel training).
+    """
     import torch
 
     n = len(labels)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
+    if select is not None:
+        order = select(order)
+    for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         yield features[index], labels[index], []

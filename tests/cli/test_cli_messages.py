@@ -76,7 +76,7 @@ def test_budget_mode_announces_the_sensitivity_run(bundle_copy: Path, digits_dir
                       "--per-tensor", "--calib-data", digits_dir, "--max-drop", "0", "--min-agreement", "1.0",
                       "--val-size", "12", "--max-kept", "1"])
     assert result.exit_code in (0, 1), result.output
-    assert re.search(r"budget mode: measuring the sensitivity of \d+ quantization points, one run on 12 images",
+    assert re.search(r"budget mode: measuring the sensitivity of \d+ quantization points \(\d+ runs on 12 images",
                      result.stderr), result.stderr
     assert re.search(r"budget mode: about \d+ (s|min) for the sensitivity", result.stderr), result.stderr
     # announced before the work it announces

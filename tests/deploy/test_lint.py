@@ -288,6 +288,48 @@ def test_strategic_merge_semantics():
 
 # -- Compose -------------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def training() -> list[dict]:
+    return kustomize_lite.build(ROOT / "deploy" / "k8s" / "train")
+
+
+def test_training_job_validates_against_kubernetes_schema(training):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    assert {d["kind"] for d in training} == {"Namespace", "PersistentVolumeClaim", "Service", "Job"}
+    for doc in training:
+        assert doc["kind"] == "Namespace" or doc["metadata"]["namespace"] == "edgetl"
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_training_job_runs_torchrun_with_one_rendezvous(training):
+    job, service = _one(training, "Job"), _one(training, "Service")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] >= 2
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example.com/edgetl/edgetl:0.1.0-cuda-train"
+    assert container["command"][-2:] == ["-m", "torch.distributed.run"]
+    args = container["args"]
+    assert f"--nnodes={spec['completions']}" in args and "--node-rank=$(NODE_RANK)" in args
+    master = f"--master-addr={job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert master in args and "--master-port=29500" in args
+    assert args[args.index("-m") + 1 : args.index("-m") + 4] == ["edgetl", "train", "detect"]
+    env = {e["name"]: e for e in container["env"]}
+    index = env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1 and "--device=cuda" in args
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    claim = _one(training, "PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"] and mounts["data"] == "/data"
+    out = next(a for a in args if a.startswith("--out="))
+    assert out.startswith("--out=/data/")  # rank 0 writes to the shared volume
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["restartPolicy"] == "Never"
+
+
 def test_compose_structure():
     compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
     services = compose["services"]

@@ -24,7 +24,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(shapes: Path, tmp_path_factory: pytest.TempPathFactory):
-    from edgetl.detect.train import DetectTrainConfig, train_detector
+    from edgetl.train.detect import DetectTrainConfig, train_detector
 
     cfg = DetectTrainConfig(data=str(shapes), img_size=SIZE, epochs=2, batch_size=4, freeze_epochs=1,
                             strategy="full", out=str(tmp_path_factory.mktemp("runs") / "det"), threads=1,
@@ -44,8 +44,8 @@ def test_run_directory_and_history(run):
 
 
 def test_checkpoint_and_evaluation(run, shapes):
-    from edgetl.detect.evaluate import evaluate_detector_checkpoint
     from edgetl.train.checkpoint import load_checkpoint
+    from edgetl.train.evaluate import evaluate_detector_checkpoint
 
     _, meta = load_checkpoint(run.best_checkpoint)
     assert meta.task == "detect" and meta.model == "yolo-lite0-n"
@@ -124,3 +124,82 @@ def test_export_quantize_validate_predict(run, shapes, tmp_path):
 
         w, h = Image.open(sample).size
         assert (a.boxes[:, 2] <= w + 1e-3).all() and (a.boxes[:, 3] <= h + 1e-3).all()  # original pixels
+
+
+def test_ctrl_c_then_resume_matches_an_uninterrupted_run(shapes, tmp_path):
+    import torch
+
+    from edgetl.train.checkpoint import load_checkpoint
+    from edgetl.train.detect import DetectTrainConfig, train_detector
+
+    def cfg(out: Path, **extra: object) -> DetectTrainConfig:
+        return DetectTrainConfig(data=str(shapes), img_size=SIZE, epochs=2, batch_size=4, strategy="full",
+                                 out=str(out), threads=1, device="cpu", **extra)
+
+    straight = train_detector(cfg(tmp_path / "straight"), progress=False)
+
+    def interrupt(step: int) -> None:
+        if step == 3:  # 2 steps per epoch: inside the second epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(cfg(tmp_path / "cut"), progress=False, on_step=interrupt)
+    raw, meta = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert meta.epoch == 1 and raw["resume"]["step"] == 2 and raw["resume"]["ema_updates"] == 2
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["status"] == "interrupted"
+    resumed = train_detector(cfg(tmp_path / "cut", resume=tmp_path / "cut"), progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2] and resumed.stopped == "completed"
+    a = load_checkpoint(straight.last_checkpoint)[0]
+    b = load_checkpoint(resumed.last_checkpoint)[0]
+    for key in ("state_dict", "train_state_dict"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+    assert resumed.best_map == pytest.approx(straight.best_map, abs=1e-9)
+
+
+def test_resume_refuses_another_model_and_a_missing_file(shapes, run, tmp_path):
+    from edgetl.errors import BadInputError
+    from edgetl.train.detect import DetectTrainConfig, train_detector
+
+    cfg = DetectTrainConfig(data=str(shapes), img_size=SIZE, epochs=3, batch_size=4, strategy="full",
+                            out=str(tmp_path / "r"), threads=1, device="cpu", model="yolo-mbv3-n", weights="none",
+                            resume=str(run.last_checkpoint))
+    with pytest.raises(BadInputError, match="checkpoint of yolo-lite0-n"):
+        train_detector(cfg, progress=False)
+    res = CliRunner().invoke(cli, ["train", "detect", "--data", str(shapes), "--img-size", str(SIZE),
+                                   "--resume", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x"),
+                                   "--device", "cpu", "--quiet"])
+    assert res.exit_code == 2 and "checkpoint not found" in res.output
+
+
+def test_ema_is_timms_model_ema_v3():
+    import torch
+    from timm.utils import ModelEmaV3
+
+    from edgetl.train.engine import make_ema
+
+    model = torch.nn.Linear(2, 2)
+    ema = make_ema(model, decay=0.9, tau=1.0)
+    assert isinstance(ema, ModelEmaV3)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = ema.module.weight.clone()
+    ema.step(model)
+    d = 0.9 * (1 - torch.exp(torch.tensor(-1.0)))
+    assert torch.allclose(ema.module.weight, before * d + model.weight * (1 - d), atol=1e-6)
+
+
+def test_cli_config_yaml_of_a_run_is_reusable(shapes, tmp_path):
+    import yaml
+
+    first = tmp_path / "first"
+    args = ["train", "detect", "--data", str(shapes), "--img-size", str(SIZE), "--batch-size", "4", "--threads", "1",
+            "--epochs", "1", "--max-steps", "1", "--strategy", "frozen", "--device", "cpu", "--quiet", "--json"]
+    res = CliRunner().invoke(cli, [*args, "--out", str(first)])
+    assert res.exit_code == 0, res.output
+    config = yaml.safe_load((first / "config.yaml").read_text())
+    assert config["channels_last"] is True and config["resume"] is None
+    again = CliRunner().invoke(cli, ["train", "detect", "--config", str(first / "config.yaml"), "--out",
+                                     str(tmp_path / "again"), "--quiet", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["history"][0]["train_loss"] == json.loads(res.stdout)["history"][0]["train_loss"]

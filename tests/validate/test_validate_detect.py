@@ -18,7 +18,7 @@ SIZE = 64
 def det_run(tmp_path_factory: pytest.TempPathFactory):
     """A detector trained for one epoch on a tiny shapes sample (8 train, 4 val images, 64 px)."""
     from edgetl.data.shapes import write_shapes
-    from edgetl.detect.train import DetectTrainConfig, train_detector
+    from edgetl.train.detect import DetectTrainConfig, train_detector
 
     root = tmp_path_factory.mktemp("vdet")
     write_shapes(root / "shapes", n_train=8, n_val=4, size=96, seed=0)
