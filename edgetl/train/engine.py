@@ -359,9 +359,10 @@ class TrainingRun:
         self.save_last(epoch, outcome.metrics)
         if not self.is_main:
             return
-        if self.progress:
+        if self.progress:  # shown once: on the console with progress, else in the log
             say(self.epoch_line(outcome.entry))
-        log.info("%s", self.epoch_line(outcome.entry))
+        else:
+            log.info("%s", self.epoch_line(outcome.entry))
         write_metrics(self.run_dir, self.document("running"))
 
     def report(self, status: str) -> None:
