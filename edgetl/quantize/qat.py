@@ -96,8 +96,12 @@ def check_labels(source: str | Path, labels: list[str], task: str) -> None:
     """Refuse a dataset whose classes are not the bundle's: training on it would teach other classes."""
     from edgetl.validate.samples import find_images
 
-    images = find_images(source, split="train", labels=None)
-    classes = images.classes
+    if task == "detect":
+        from edgetl.data.detection import read_detection_dataset
+
+        classes = list(read_detection_dataset(source, verify_images=False).classes)
+    else:
+        classes = find_images(source, split="train", labels=None).classes
     if classes is None:
         raise BadInputError(f"{source}: no labelled dataset (a folder per class, or a detection data.yaml)",
                             hint="pass --data with the dataset the model was trained on")

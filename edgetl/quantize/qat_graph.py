@@ -33,7 +33,7 @@ SUPPORTED_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "MatMul", "Clip", "Relu", "Sigmoid", "Mul", "Add",
     "Sub", "Div", "GlobalAveragePool", "Flatten", "Identity", "Reshape", "Concat", "Softmax", "Transpose",
     "MaxPool", "Resize", "Split", "Slice", "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast",
-    "ReduceMax", "ArgMax", "Exp", "Pow", "Sqrt", "Neg", "HardSigmoid", "HardSwish", "AveragePool",
+    "ReduceMax", "ReduceSum", "ReduceMean", "ArgMax", "Exp", "Pow", "Sqrt", "Neg", "HardSigmoid", "HardSwish", "AveragePool",
 })
 
 
@@ -306,8 +306,10 @@ def _build_module_class() -> type:
         if op == "Constant":
             return [torch.from_numpy(np.array(numpy_helper.to_array(a["value"])))]
         if op == "Gather":
-            return [torch.index_select(x[0], a.get("axis", 0), x[1].reshape(-1).long()).reshape(
-                *x[0].shape[: a.get("axis", 0)], *x[1].shape, *x[0].shape[a.get("axis", 0) + 1:])]
+            axis = a.get("axis", 0) % x[0].ndim
+            index = torch.as_tensor(x[1]).long()
+            picked = torch.index_select(x[0], axis, index.reshape(-1) % x[0].shape[axis])
+            return [picked.reshape([*x[0].shape[:axis], *index.shape, *x[0].shape[axis + 1:]])]
         if op == "Unsqueeze":
             out = x[0]
             for ax in sorted(int(v) for v in (x[1].tolist() if len(x) > 1 else a["axes"])):
@@ -318,10 +320,13 @@ def _build_module_class() -> type:
             return [x[0].squeeze() if axes is None else x[0].squeeze(tuple(int(v) for v in axes))]
         if op == "Cast":
             return [x[0].to({1: torch.float32, 7: torch.int64, 6: torch.int32, 9: torch.bool}[a["to"]])]
-        if op == "ReduceMax":
+        if op in ("ReduceMax", "ReduceSum", "ReduceMean"):
             axes = a.get("axes") or (x[1].tolist() if len(x) > 1 and x[1] is not None else None)
             keep = bool(a.get("keepdims", 1))
-            return [x[0].amax(dim=tuple(axes), keepdim=keep) if axes else x[0].amax()]
+            dims = tuple(int(v) for v in axes) if axes else tuple(range(x[0].ndim))
+            if op == "ReduceMax":
+                return [x[0].amax(dim=dims, keepdim=keep)]
+            return [x[0].sum(dim=dims, keepdim=keep) if op == "ReduceSum" else x[0].mean(dim=dims, keepdim=keep)]
         if op == "ArgMax":
             return [x[0].argmax(dim=a.get("axis", 0), keepdim=bool(a.get("keepdims", 1)))]
         if op == "HardSigmoid":
