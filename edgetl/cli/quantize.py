@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from edgetl.cli.common import config_option, emit_json, format_table, handle_errors, json_option, say
@@ -46,10 +48,15 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
               help="Quantization-aware fine-tuning after PTQ (TensorRT format): a few epochs on --data against the "
                    "FP32 model; written only if not worse than PTQ. With --max-drop: PTQ, then PTQ with at most "
                    "3 points in float, then QAT, stopping at the first within the budget.")
-@click.option("--qat-epochs", type=int, default=2, show_default=True, help="QAT epochs.")
-@click.option("--qat-lr", type=float, default=1e-5, show_default=True, help="QAT learning rate (Adam).")
-@click.option("--qat-images", type=int, default=512, show_default=True,
-              help="Most training images QAT uses (class-balanced, seeded); 0: all.")
+@click.option("--qat-epochs", type=int, default=None, help="QAT epochs (default: classifiers 10, detectors 2).")
+@click.option("--qat-lr", type=float, default=None,
+              help="QAT learning rate, Adam (default: classifiers 1e-4, detectors 1e-5).")
+@click.option("--qat-images", type=int, default=None,
+              help="Most training images QAT uses, class-balanced and seeded (default: classifiers 1024, "
+                   "detectors 512; 0: all).")
+@click.option("--qat-layers", type=int, default=None,
+              help="Train only the last N weighted layers (the graph before them runs once and is cached); "
+                   "default: classifiers 2, detectors all.")
 @click.option("--data", "data", type=click.Path(), default=None,
               help="QAT: the labelled dataset to fine-tune on (default: the dataset recorded at export).")
 @click.option("--strict", is_flag=True,
@@ -59,14 +66,15 @@ from edgetl.cli.common import config_option, emit_json, format_table, handle_err
 @handle_errors
 def command(bundle, precision, calib_data, calib_size, method, percentile, per_channel, target, activation_type,
             bias_correction, weight_scales, reduce_range, max_drop, min_agreement, val_data, val_size, max_kept,
-            exclude, seed, qat, qat_epochs, qat_lr, qat_images, data, strict, as_json: bool) -> None:
+            exclude, seed, qat, qat_epochs, qat_lr, qat_images, qat_layers, data, strict, as_json: bool) -> None:
     """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated; --qat: fine-tuned)."""
     from edgetl.quantize import quantize_bundle
 
     if qat:
         _qat(bundle, precision=precision, target=target, activation_type=activation_type, calib_data=calib_data,
              calib_size=calib_size, max_drop=max_drop, min_agreement=min_agreement, val_data=val_data,
-             val_size=val_size, seed=seed, epochs=qat_epochs, lr=qat_lr, images=qat_images, data=data,
+             val_size=val_size, seed=seed, epochs=qat_epochs, lr=qat_lr, images=qat_images, layers=qat_layers,
+             data=data,
              strict=strict, as_json=as_json)
         return
 
@@ -115,7 +123,7 @@ def _unit(unit: dict | None) -> str:
 
 
 def _qat(bundle, *, precision, target, activation_type, calib_data, calib_size, max_drop, min_agreement, val_data,
-         val_size, seed, epochs, lr, images, data, strict, as_json) -> None:
+         val_size, seed, epochs, lr, images, layers, data, strict, as_json) -> None:
     """``--qat``: fine-tune, or (with ``--max-drop``) escalate PTQ -> PTQ + float-kept points -> QAT."""
     from edgetl.errors import BadInputError
     from edgetl.quantize.qat import QatSettings
@@ -124,7 +132,12 @@ def _qat(bundle, *, precision, target, activation_type, calib_data, calib_size, 
     if precision != "int8" or target != "tensorrt" or activation_type not in (None, "int8"):
         raise BadInputError("--qat makes the INT8 TensorRT format (symmetric int8 activations)",
                             hint="drop --precision fp16 / --target cpu / --activations uint8 with --qat")
-    settings = QatSettings(epochs=epochs, lr=lr, images=images or None, seed=seed)
+    from edgetl.bundle.manifest import open_bundle
+
+    settings = QatSettings.for_task(open_bundle(bundle).task, epochs=epochs, lr=lr, seed=seed, layers=layers,
+                                    images=images)
+    if images == 0:
+        settings = dataclasses.replace(settings, images=None)
     steps = None
     if max_drop is not None:
         result, steps = escalate(bundle, max_drop=max_drop, min_agreement=min_agreement, data=data,

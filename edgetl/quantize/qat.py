@@ -31,6 +31,15 @@ from edgetl.errors import BadInputError
 log = logging.getLogger(__name__)
 
 
+#: Defaults per task, from `benchmarks/qat.py` (classifier) and `tests/detect` (detector): a classifier's INT8
+#: disagreements are near-ties at the logits, which its last two layers, trained on cached inputs, correct in
+#: seconds per epoch; a detector has no single tensor before its heads, so every layer trains.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classify": {"epochs": 10, "lr": 1e-4, "layers": 2, "images": 1024},
+    "detect": {"epochs": 2, "lr": 1e-5, "layers": None, "images": 512},
+}
+
+
 @dataclass(frozen=True)
 class QatSettings:
     """How to fine-tune.
@@ -41,6 +50,9 @@ class QatSettings:
         batch_size: images per step.
         images: most training images used, class-balanced and seeded (``None``: every image of the split).
         seed: seeds the image draw and the batch order.
+        layers: train only the last weighted layers after the latest point where the graph narrows to one
+            tensor, with at most this many layers after it (``None``: every layer). The graph before that
+            point runs once per image, without gradients, and is cached (`QdqModule.cut_points`).
     """
 
     epochs: int = 2
@@ -48,6 +60,7 @@ class QatSettings:
     batch_size: int = 32
     images: int | None = 512
     seed: int = 0
+    layers: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -56,10 +69,18 @@ class QatSettings:
             raise BadInputError(f"--qat-lr must be positive, got {self.lr}")
         if self.batch_size < 1 or (self.images is not None and self.images < 1):
             raise BadInputError("QAT batch size and image count must be at least 1")
+        if self.layers is not None and self.layers < 1:
+            raise BadInputError(f"--qat-layers must be at least 1, got {self.layers}")
+
+    @classmethod
+    def for_task(cls, task: str, **given: Any) -> QatSettings:
+        """The task's defaults (`TASK_DEFAULTS`), with the values in ``given`` that are not ``None``."""
+        return cls(**{**TASK_DEFAULTS.get(task, {}), **{k: v for k, v in given.items() if v is not None}})
 
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "images": self.images,
-                "seed": self.seed, "loss": "distillation from FP32", "activation_scales": "calibrated, fixed",
+                "seed": self.seed, "layers": self.layers, "loss": "distillation from FP32",
+                "activation_scales": "calibrated, fixed",
                 "weight_scales": "max per channel, recomputed every step"}
 
 
@@ -119,14 +140,16 @@ def check_labels(source: str | Path, labels: list[str], task: str) -> None:
 
 
 def train_qat(module: Any, inputs: np.ndarray, targets: dict[str, np.ndarray], evaluate: Any,
-              settings: QatSettings, *, classify: bool, progress: bool = False) -> tuple[dict, list, int, bool]:
+              settings: QatSettings, *, classify: bool, progress: bool = False,
+              start: tuple[int, str] | None = None) -> tuple[dict, list, int, bool]:
     """Fine-tune ``module`` (a `qat_graph` module) to reproduce ``targets`` (FP32 outputs by tensor name).
 
     Args:
-        inputs: preprocessed training images.
+        inputs: preprocessed training images, or (``start``) the cut tensor's cached values.
         targets: the FP32 model's value of each tensor the loss compares, for every training image.
         evaluate: ``evaluate(module) -> metrics`` on the validation images (``agreement``, ``sensitivity``...).
         classify: KL of the softmax of the one target (logits); else normalised squared error of each target.
+        start: ``(node index, tensor)``: train the graph after this cut point only.
 
     Returns:
         (best state dict, history, best epoch, interrupted).
@@ -139,11 +162,11 @@ def train_qat(module: Any, inputs: np.ndarray, targets: dict[str, np.ndarray], e
     optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr)
     steps = settings.epochs * int(np.ceil(len(inputs) / settings.batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
-    start = evaluate(module)
-    history = [{"epoch": 0, "loss": None, **_brief(start), "seconds": 0.0}]
-    best, best_key, best_epoch = copy.deepcopy(module.state_dict()), _key(start), 0
+    initial = evaluate(module)
+    history = [{"epoch": 0, "loss": None, **_brief(initial), "seconds": 0.0}]
+    best, best_key, best_epoch = copy.deepcopy(module.state_dict()), _key(initial), 0
     log.info("QAT: %d epoch(s) over %d images, batch %d, lr %g; start (PTQ point): agreement %.4f",
-             settings.epochs, len(inputs), settings.batch_size, settings.lr, start["agreement"])
+             settings.epochs, len(inputs), settings.batch_size, settings.lr, initial["agreement"])
     interrupted = False
     rng = np.random.default_rng(settings.seed)
     try:
@@ -158,7 +181,7 @@ def train_qat(module: Any, inputs: np.ndarray, targets: dict[str, np.ndarray], e
             total = 0.0
             for i in batches:
                 pick = order[i:i + settings.batch_size]
-                outputs = module(torch.from_numpy(inputs[pick]), extra=names)
+                outputs = module(torch.from_numpy(inputs[pick]), extra=names, start=start)
                 loss = _loss(outputs, {n: torch.from_numpy(targets[n][pick]) for n in names}, scale, classify)
                 optimizer.zero_grad()
                 loss.backward()
@@ -252,14 +275,15 @@ def fp32_values(reference_path: Path, batch: np.ndarray, names: list[str], *, ch
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 
-def module_outputs(module: Any, batch: np.ndarray, names: list[str], *, chunk: int = 64) -> dict[str, np.ndarray]:
-    """The fake-quant module's ``names`` on ``batch``, without gradients."""
+def module_outputs(module: Any, batch: np.ndarray, names: list[str], *, chunk: int = 64,
+                   start: tuple[int, str] | None = None) -> dict[str, np.ndarray]:
+    """The fake-quant module's ``names`` on ``batch`` (or, with ``start``, on the cut tensor's values)."""
     import torch
 
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     with torch.no_grad():
         for i in range(0, len(batch), chunk):
-            out = module(torch.from_numpy(batch[i:i + chunk]), extra=names)
+            out = module(torch.from_numpy(batch[i:i + chunk]), extra=names, start=start)
             for name in names:
                 parts[name].append(out[name].numpy())
     return {n: np.concatenate(v) for n, v in parts.items()}
@@ -271,3 +295,22 @@ def export_module(module: Any, directory: str | Path | None = None) -> Path:
 
     folder = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="edgetl-qat-"))
     return save_onnx(module.to_onnx(), folder / "model.qat.onnx")
+
+
+def pick_cut(module: Any, layers: int | None) -> tuple[int, str] | None:
+    """The earliest cut point with at most ``layers`` weighted layers after it (``None``: train everything)."""
+    if layers is None:
+        return None
+    for index, tensor, after in module.cut_points():
+        if 1 <= after <= layers:
+            return index, tensor
+    return None
+
+
+def cached_prefix(module: Any, batch: np.ndarray, cut: tuple[int, str], *, chunk: int = 64) -> np.ndarray:
+    """The cut tensor's value for every image: the frozen part of the graph, run once without gradients."""
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([module.prefix(torch.from_numpy(batch[i:i + chunk]), cut).numpy()
+                               for i in range(0, len(batch), chunk)])

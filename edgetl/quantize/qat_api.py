@@ -49,7 +49,7 @@ def qat_bundle(
         bundle_dir: a bundle made by `edgetl.export.export_checkpoint`.
         data: the labelled dataset to fine-tune on (its training split; default: the dataset recorded at
             export). Its classes must be the bundle's labels.
-        settings: epochs, learning rate, batch size, images (`QatSettings`).
+        settings: epochs, learning rate, batch size, images, layers (default: `QatSettings.for_task`).
         calib_data, calib_size: PTQ calibration (default: ``data``).
         val_data, val_size: the validation images each epoch and the final comparison are scored on
             (default: the validation split of ``data``).
@@ -65,9 +65,9 @@ def qat_bundle(
     from edgetl.bundle.manifest import open_bundle
     from edgetl.quantize.qat import check_labels
 
-    settings = settings or QatSettings(seed=seed)
     start = time.perf_counter()
     bundle = open_bundle(bundle_dir)
+    settings = settings or QatSettings.for_task(bundle.task, seed=seed)
     source = data or bundle.manifest.get("provenance", {}).get("dataset")
     if not source:
         raise BadInputError("no training images for QAT: the bundle records no dataset",
@@ -95,7 +95,16 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
                progress: bool) -> tuple[QatOutcome, Path | None]:
     import onnx
 
-    from edgetl.quantize.qat import export_module, fp32_values, loss_tensors, module_outputs, train_qat, worse
+    from edgetl.quantize.qat import (
+        cached_prefix,
+        export_module,
+        fp32_values,
+        loss_tensors,
+        module_outputs,
+        pick_cut,
+        train_qat,
+        worse,
+    )
     from edgetl.quantize.qat_graph import QdqModule
     from edgetl.validate.samples import balanced_indices, decode, find_images
 
@@ -115,14 +124,19 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
     targets = fp32_values(src, decoded.batch, names)
     outputs = list(module.output_names)
     classify = bundle.task == "classify"
+    t0 = time.perf_counter()
+    cut = pick_cut(module, settings.layers)
+    train_inputs, val_inputs = decoded.batch, sample.batch
+    if cut is not None:
+        log.info("QAT: training the layers after %s; the graph before it runs once per image", cut[1])
+        train_inputs, val_inputs = cached_prefix(module, train_inputs, cut), cached_prefix(module, val_inputs, cut)
 
     def evaluate(mod: Any) -> dict[str, Any]:
-        values = module_outputs(mod, sample.batch, outputs)
+        values = module_outputs(mod, val_inputs, outputs, start=cut)
         return scorer(values[outputs[0]] if classify else values, sample)
 
-    t0 = time.perf_counter()
-    _, history, best_epoch, interrupted = train_qat(module, decoded.batch, targets, evaluate, settings,
-                                                    classify=classify, progress=progress)
+    _, history, best_epoch, interrupted = train_qat(module, train_inputs, targets, evaluate, settings,
+                                                    classify=classify, progress=progress, start=cut)
     seconds = time.perf_counter() - t0
     path = export_module(module)
     ptq_metrics = scorer(run(ptq_path, sample.batch), sample)

@@ -33,7 +33,8 @@ SUPPORTED_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "MatMul", "Clip", "Relu", "Sigmoid", "Mul", "Add",
     "Sub", "Div", "GlobalAveragePool", "Flatten", "Identity", "Reshape", "Concat", "Softmax", "Transpose",
     "MaxPool", "Resize", "Split", "Slice", "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast",
-    "ReduceMax", "ReduceSum", "ReduceMean", "ArgMax", "Exp", "Pow", "Sqrt", "Neg", "HardSigmoid", "HardSwish", "AveragePool",
+    "ReduceMax", "ReduceSum", "ReduceMean", "ArgMax", "Exp", "Pow", "Sqrt", "Neg", "HardSigmoid", "HardSwish",
+    "AveragePool",
 })
 
 
@@ -132,6 +133,14 @@ def _build_module_class() -> type:
                         self.float_params[name] = key
             self.constants = {name: torch.from_numpy(np.array(value)) for name, value in inits.items()
                               if name not in self.float_params}
+            # Nodes that read only constants (weight and bias DQs, Constant): they run in any tail, wherever they are.
+            static = set(inits)
+            self.static_nodes: set[int] = set()
+            self._tails: dict[int, list[Any]] = {}
+            for i, node in enumerate(quantized.graph.node):
+                if all(not name or name in static for name in node.input):
+                    static.update(node.output)
+                    self.static_nodes.add(i)
             self.activation_qdq: dict[str, tuple[float, int, int, int]] = {}  # Q output -> scale, zp, qmin, qmax
             for node in quantized.graph.node:
                 if node.op_type == "QuantizeLinear":
@@ -164,14 +173,66 @@ def _build_module_class() -> type:
             return b + (rounded - b.detach())  # straight-through: the gradient of the float bias
 
         # ---- graph ------------------------------------------------------------------------------------------
-        def forward(self, x: torch.Tensor, extra: list[str] | None = None) -> dict[str, torch.Tensor]:
-            """The graph's outputs by name, and the intermediate tensors named in ``extra``."""
-            env: dict[str, Any] = {self.input_names[0]: x}
-            for node in self.nodes:
+        def forward(self, x: torch.Tensor, extra: list[str] | None = None,
+                    start: tuple[int, str] | None = None) -> dict[str, torch.Tensor]:
+            """The graph's outputs by name, and the intermediate tensors named in ``extra``.
+
+            ``start=(index, tensor)`` (a `cut_points` entry) runs only the nodes after ``index``, with ``x`` as
+            the value of ``tensor``: the tail of the graph, from a cached prefix.
+            """
+            env: dict[str, Any] = {self.input_names[0] if start is None else start[1]: x}
+            for node in self.nodes if start is None else self.tail(start[0]):
                 outs = self.run_node(node, env)
                 for name, value in zip(node.output, outs):
                     env[name] = value
             return {name: env[name] for name in dict.fromkeys([*self.output_names, *(extra or [])])}
+
+        def tail(self, index: int) -> list[Any]:
+            """The nodes after ``index``, and the constant nodes (weight DQs...) they read, in graph order."""
+            if index not in self._tails:
+                wanted = {name for node in self.nodes[index + 1:] for name in node.input}
+                keep = []
+                for i in range(len(self.nodes) - 1, -1, -1):
+                    node = self.nodes[i]
+                    if i > index or (i in self.static_nodes and wanted.intersection(node.output)):
+                        keep.append(node)
+                        wanted.update(node.input)
+                self._tails[index] = keep[::-1]
+            return self._tails[index]
+
+        def prefix(self, x: torch.Tensor, cut: tuple[int, str]) -> torch.Tensor:
+            """The value of the cut tensor: the nodes up to ``cut[0]``."""
+            env: dict[str, Any] = {self.input_names[0]: x}
+            for node in self.nodes[: cut[0] + 1]:
+                for name, value in zip(node.output, self.run_node(node, env)):
+                    env[name] = value
+            return env[cut[1]]
+
+        def cut_points(self) -> list[tuple[int, str, int]]:
+            """Where the graph narrows to one tensor: ``(node index, tensor, weighted layers after it)``.
+
+            Everything before such a point can run once, without gradients, and be cached; training the layers
+            after it then costs only their share of the graph.
+            """
+            last_use: dict[str, int] = {}
+            for i, node in enumerate(self.nodes):
+                for name in node.input:
+                    last_use[name] = i
+            for name in self.output_names:
+                last_use[name] = len(self.nodes)
+            layers_after = [0] * (len(self.nodes) + 1)
+            for i in range(len(self.nodes) - 1, -1, -1):
+                layers_after[i] = layers_after[i + 1] + (self.nodes[i].op_type in ("Conv", "Gemm", "MatMul"))
+            live = {self.input_names[0]}
+            cuts = []
+            for i, node in enumerate(self.nodes):
+                if i in self.static_nodes:
+                    continue
+                live.update(node.output)
+                live = {t for t in live if last_use.get(t, -1) > i}
+                if len(live) == 1 and i + 1 < len(self.nodes):
+                    cuts.append((i, next(iter(live)), layers_after[i + 1]))
+            return cuts
 
         def value(self, name: str, env: dict[str, Any]) -> Any:
             if name in env:

@@ -103,6 +103,27 @@ def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> 
         assert inits[q.input[1]].size == 1 and inits[q.input[2]].dtype == np.int8 and inits[q.input[2]] == 0
 
 
+def test_tail_from_a_cached_prefix_is_the_whole_graph(tmp_path: Path) -> None:
+    import torch
+
+    from edgetl.quantize.qat import cached_prefix, module_outputs, pick_cut
+    from edgetl.quantize.qat_graph import QdqModule
+
+    batch = np.random.default_rng(2).normal(0, 1, (8, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
+    cuts = module.cut_points()
+    assert [after for _, _, after in cuts] == sorted((after for _, _, after in cuts), reverse=True)
+    cut = pick_cut(module, 1)  # only the Gemm trains: the cut is after the residual Add and the pooling
+    assert cut is not None and [a for i, _, a in cuts if i == cut[0]] == [1]
+    whole = module_outputs(module, batch, ["logits"])["logits"]
+    tail = module_outputs(module, cached_prefix(module, batch, cut), ["logits"], start=cut)["logits"]
+    np.testing.assert_allclose(tail, whole, atol=1e-6)
+    module(torch.from_numpy(cached_prefix(module, batch, cut)), start=cut)["logits"].sum().backward()
+    trained = {k for k, p in module.params.items() if p.grad is not None}
+    assert len(trained) == 2  # the Gemm's weight and bias, nothing before the cut
+
+
 def test_unsupported_op_is_named(tmp_path: Path) -> None:
     from edgetl.quantize.qat_graph import QdqModule
 
