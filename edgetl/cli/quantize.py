@@ -72,6 +72,7 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
 
     if qat:
         _qat(bundle, precision=precision, target=target, activation_type=activation_type, calib_data=calib_data,
+             reduce_range=reduce_range,
              calib_size=calib_size, max_drop=max_drop, min_agreement=min_agreement, val_data=val_data,
              val_size=val_size, seed=seed, epochs=qat_epochs, lr=qat_lr, images=qat_images, layers=qat_layers,
              data=data,
@@ -122,7 +123,8 @@ def _unit(unit: dict | None) -> str:
     return unit["name"] if unit["kind"] == "layer" else f"{unit['name']} (activation)"
 
 
-def _qat(bundle, *, precision, target, activation_type, calib_data, calib_size, max_drop, min_agreement, val_data,
+def _qat(bundle, *, precision, target, activation_type, calib_data, reduce_range, calib_size, max_drop,
+         min_agreement, val_data,
          val_size, seed, epochs, lr, images, layers, data, strict, as_json) -> None:
     """``--qat``: fine-tune, or (with ``--max-drop``) escalate PTQ -> PTQ + float-kept points -> QAT."""
     from edgetl.errors import BadInputError
@@ -142,10 +144,11 @@ def _qat(bundle, *, precision, target, activation_type, calib_data, calib_size, 
     if max_drop is not None:
         result, steps = escalate(bundle, max_drop=max_drop, min_agreement=min_agreement, data=data,
                                  settings=settings, calib_size=calib_size, val_data=val_data, val_size=val_size,
-                                 seed=seed, progress=not as_json)
+                                 seed=seed, reduce_range=reduce_range, progress=not as_json)
     else:
         result = qat_bundle(bundle, data=data, settings=settings, calib_data=calib_data, calib_size=calib_size,
-                            val_data=val_data, val_size=val_size, seed=seed, progress=not as_json, strict=strict)
+                            val_data=val_data, val_size=val_size, seed=seed, reduce_range=reduce_range,
+                            progress=not as_json, strict=strict)
     for note in result.warnings:
         say(f"warning: {note}", fg="red" if note.startswith("GOLDEN CHECK FAILED") else "yellow")
     record = result.info.get("qat") or result.info.get("qat_attempt")

@@ -197,6 +197,7 @@ def escalate(
     val_data: str | Path | None = None,
     val_size: int = 300,
     seed: int = 0,
+    reduce_range: bool = False,
     progress: bool = False,
 ) -> tuple[QuantizeResult, list[dict[str, Any]]]:
     """Budget mode with QAT as the last step: PTQ -> PTQ with at most ``max_kept`` points in float -> QAT.
@@ -216,7 +217,8 @@ def escalate(
     steps: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     common = dict(calib_data=source, calib_size=calib_size, val_data=val_data or source, val_size=val_size,
-                  seed=seed, target="tensorrt", max_drop=max_drop, min_agreement=min_agreement, progress=progress)
+                  seed=seed, target="tensorrt", max_drop=max_drop, min_agreement=min_agreement,
+                  reduce_range=reduce_range, progress=progress)
     result: QuantizeResult | None = None
     with contextlib.suppress(GateFailedError):  # the budget record says what the search reached
         result = quantize_bundle(bundle_dir, "int8", max_kept=max_kept, **common)
@@ -238,7 +240,8 @@ def escalate(
              max_kept)
     t1 = time.perf_counter()
     result = qat_bundle(bundle_dir, data=source, settings=settings, calib_size=calib_size,
-                        val_data=val_data or source, val_size=val_size, seed=seed, progress=progress)
+                        val_data=val_data or source, val_size=val_size, seed=seed, reduce_range=reduce_range,
+                        progress=progress)
     record = result.info.get("qat") or result.info["qat_attempt"]
     qat = record["qat"]  # the QAT model's metrics, whether or not it was written
     ok = "qat" in result.info and within(qat, max_drop, min_agreement)
