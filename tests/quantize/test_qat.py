@@ -124,6 +124,31 @@ def test_tail_from_a_cached_prefix_is_the_whole_graph(tmp_path: Path) -> None:
     assert len(trained) == 2  # the Gemm's weight and bias, nothing before the cut
 
 
+def test_ctrl_c_keeps_the_best_state_reached(tmp_path: Path) -> None:
+    import torch
+
+    from edgetl.quantize.qat import QatSettings, module_outputs, train_qat
+    from edgetl.quantize.qat_graph import QdqModule
+
+    batch = np.random.default_rng(3).normal(0, 1, (8, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    targets = {"logits": module_outputs(module, batch, ["logits"])["logits"] + 1.0}
+    calls = []
+
+    def evaluate(mod):
+        calls.append(1)
+        if len(calls) > 1:  # the user presses Ctrl-C while the first epoch is being scored
+            raise KeyboardInterrupt
+        return {"agreement": 0.5, "drop": 1.0, "sensitivity": 1.0}
+
+    _, history, best_epoch, interrupted = train_qat(module, batch, targets, evaluate,
+                                                    QatSettings(epochs=3, lr=1e-2, batch_size=4), classify=False)
+    assert interrupted and best_epoch == 0 and [h["epoch"] for h in history] == [0]
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())  # the start, not a half epoch
+
+
 def test_unsupported_op_is_named(tmp_path: Path) -> None:
     from edgetl.quantize.qat_graph import QdqModule
 
