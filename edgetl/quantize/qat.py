@@ -307,10 +307,15 @@ def pick_cut(module: Any, layers: int | None) -> tuple[int, str] | None:
     return None
 
 
-def cached_prefix(module: Any, batch: np.ndarray, cut: tuple[int, str], *, chunk: int = 64) -> np.ndarray:
+def cached_prefix(module: Any, batch: np.ndarray, cut: tuple[int, str], *, chunk: int = 64,
+                  progress: bool = False) -> np.ndarray:
     """The cut tensor's value for every image: the frozen part of the graph, run once without gradients."""
     import torch
 
+    starts: Any = range(0, len(batch), chunk)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="QAT: frozen layers, once per image", unit="batch", leave=False)
     with torch.no_grad():
-        return np.concatenate([module.prefix(torch.from_numpy(batch[i:i + chunk]), cut).numpy()
-                               for i in range(0, len(batch), chunk)])
+        return np.concatenate([module.prefix(torch.from_numpy(batch[i:i + chunk]), cut).numpy() for i in starts])

@@ -129,7 +129,8 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
     train_inputs, val_inputs = decoded.batch, sample.batch
     if cut is not None:
         log.info("QAT: training the layers after %s; the graph before it runs once per image", cut[1])
-        train_inputs, val_inputs = cached_prefix(module, train_inputs, cut), cached_prefix(module, val_inputs, cut)
+        train_inputs = cached_prefix(module, train_inputs, cut, progress=progress)
+        val_inputs = cached_prefix(module, val_inputs, cut, progress=progress)
 
     def evaluate(mod: Any) -> dict[str, Any]:
         values = module_outputs(mod, val_inputs, outputs, start=cut)
