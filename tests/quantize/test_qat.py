@@ -168,6 +168,9 @@ def test_worse_compares_agreement_then_drop_then_error() -> None:
     assert worse({"agreement": 0.99, "drop": 0.7, "sensitivity": 0.0}, ptq)
     assert worse({**ptq, "sensitivity": 0.02}, ptq)
     assert not worse({**ptq, "agreement": 0.99}, ptq) and not worse(dict(ptq), ptq)
+    # Scoring above FP32 by luck does not outweigh agreement: -1 and -0.5 points both count as no drop.
+    lucky = {"agreement": 0.96, "drop": -1.0, "sensitivity": 0.01}
+    assert not worse({"agreement": 0.965, "drop": -0.5, "sensitivity": 0.01}, lucky)
 
 
 @pytest.mark.slow
