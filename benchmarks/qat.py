@@ -15,7 +15,7 @@ peak RSS from ``os.wait4``):
   ptq-7bit   : ``--reduce-range`` (7-bit weights on non-depthwise layers): PTQ that misses the gate on purpose
   qat-7bit   : ``--qat --reduce-range``: QAT from that start, weights kept at 7 bits
 
-Gate of the issue: top-1 drop <= 0.2 point and agreement >= 99 %, every conv INT8.
+The gate: top-1 drop <= 0.2 point and agreement >= 99 %, every conv INT8.
 
     python benchmarks/qat.py [--out /tmp/edgetl-qatbench]
 
