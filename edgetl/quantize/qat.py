@@ -1,10 +1,11 @@
 """Quantization-aware fine-tuning (QAT): recover INT8 accuracy on the user's own images, into the same bundle.
 
-`qat_bundle` starts where post-training quantization ends: it runs PTQ for the TensorRT format (symmetric int8
-activations, per-channel symmetric int8 weights; the calibration statistics in ``calibration/`` are reused on a
-rerun), turns that QDQ graph into a trainable PyTorch module (`edgetl.quantize.qat_graph`: the fake
-quantization *is* the exported graph, BatchNorm folded exactly as exported), and fine-tunes its weights for a
-few epochs with a small learning rate against the FP32 model's outputs on the training images (distillation:
+The pieces of `edgetl.quantize.qat_api.qat_bundle`, which starts where post-training quantization ends: it runs
+PTQ for the TensorRT format (symmetric int8 activations, per-channel symmetric int8 weights; the calibration
+statistics in ``calibration/`` are reused on a rerun), turns that QDQ graph into a trainable PyTorch module
+(`edgetl.quantize.qat_graph`: the fake quantization *is* the exported graph, BatchNorm folded exactly as
+exported), and fine-tunes its weights (by default a classifier's last two layers, on cached inputs: `pick_cut`)
+for a few epochs with a small learning rate against the FP32 model's outputs on the training images (distillation:
 the KL divergence of the softmax for classifiers, the normalised squared error of the head's raw outputs for
 detectors; labels are not needed, and the FP32 model is the reference the validation gate compares with).
 
