@@ -6,7 +6,10 @@
    ``--max-drop`` mAP points: first every convolution INT8 (the quantizer keeps a detector's decode tail
    in float), and if that drops too much, again with the head's output convolutions (class logits and
    box distributions) kept in float, the layers a detector's accuracy is most sensitive to.
-3. Latency of the full pipeline per image (decode + letterbox + model + NMS), batch 1: PyTorch eager vs
+3. QAT (``edgetl quantize --qat``, its defaults, on a fresh copy of the bundle): its own PTQ start and the QAT
+   model, every convolution INT8, mAP against FP32 on the same val images, and QAT's training time against the
+   fine-tuning that produced the checkpoint.
+4. Latency of the full pipeline per image (decode + letterbox + model + NMS), batch 1: PyTorch eager vs
    ONNX Runtime FP32 vs ONNX Runtime INT8, same threads.
 
     python benchmarks/detector.py                 # ~10-15 min on 2 CPU cores
@@ -84,6 +87,27 @@ def _quantize(bundle_dir: Path, calib: Path, data: Path, args: argparse.Namespac
     final = attempts[-1]
     final["within_budget"] = final["map_drop_points"] <= args.max_drop
     return {"attempts": attempts, "final": final}
+
+
+def _qat(bundle_dir: Path, data: Path, args: argparse.Namespace, train_seconds: float) -> dict[str, Any]:
+    """QAT with its defaults on a copy of the bundle: PTQ start and QAT model, mAP of both, cost."""
+    import shutil
+
+    from edgetl.quantize.qat_api import qat_bundle
+
+    copy = Path(shutil.copytree(bundle_dir, bundle_dir.parent / "bundle-qat"))
+    t0 = time.perf_counter()
+    result = qat_bundle(copy, data=data, calib_size=args.calib_size, val_data=data, val_size=args.n_val,
+                        seed=args.seed)
+    seconds = time.perf_counter() - t0
+    record = result.info.get("qat") or result.info["qat_attempt"]
+    report = _map_of(copy, "model.int8.onnx", data, args.threads)
+    return {"kept": record["kept"], "seconds": round(seconds, 1), "train_seconds": record["seconds"],
+            "qat_vs_fine_tuning": round(record["seconds"] / train_seconds, 2), "history": record["history"],
+            "ptq_start": record["ptq"], "qat_scored": record["qat"], "fp32": report["reference"],
+            "int8": report["candidate"], "map_drop_points": round(-report["deltas"]["map"], 2) + 0.0,
+            "int8_layers": result.info["graph"]["int8_layers"],
+            "float_layers": len(result.info["graph"]["float_layers"])}
 
 
 def _latency(model: Any, bundle_dir: Path, images: list[Path], threads: int, repeats: int) -> dict[str, Any]:
@@ -179,13 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         export_checkpoint(work / "pretrained" / "best.pt", bundle_dir, parity_data=str(shapes / "images" / "val"),
                           overwrite=True)
         quant = _quantize(bundle_dir, shapes / "images" / "train", data, args)
+        print("qat ...", file=sys.stderr)
+        qat = _qat(bundle_dir, data, args, runs["pretrained"]["seconds"])
         print("latency ...", file=sys.stderr)
         model, _ = build_from_checkpoint(work / "pretrained" / "best.pt")
         images = sorted((shapes / "images" / "val").glob("*.*"))
         latency = _latency(model, bundle_dir, images, args.threads, args.repeats)
 
     document = {"benchmark": "detector", "config": vars(args), "transfer": runs, "quantization": quant,
-                "latency": latency, "seconds": round(time.perf_counter() - started, 1)}
+                "qat": qat, "latency": latency, "seconds": round(time.perf_counter() - started, 1)}
     write_json(args.out, document)
 
     print(f"\nshapes sample: {args.n_train} train / {args.n_val} val images, {args.model} at {args.img_size} px, "
@@ -206,6 +232,15 @@ def main(argv: list[str] | None = None) -> int:
          ("INT8 QDQ", round(final["int8"]["map"], 4), round(final["int8"]["map50"], 4), final["map_drop_points"],
           len(final["kept_float"]), _r(final["agreement"].get("matched_iou_mean")),
           _r(final["agreement"].get("recall_of_reference")))],
+    ))
+    print()
+    print(format_table(
+        ["QAT (every conv INT8)", "mAP@0.5:0.95", "drop (points)", "int8 layers", "float layers", "QAT s",
+         "vs fine-tuning"],
+        [("PTQ start (scored on the val sample)", _r(qat["ptq_start"].get("map")), _r(qat["ptq_start"]["drop"]),
+          "-", "-", "-", "-"),
+         (f"QAT ({qat['kept']} kept)", round(qat["int8"]["map"], 4), qat["map_drop_points"], qat["int8_layers"],
+          qat["float_layers"], qat["train_seconds"], qat["qat_vs_fine_tuning"])],
     ))
     if len(quant["attempts"]) > 1:
         print(f"(fully quantized first: drop {quant['attempts'][0]['map_drop_points']} points > {args.max_drop}; "

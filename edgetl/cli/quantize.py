@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
@@ -44,6 +46,21 @@ from edgetl.tables import format_table
                    "(default: no limit).")
 @click.option("--exclude", "exclude", multiple=True, help="Layer (node) name to keep in float; repeatable.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--qat", is_flag=True,
+              help="Quantization-aware fine-tuning after PTQ (TensorRT format): a few epochs on --data against the "
+                   "FP32 model; written only if not worse than PTQ. With --max-drop: PTQ, then PTQ with at most "
+                   "3 points in float, then QAT, stopping at the first within the budget.")
+@click.option("--qat-epochs", type=int, default=None, help="QAT epochs (default: classifiers 10, detectors 2).")
+@click.option("--qat-lr", type=float, default=None,
+              help="QAT learning rate, Adam (default: classifiers 1e-4, detectors 1e-5).")
+@click.option("--qat-images", type=int, default=None,
+              help="Most training images QAT uses, class-balanced and seeded (default: classifiers 1024, "
+                   "detectors 512; 0: all).")
+@click.option("--qat-layers", type=int, default=None,
+              help="Train only the last N weighted layers (the graph before them runs once and is cached); "
+                   "default: classifiers 2, detectors all.")
+@click.option("--data", "data", type=click.Path(), default=None,
+              help="QAT: the labelled dataset to fine-tune on (default: the dataset recorded at export).")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when the written model fails its own golden check (the bundle's tolerance).")
 @config_option
@@ -51,9 +68,18 @@ from edgetl.tables import format_table
 @handle_errors
 def command(bundle, precision, calib_data, calib_size, method, percentile, per_channel, target, activation_type,
             bias_correction, weight_scales, reduce_range, max_drop, min_agreement, val_data, val_size, max_kept,
-            exclude, seed, strict, as_json: bool) -> None:
-    """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated)."""
+            exclude, seed, qat, qat_epochs, qat_lr, qat_images, qat_layers, data, strict, as_json: bool) -> None:
+    """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated; --qat: fine-tuned)."""
     from edgetl.quantize import quantize_bundle
+
+    if qat:
+        _qat(bundle, precision=precision, target=target, activation_type=activation_type, calib_data=calib_data,
+             reduce_range=reduce_range,
+             calib_size=calib_size, max_drop=max_drop, min_agreement=min_agreement, val_data=val_data,
+             val_size=val_size, seed=seed, epochs=qat_epochs, lr=qat_lr, images=qat_images, layers=qat_layers,
+             data=data,
+             strict=strict, as_json=as_json)
+        return
 
     result = quantize_bundle(bundle, precision, calib_data=calib_data, calib_size=calib_size, method=method,
                              per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
@@ -97,3 +123,55 @@ def _unit(unit: dict | None) -> str:
     if unit is None:
         return "(all INT8)"
     return unit["name"] if unit["kind"] == "layer" else f"{unit['name']} (activation)"
+
+
+def _qat(bundle, *, precision, target, activation_type, calib_data, reduce_range, calib_size, max_drop,
+         min_agreement, val_data,
+         val_size, seed, epochs, lr, images, layers, data, strict, as_json) -> None:
+    """``--qat``: fine-tune, or (with ``--max-drop``) escalate PTQ -> PTQ + float-kept points -> QAT."""
+    from edgetl.errors import BadInputError
+    from edgetl.quantize.qat import QatSettings
+    from edgetl.quantize.qat_api import escalate, qat_bundle
+
+    if precision != "int8" or target != "tensorrt" or activation_type not in (None, "int8"):
+        raise BadInputError("--qat makes the INT8 TensorRT format (symmetric int8 activations)",
+                            hint="drop --precision fp16 / --target cpu / --activations uint8 with --qat")
+    from edgetl.bundle.manifest import open_bundle
+
+    settings = QatSettings.for_task(open_bundle(bundle).task, epochs=epochs, lr=lr, seed=seed, layers=layers,
+                                    images=images)
+    if images == 0:
+        settings = dataclasses.replace(settings, images=None)
+    steps = None
+    if max_drop is not None:
+        result, steps = escalate(bundle, max_drop=max_drop, min_agreement=min_agreement, data=data,
+                                 settings=settings, calib_size=calib_size, val_data=val_data, val_size=val_size,
+                                 seed=seed, reduce_range=reduce_range, progress=not as_json)
+    else:
+        result = qat_bundle(bundle, data=data, settings=settings, calib_data=calib_data, calib_size=calib_size,
+                            val_data=val_data, val_size=val_size, seed=seed, reduce_range=reduce_range,
+                            progress=not as_json, strict=strict)
+    for note in result.warnings:
+        say(f"warning: {note}", fg="red" if note.startswith("GOLDEN CHECK FAILED") else "yellow")
+    record = result.info.get("qat") or result.info.get("qat_attempt")
+    if record:
+        say(f"QAT: {record['images']} images, {len(record['history']) - 1} epoch(s) in {record['seconds']:.1f}s"
+            + (" (interrupted)" if record["interrupted"] else "") + f"; best epoch {record['best_epoch']}")
+        say(format_table(["epoch", "loss", "val agreement", "val drop pts"],
+                         [[h["epoch"], "-" if h["loss"] is None else h["loss"], h["agreement"], h["drop"]]
+                          for h in record["history"]]))
+        say(format_table(["model (exact numerics)", "agreement", "drop pts"],
+                         [["PTQ", record["ptq"]["agreement"], record["ptq"]["drop"]],
+                          ["QAT", record["qat"]["agreement"], record["qat"]["drop"]]]))
+        say(f"kept: {'QAT' if record['kept'] == 'qat' else 'PTQ (QAT was worse)'}")
+    if steps:
+        say(format_table(["step", "within budget", "drop pts", "agreement", "seconds", "float layers"],
+                         [[s["step"], s["within_budget"], s["drop"], s["agreement"], s["seconds"], s["float_layers"]]
+                          for s in steps]))
+    check = result.info.get("golden_check")
+    if check:
+        say(f"golden check against the bundle's tolerance {check['tolerance']}: "
+            f"{'passed' if check['passed'] else 'FAILED'}", fg="green" if check["passed"] else "red")
+    say(f"wrote {result.path} ({result.precision}) in {result.seconds:.1f}s", fg="green")
+    if as_json:
+        emit_json({**result.to_dict(), "escalation": steps})

@@ -313,8 +313,25 @@ def _statistics(bundle: Bundle, calib: Any, model: Any, *, progress: bool) -> An
 
 def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *, source, max_drop, min_agreement,
             val_size, seed, max_kept, progress, extra_exclude, only, numerics):
+    from edgetl.quantize.budget import search
+
+    sample, scorer, run = validation_sample(bundle, src, source, val_size=val_size, seed=seed, numerics=numerics)
+    full_metrics = scorer(run(full, sample.batch), sample)
+    units = [u for u in list_units(quantized, model, layers=only) if u.name not in extra_exclude]
+    return search(model, quantized, units, sample, run, max_drop=max_drop, min_agreement=min_agreement,
+                  full_metrics=full_metrics, weights=_layer_params(model), max_kept=max_kept, progress=progress,
+                  scorer=scorer)
+
+
+def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int, seed: int, numerics: str):
+    """The labelled validation images budget mode and QAT score candidates on, with the FP32 outputs.
+
+    Returns:
+        (sample, scorer, run): `edgetl.quantize.budget.Sample`, the task's scorer (top-1 for classifiers, mAP
+        against the dataset's boxes for detectors), and ``run(model_path, batch)`` in ``numerics``.
+    """
     from edgetl.data.imagesets import balanced_indices, decode, find_images
-    from edgetl.quantize.budget import Sample, score, search
+    from edgetl.quantize.budget import Sample, score
 
     images = find_images(source, split="val", labels=bundle.labels)
     images = images.subset(balanced_indices(images.labels, val_size, seed + 1))
@@ -332,12 +349,7 @@ def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *
                                 "needs labelled images", hint="pass --val-data data.yaml")
         scorer = budget_scorer(truth, decoded.infos, dict(bundle.manifest.get("postprocess") or {}), bundle.labels)
     run = _runner(bundle, all_outputs=bundle.task == "detect", numerics=numerics)
-    sample = Sample(decoded.batch, labels, run(src, decoded.batch), str(images.source))
-    full_metrics = scorer(run(full, decoded.batch), sample)
-    units = [u for u in list_units(quantized, model, layers=only) if u.name not in extra_exclude]
-    return search(model, quantized, units, sample, run, max_drop=max_drop, min_agreement=min_agreement,
-                  full_metrics=full_metrics, weights=_layer_params(model), max_kept=max_kept, progress=progress,
-                  scorer=scorer)
+    return Sample(decoded.batch, labels, run(src, decoded.batch), str(images.source)), scorer, run
 
 
 def _val_source(bundle: Bundle, calib_source: Any) -> Any:

@@ -203,3 +203,21 @@ def test_cli_config_yaml_of_a_run_is_reusable(shapes, tmp_path):
                                      str(tmp_path / "again"), "--quiet", "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["history"][0]["train_loss"] == json.loads(res.stdout)["history"][0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_qat_on_the_detector(run, shapes, tmp_path):
+    """QAT runs the detector's INT8 graph (every conv INT8, decode in float) and scores it by mAP."""
+    from edgetl.bundle import open_bundle
+    from edgetl.export import export_checkpoint
+    from edgetl.quantize.qat import QatSettings
+    from edgetl.quantize.qat_api import qat_bundle
+
+    export_checkpoint(run.best_checkpoint, tmp_path / "b", parity_data=str(shapes.parent / "images" / "val"))
+    result = qat_bundle(tmp_path / "b", data=shapes, settings=QatSettings(epochs=1, batch_size=4), calib_size=8,
+                        val_size=4)
+    record = result.info.get("qat") or result.info["qat_attempt"]
+    assert [h["epoch"] for h in record["history"]] == [0, 1] and record["history"][1]["loss"] >= 0
+    assert "map" in record["qat"] and "map" in record["ptq"]
+    art = open_bundle(tmp_path / "b").find(kind="onnx", precision="int8")[0]
+    assert art.info["graph"]["float_layers"] == [] and art.info["float_decode_nodes"] > 0

@@ -1,0 +1,160 @@
+"""QAT benchmark: FP32 vs PTQ vs QAT on a fine-tuned classifier on real data, in one run.
+
+Model: the demo's classifier (EfficientNet-Lite0 fine-tuned on the shipped Fashion-MNIST sample at 128 px,
+`edgetl demo`), trained in this run; its training time is the baseline QAT's cost is compared with. Every INT8
+model is the TensorRT format (symmetric int8 activations, per-channel int8 weights) and is scored in exact
+numerics (ONNX Runtime, graph optimizations off: what TensorRT computes) on all 300 validation images, against
+the labels (top-1) and against FP32 (agreement).
+
+Variants, each on a fresh copy of the demo's bundle, each ``edgetl quantize`` in a child process (wall time and
+peak RSS from ``os.wait4``):
+
+  ptq        : ``edgetl quantize B --target tensorrt`` (the defaults)
+  qat        : ``edgetl quantize B --qat`` (PTQ, then QAT with the defaults: the last 2 layers, cached prefix)
+  qat-all-layers : every layer trains (lr 1e-5, 1 epoch over 256 images: what the same minutes buy there)
+  ptq-7bit   : ``--reduce-range`` (7-bit weights on non-depthwise layers): PTQ that misses the gate on purpose
+  qat-7bit   : ``--qat --reduce-range``: QAT from that start, weights kept at 7 bits
+
+The gate: top-1 drop <= 0.2 point and agreement >= 99 %, every conv INT8.
+
+    python benchmarks/qat.py [--out /tmp/edgetl-qatbench]
+
+Writes benchmarks/results/qat.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results" / "qat.json"
+VARIANTS = {
+    "ptq": ["--target", "tensorrt"],
+    "qat": ["--qat"],
+    "qat-all-layers": ["--qat", "--qat-layers", "1000", "--qat-lr", "1e-5", "--qat-epochs", "1", "--qat-images", "256"],
+    "ptq-7bit": ["--target", "tensorrt", "--reduce-range"],
+    "qat-7bit": ["--qat", "--reduce-range"],
+}
+MAX_DROP, MIN_AGREEMENT = 0.2, 0.99
+
+
+def _edgetl() -> list[str]:
+    script = Path(sys.executable).with_name("edgetl")
+    return [str(script)] if script.is_file() else [sys.executable, "-c", "from edgetl.cli.main import main; main()"]
+
+
+def child(command: list[str], log: Path) -> dict[str, Any]:
+    """Run ``command``; its JSON document (stdout), wall time, peak RSS and exit code."""
+    out = log.with_suffix(".json")
+    with out.open("wb") as stdout, log.open("wb") as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    try:
+        document = json.loads(out.read_text())
+    except json.JSONDecodeError:
+        document = {"error": log.read_text()[-2000:]}
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "exit_code": code,
+            "document": document}
+
+
+def score(bundle: Path, model: str) -> dict[str, Any]:
+    """Top-1 and agreement with FP32 on every validation image, exact numerics."""
+    from edgetl.bundle import open_bundle
+    from edgetl.data.imagesets import decode, find_images
+    from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    b = open_bundle(bundle)
+    images = find_images(b.manifest["provenance"]["dataset"], split="val", labels=b.labels)
+    decoded = decode(images, b.preprocess)
+    labels = np.asarray(decoded.labels)
+
+    def logits(path: Path, numerics: str) -> np.ndarray:
+        with OnnxRuntimeBackend(path, device="cpu", numerics=numerics) as backend:
+            return np.concatenate([backend.infer(decoded.batch[i:i + 50])["logits"]
+                                   for i in range(0, len(decoded.batch), 50)])
+
+    ref = logits(bundle / "model.onnx", "exact").argmax(1)
+    pred = logits(bundle / model, "exact").argmax(1)
+    return {"images": len(labels), "fp32_top1": float((ref == labels).mean()), "top1": float((pred == labels).mean()),
+            "drop_points": round(100.0 * float((ref == labels).mean() - (pred == labels).mean()), 3),
+            "agreement": float((pred == ref).mean()), "flips": int((pred != ref).sum())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="/tmp/edgetl-qatbench")
+    args = parser.parse_args()
+    work = Path(args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    load_before = os.getloadavg()[0]
+    print("training the demo's classifier (edgetl demo)...", file=sys.stderr)
+    demo = child([*_edgetl(), "demo", "--out", str(work / "demo"), "--json"], work / "demo.log")
+    train_s = (demo["document"].get("steps_s") or {}).get("train")
+    if train_s is None:
+        print(f"demo failed: {demo['document']}", file=sys.stderr)
+        return 4
+    base = work / "demo" / "bundle"
+    rows: dict[str, Any] = {}
+    for name, flags in VARIANTS.items():
+        print(f"{name}: edgetl quantize {' '.join(flags)}", file=sys.stderr)
+        bundle = Path(shutil.copytree(base, work / name))
+        run = child([*_edgetl(), "quantize", str(bundle), *flags, "--json"], work / f"{name}.log")
+        info = run["document"].get("info", {})
+        metrics = score(bundle, "model.int8.onnx") if run["exit_code"] == 0 else {}
+        graph = info.get("graph", {})
+        record = info.get("qat") or info.get("qat_attempt") or {}
+        rows[name] = {
+            "flags": flags, "exit_code": run["exit_code"], "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
+            **metrics,
+            "int8_layers": graph.get("int8_layers"), "float_layers": len(graph.get("float_layers", [])),
+            "weight_bits": info.get("weight_bits"), "scheme": info.get("scheme", "ptq"),
+            "qat_kept": record.get("kept"), "qat_train_s": record.get("seconds"),
+            "qat_history": record.get("history"),
+            "gate_passed": bool(metrics) and metrics["drop_points"] <= MAX_DROP
+                           and metrics["agreement"] >= MIN_AGREEMENT and not graph.get("float_layers"),
+        }
+        if run["exit_code"] != 0:
+            rows[name]["error"] = run["document"].get("error")
+    fp32 = next((r["fp32_top1"] for r in rows.values() if "fp32_top1" in r), None)
+    document = {
+        "benchmark": "qat",
+        "command": "python benchmarks/qat.py",
+        "host": {"cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+                 "load_average_1m_before": round(load_before, 2),
+                 "load_average_1m_after": round(os.getloadavg()[0], 2)},
+        "model": "EfficientNet-Lite0, edgetl demo (linear probe, 128 px, Fashion-MNIST sample)",
+        "gate": {"max_drop_points": MAX_DROP, "min_agreement": MIN_AGREEMENT, "numerics": "exact"},
+        "fine_tuning": {"train_s": train_s, "demo_wall_s": demo["wall_s"], "peak_rss_mb": demo["peak_rss_mb"]},
+        "fp32_top1": fp32,
+        "variants": rows,
+        "qat_vs_train": {name: round(r["qat_train_s"] / train_s, 2)
+                         for name, r in rows.items() if r.get("qat_train_s")},
+    }
+    from edgetl.fileio import write_json
+
+    write_json(RESULTS, document)
+    print(f"{'variant':10} {'top-1':>7} {'drop':>6} {'agree':>7} {'flips':>5} {'int8':>5} {'wall s':>7} "
+          f"{'RSS MB':>7} gate")
+    for name, r in rows.items():
+        if "top1" in r:
+            print(f"{name:10} {r['top1']:7.4f} {r['drop_points']:6.2f} {r['agreement']:7.4f} {r['flips']:5d} "
+                  f"{r['int8_layers']!s:>5} {r['wall_s']:7.1f} {r['peak_rss_mb']:7.0f} {r['gate_passed']}")
+    print(f"FP32 top-1 {fp32}; fine-tuning {train_s} s; QAT/train {document['qat_vs_train']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

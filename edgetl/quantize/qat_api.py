@@ -1,0 +1,264 @@
+"""`qat_bundle` and `escalate`: quantization-aware fine-tuning into a bundle, and budget mode's escalation.
+
+`qat_bundle` runs PTQ for the TensorRT format first (its calibration scales start the quantizers; the cached
+statistics make a rerun skip the images), fine-tunes (`edgetl.quantize.qat`), and writes ``model.int8.onnx``
+only when the QAT model is not worse than PTQ's on the validation images.
+
+`escalate` is budget mode with QAT as its last resort: PTQ with the defaults, then PTQ with at most a few
+quantization points kept in float, then QAT with every layer INT8; it stops at the first candidate within
+``max_drop`` / ``min_agreement`` in the target's numerics, and reports each step's result and cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from edgetl.errors import BadInputError, GateFailedError
+from edgetl.lazy import lazy_import
+from edgetl.quantize.api import FILES, QuantizeResult, _golden_check, _record, quantize_bundle, validation_sample
+from edgetl.quantize.qat import QatOutcome, QatSettings
+
+onnx = lazy_import("onnx", "train", purpose="quantization-aware fine-tuning")
+
+log = logging.getLogger(__name__)
+
+#: Budget mode's second step keeps at most this many quantization points in float before it tries QAT.
+ESCALATION_MAX_KEPT = 3
+NUMERICS = "exact"  # the TensorRT format is gated in exact numerics (`Int8Settings.gate_numerics`)
+
+
+def qat_bundle(
+    bundle_dir: str | Path,
+    *,
+    data: str | Path | None = None,
+    settings: QatSettings | None = None,
+    calib_data: str | Path | None = None,
+    calib_size: int = 300,
+    val_data: str | Path | None = None,
+    val_size: int = 300,
+    seed: int = 0,
+    reduce_range: bool = False,
+    progress: bool = False,
+    strict: bool = False,
+) -> QuantizeResult:
+    """Quantization-aware fine-tuning of the bundle's model to an INT8 QDQ graph (TensorRT format).
+
+    Args:
+        bundle_dir: a bundle made by `edgetl.export.export_checkpoint`.
+        data: the labelled dataset to fine-tune on (its training split; default: the dataset recorded at
+            export). Its classes must be the bundle's labels.
+        settings: epochs, learning rate, batch size, images, layers (default: `QatSettings.for_task`).
+        calib_data, calib_size: PTQ calibration (default: ``data``).
+        val_data, val_size: the validation images each epoch and the final comparison are scored on
+            (default: the validation split of ``data``).
+        seed: seeds the draws and the training.
+        reduce_range: start from 7-bit weights on non-depthwise layers (`quantize_bundle`); QAT keeps the
+            start's weight bits.
+        progress: progress bars on stderr.
+        strict: a model that fails its own golden check raises `GateFailedError`.
+
+    Raises:
+        BadInputError: no dataset, classes that differ from the bundle's, a graph QAT cannot run.
+    """
+    from edgetl.bundle.manifest import open_bundle
+    from edgetl.quantize.qat import check_labels
+
+    start = time.perf_counter()
+    bundle = open_bundle(bundle_dir)
+    settings = settings or QatSettings.for_task(bundle.task, seed=seed)
+    source = data or bundle.manifest.get("provenance", {}).get("dataset")
+    if not source:
+        raise BadInputError("no training images for QAT: the bundle records no dataset",
+                            hint="pass --data DATASET (the dataset the model was fine-tuned on)")
+    if not Path(source).exists():
+        raise BadInputError(f"QAT dataset not found: {source}", hint="pass --data DATASET")
+    check_labels(source, bundle.labels, bundle.task)
+    log.info("QAT: post-training quantization first (TensorRT format); its calibration starts the quantizers")
+    ptq = quantize_bundle(bundle_dir, "int8", calib_data=calib_data or source, calib_size=calib_size, seed=seed,
+                          target="tensorrt", reduce_range=reduce_range, progress=progress)
+    outcome, qat_path = _fine_tune(open_bundle(bundle_dir), source, settings, val_data=val_data or source,
+                                   val_size=val_size, seed=seed, progress=progress)
+    result = _write(open_bundle(bundle_dir), ptq, outcome, qat_path, settings)
+    result.seconds = time.perf_counter() - start
+    for note in result.warnings:
+        log.warning(note)
+    check = result.info.get("golden_check")
+    if strict and check is not None and not check["passed"]:
+        raise GateFailedError(f"the INT8 model at {result.path} fails the bundle's golden check: "
+                              f"{'; '.join(check['failures'])}")
+    return result
+
+
+def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any, val_size: int, seed: int,
+               progress: bool) -> tuple[QatOutcome, Path | None]:
+    from edgetl.data.imagesets import balanced_indices, decode, find_images
+    from edgetl.quantize.qat import (
+        cached_prefix,
+        export_module,
+        fp32_values,
+        loss_tensors,
+        module_outputs,
+        pick_cut,
+        train_qat,
+        worse,
+    )
+    from edgetl.quantize.qat_graph import QdqModule
+
+    src = bundle.path_of(bundle.reference_onnx())
+    ptq_path = bundle.root / FILES["int8"]
+    reference, quantized = onnx.load(str(src)), onnx.load(str(ptq_path))
+    module = QdqModule.create(quantized, reference)
+    sample, scorer, run = validation_sample(bundle, src, val_data, val_size=val_size, seed=seed, numerics=NUMERICS)
+    images = find_images(source, split="train", labels=bundle.labels)
+    if settings.images is not None and settings.images < len(images.paths):
+        images = images.subset(balanced_indices(images.labels, settings.images, seed))
+    decoded = decode(images, bundle.preprocess, progress=progress, what="QAT training images")
+    if len(decoded.batch) == 0:
+        raise BadInputError(f"no decodable training images in {source} for QAT")
+    names = loss_tensors(quantized, reference, bundle.task)
+    log.info("QAT: FP32 targets for %d training images", len(decoded.batch))
+    targets = fp32_values(src, decoded.batch, names)
+    outputs = list(module.output_names)
+    classify = bundle.task == "classify"
+    t0 = time.perf_counter()
+    cut = pick_cut(module, settings.layers)
+    train_inputs, val_inputs = decoded.batch, sample.batch
+    if cut is not None:
+        log.info("QAT: training the layers after %s; the graph before it runs once per image", cut[1])
+        train_inputs = cached_prefix(module, train_inputs, cut, progress=progress)
+        val_inputs = cached_prefix(module, val_inputs, cut, progress=progress)
+
+    def evaluate(mod: Any) -> dict[str, Any]:
+        values = module_outputs(mod, val_inputs, outputs, start=cut)
+        return scorer(values[outputs[0]] if classify else values, sample)
+
+    _, history, best_epoch, interrupted = train_qat(module, train_inputs, targets, evaluate, settings,
+                                                    classify=classify, progress=progress, start=cut)
+    seconds = time.perf_counter() - t0
+    path = export_module(module)
+    ptq_metrics = scorer(run(ptq_path, sample.batch), sample)
+    qat_metrics = scorer(run(path, sample.batch), sample)
+    kept = "ptq" if worse(qat_metrics, ptq_metrics) else "qat"
+    outcome = QatOutcome(kept, _plain(ptq_metrics), _plain(qat_metrics), history, best_epoch, interrupted, seconds,
+                         len(decoded.batch))
+    if kept == "ptq":
+        shutil.rmtree(path.parent, ignore_errors=True)
+        return outcome, None
+    return outcome, path
+
+
+def _write(bundle: Any, ptq: QuantizeResult, outcome: QatOutcome, path: Path | None,
+           settings: QatSettings) -> QuantizeResult:
+    from edgetl.export.onnx_graph import load_onnx, save_onnx
+    from edgetl.quantize.int8 import qdq_summary
+
+    qat_info = {**settings.to_dict(), **outcome.to_dict()}
+    out = bundle.root / FILES["int8"]
+    if path is None:
+        note = (f"QAT ended worse than PTQ on the validation images (agreement {outcome.qat['agreement']:.4f} vs "
+                f"{outcome.ptq['agreement']:.4f}, drop {outcome.qat['drop']:.2f} vs {outcome.ptq['drop']:.2f} "
+                f"points); the PTQ model is kept in {out}")
+        info = {**ptq.info, "qat_attempt": qat_info}
+        _record(bundle, "int8", info)
+        bundle.save()
+        return QuantizeResult(bundle.root, out, ptq.precision, info, warnings=[*ptq.warnings, note])
+    try:
+        model = load_onnx(path)
+        save_onnx(model, out)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    info = {**ptq.info, "scheme": "qat", "qat": qat_info, "graph": qdq_summary(model),
+            "weights": {**ptq.info["weights"], "note": "trained by QAT; bias correction applies to the PTQ start"}}
+    info["golden"], info["golden_check"] = _golden_check(bundle, out, "int8", numerics=(NUMERICS, "device"))
+    bundle.manifest["artifacts"] = [a for a in bundle.manifest["artifacts"] if a["path"] != FILES["int8"]]
+    bundle.add_artifact(out, kind="onnx", precision="int8", created_by="quantize", info=info)
+    _record(bundle, "int8", info)
+    bundle.save()
+    warnings = [w for w in ptq.warnings if not w.startswith("GOLDEN CHECK FAILED")]
+    check = info["golden_check"]
+    if check is not None and not check["passed"]:
+        warnings.insert(0, f"GOLDEN CHECK FAILED: the QAT model written to {out} does not match the FP32 golden "
+                           f"outputs within the bundle's tolerance ({'; '.join(check['failures'])})")
+    return QuantizeResult(bundle.root, out, "int8", info, warnings=warnings)
+
+
+def escalate(
+    bundle_dir: str | Path,
+    *,
+    max_drop: float,
+    min_agreement: float | None = None,
+    max_kept: int = ESCALATION_MAX_KEPT,
+    data: str | Path | None = None,
+    settings: QatSettings | None = None,
+    calib_size: int = 300,
+    val_data: str | Path | None = None,
+    val_size: int = 300,
+    seed: int = 0,
+    reduce_range: bool = False,
+    progress: bool = False,
+) -> tuple[QuantizeResult, list[dict[str, Any]]]:
+    """Budget mode with QAT as the last step: PTQ -> PTQ with at most ``max_kept`` points in float -> QAT.
+
+    Returns:
+        The result of the step that met the budget, and every step tried: ``step``, ``within_budget``,
+        ``drop``, ``agreement``, ``seconds``, ``float_layers``, ``float_activations``.
+
+    Raises:
+        GateFailedError: no step met the budget (the last step's model is in the bundle).
+    """
+    from edgetl.bundle.manifest import open_bundle
+    from edgetl.quantize.budget import within
+
+    bundle = open_bundle(bundle_dir)
+    source = data or bundle.manifest.get("provenance", {}).get("dataset")
+    steps: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    common = dict(calib_data=source, calib_size=calib_size, val_data=val_data or source, val_size=val_size,
+                  seed=seed, target="tensorrt", max_drop=max_drop, min_agreement=min_agreement,
+                  reduce_range=reduce_range, progress=progress)
+    result: QuantizeResult | None = None
+    with contextlib.suppress(GateFailedError):  # the budget record says what the search reached
+        result = quantize_bundle(bundle_dir, "int8", max_kept=max_kept, **common)
+    budget = open_bundle(bundle_dir).manifest["quantization"]["int8"]["budget"]
+    seconds = time.perf_counter() - t0
+    first = budget["steps"][0]
+    steps.append({"step": "ptq", "within_budget": within(first, max_drop, min_agreement), "drop": first["drop"],
+                  "agreement": first["agreement"], "seconds": round(seconds, 2), "float_layers": 0,
+                  "float_activations": 0})
+    if not steps[0]["within_budget"]:
+        final = budget["final"]
+        steps.append({"step": f"ptq + at most {max_kept} points in float", "within_budget": budget["within_budget"],
+                      "drop": final["drop"], "agreement": final["agreement"], "seconds": round(seconds, 2),
+                      "float_layers": len(budget["kept_layers"]), "float_activations": len(budget["kept_activations"]),
+                      "note": "one search: the PTQ step and this one share the sensitivity run's time"})
+    if budget["within_budget"] and result is not None:
+        return result, steps
+    log.info("budget mode: PTQ with up to %d points in float misses the budget; trying QAT (every layer INT8)",
+             max_kept)
+    t1 = time.perf_counter()
+    result = qat_bundle(bundle_dir, data=source, settings=settings, calib_size=calib_size,
+                        val_data=val_data or source, val_size=val_size, seed=seed, reduce_range=reduce_range,
+                        progress=progress)
+    record = result.info.get("qat") or result.info["qat_attempt"]
+    qat = record["qat"]  # the QAT model's metrics, whether or not it was written
+    ok = "qat" in result.info and within(qat, max_drop, min_agreement)
+    steps.append({"step": "qat", "within_budget": ok, "drop": qat["drop"], "agreement": qat["agreement"],
+                  "seconds": round(time.perf_counter() - t1, 2), "float_layers": 0, "float_activations": 0})
+    result.budget = {"escalation": steps}
+    if not ok:
+        raise GateFailedError(
+            f"no step met the budget (drop <= {max_drop} points"
+            + (f", agreement >= {min_agreement}" if min_agreement is not None else "") + "): "
+            + "; ".join(f"{s['step']}: drop {s['drop']:.2f}, agreement {s['agreement']:.4f}" for s in steps)
+            + f"; the model in {result.path} is the last step's",
+            hint="raise --max-drop, lower --min-agreement, or give QAT more --qat-epochs")
+    return result, steps
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if hasattr(v, "item") else v) for k, v in metrics.items()}

@@ -1,0 +1,411 @@
+"""A QDQ ONNX graph as a trainable PyTorch module: the fake quantization of QAT is the exported graph itself.
+
+Quantization-aware training only pays off when the numbers it trains against are the numbers the device
+computes. Rebuilding the PyTorch model and inserting fake-quant modules leaves three places to drift from the
+exported graph: BatchNorm (PyTorch trains conv + BN, the exporter folds BN into the conv *before* its weights
+are rounded), which tensors carry a Q/DQ pair (ONNX Runtime's quantizer decides, op by op), and which ops stay
+in float (ReLU6 kept as Clip, the detector's decode). Here the starting point is the PTQ graph itself
+(`edgetl.quantize.api`): every node runs as the matching torch op, every QuantizeLinear/DequantizeLinear pair
+on an activation becomes ``torch.fake_quantize_per_tensor_affine`` with the calibrated scale, and every
+quantized weight becomes a float parameter (the FP32 weight, BatchNorm already folded as exported) behind
+``torch.fake_quantize_per_channel_affine`` with the scale the exporter recomputes from it (symmetric,
+``max|w| / qmax``). Biases are int32 in the graph (scale = input scale x weight scale) and are rounded the
+same way in training.
+
+`QdqModule.to_onnx` writes the trained parameters back into a copy of the graph: int8 weights, their scales,
+int32 biases. Activation scales stay those of the calibration (the convention of NVIDIA's TensorRT Model
+Optimizer, whose QAT trains weights against fixed activation ranges), so the graph keeps exactly the Q/DQ
+layout that ONNX Runtime and TensorRT's explicit INT8 already accept from PTQ.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
+
+torch = lazy_import("torch", "train", purpose="quantization-aware fine-tuning")
+onnx = lazy_import("onnx", "train", purpose="quantization-aware fine-tuning")
+
+#: Ops this module runs; a graph with any other op is refused with its name (`unsupported_ops`).
+SUPPORTED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "MatMul", "Clip", "Relu", "Sigmoid", "Mul", "Add",
+    "Sub", "Div", "GlobalAveragePool", "Flatten", "Identity", "Reshape", "Concat", "Softmax", "Transpose",
+    "MaxPool", "Resize", "Split", "Slice", "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast",
+    "ReduceMax", "ReduceSum", "ReduceMean", "ArgMax", "Exp", "Pow", "Sqrt", "Neg", "HardSigmoid", "HardSwish",
+    "AveragePool",
+})
+
+
+@dataclass
+class _Weight:
+    """A quantized layer's weight: the trainable float tensor and how the graph stores it."""
+
+    layer: str
+    param: str  # key in the module's parameter dict
+    quantized: str  # int8 initializer
+    scale: str
+    zero_point: str | None
+    axis: int
+    qmax: int
+    bias_param: str | None = None
+    bias: str | None = None  # int32 initializer
+    bias_scale: str | None = None
+    input_scale: np.ndarray | None = None  # per output channel (all equal): bias scale / weight scale
+
+
+def unsupported_ops(model: Any) -> list[str]:
+    return sorted({n.op_type for n in model.graph.node} - SUPPORTED_OPS)
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+class QdqModule:
+    """Build with `QdqModule.create` (torch is imported lazily; this wrapper holds the ``torch.nn.Module``)."""
+
+    @staticmethod
+    def create(quantized: Any, reference: Any) -> Any:
+        """The QDQ graph ``quantized`` (made from the FP32 graph ``reference``) as a ``torch.nn.Module``.
+
+        Raises:
+            BadInputError: an op this module does not run, or a Q/DQ layout it does not recognise.
+        """
+        return _build_module_class()(quantized, reference)
+
+
+def _build_module_class() -> type:
+    F = torch.nn.functional
+
+    from edgetl.quantize.weights import quantized_layers
+
+    class _QdqGraph(torch.nn.Module):
+        """Runs the nodes of a QDQ graph in order; see the module docstring."""
+
+        def __init__(self, quantized: Any, reference: Any) -> None:
+            super().__init__()
+            missing = unsupported_ops(quantized)
+            if missing:
+                raise BadInputError(f"quantization-aware training cannot run these ops of the graph: {missing}",
+                                    hint="quantize without --qat (post-training quantization handles any op)")
+            self.graph_proto = quantized
+            self.nodes = list(quantized.graph.node)
+            self.input_names = [i.name for i in quantized.graph.input]
+            self.output_names = [o.name for o in quantized.graph.output]
+            inits = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer}
+            self.params = torch.nn.ParameterDict()
+            self.weights: dict[str, _Weight] = {}  # DQ output name -> weight record
+            self.bias_of: dict[str, _Weight] = {}  # bias DQ output name -> its layer's record
+            producer = {out: n for n in quantized.graph.node for out in n.output}
+            for i, layer in enumerate(quantized_layers(quantized, reference)):
+                dq = producer[layer.node.input[1]]
+                key = f"w{i}"
+                self.params[key] = torch.nn.Parameter(torch.from_numpy(layer.float_weight.copy()))
+                record = _Weight(layer.node.name, key, layer.weight, layer.scale, layer.zero_point, layer.axis,
+                                 layer.qmax)
+                if layer.bias is not None:
+                    bias_dq = producer[layer.node.input[2]]
+                    scale_b = inits[layer.bias_scale].astype(np.float64)
+                    scale_w = inits[layer.scale].astype(np.float64)
+                    # Start from the graph's own bias (bias correction included): step 0 is the PTQ model.
+                    start = (inits[layer.bias].astype(np.float64) * scale_b).astype(np.float32)
+                    self.params[f"b{i}"] = torch.nn.Parameter(torch.from_numpy(start))
+                    record.bias_param, record.bias, record.bias_scale = f"b{i}", layer.bias, layer.bias_scale
+                    record.input_scale = np.where(scale_w > 0, scale_b / np.maximum(scale_w, 1e-30), 0.0)
+                    self.bias_of[bias_dq.output[0]] = record
+                self.weights[dq.output[0]] = record
+            # Float weights of layers kept in float (budget mode) train too; every other initializer is a constant.
+            taken = {r.quantized for r in self.weights.values()} | {r.bias for r in self.weights.values() if r.bias}
+            self.float_params: dict[str, str] = {}
+            for node in quantized.graph.node:
+                if node.op_type not in ("Conv", "Gemm", "MatMul"):
+                    continue
+                for name in node.input[1:3]:
+                    if name in inits and name not in taken and inits[name].dtype == np.float32:
+                        key = f"f{len(self.float_params)}"
+                        self.params[key] = torch.nn.Parameter(torch.from_numpy(inits[name].copy()))
+                        self.float_params[name] = key
+            self.constants = {name: torch.from_numpy(np.array(value)) for name, value in inits.items()
+                              if name not in self.float_params}
+            # Nodes that read only constants (weight and bias DQs, Constant): they run in any tail, wherever they are.
+            static = set(inits)
+            self.static_nodes: set[int] = set()
+            self._tails: dict[int, list[Any]] = {}
+            for i, node in enumerate(quantized.graph.node):
+                if all(not name or name in static for name in node.input):
+                    static.update(node.output)
+                    self.static_nodes.add(i)
+            self.activation_qdq: dict[str, tuple[float, int, int, int]] = {}  # Q output -> scale, zp, qmin, qmax
+            for node in quantized.graph.node:
+                if node.op_type == "QuantizeLinear":
+                    self.activation_qdq[node.output[0]] = _per_tensor(inits, node)
+            for node in quantized.graph.node:
+                if (node.op_type == "DequantizeLinear" and node.input[0] in self.activation_qdq
+                        and _per_tensor(inits, node)[:2] != self.activation_qdq[node.input[0]][:2]):
+                    raise BadInputError(f"{node.name}: dequantizes with another scale than its QuantizeLinear",
+                                            hint="QAT starts from the INT8 graph `edgetl quantize` writes")
+
+        # ---- quantizers -------------------------------------------------------------------------------------
+        def weight_scale(self, record: _Weight) -> torch.Tensor:
+            """The exporter's per-channel scale, recomputed from the current weight: ``max|w| / qmax``."""
+            w = self.params[record.param].detach()
+            dims = [d for d in range(w.ndim) if d != record.axis]
+            amax = w.abs().amax(dim=dims) if dims else w.abs()
+            return torch.clamp(amax, min=1e-8) / record.qmax
+
+        def fake_weight(self, record: _Weight) -> torch.Tensor:
+            w = self.params[record.param]
+            scale = self.weight_scale(record)
+            zero = torch.zeros(scale.shape, dtype=torch.int32)
+            return torch.fake_quantize_per_channel_affine(w, scale, zero, record.axis, -record.qmax, record.qmax)
+
+        def fake_bias(self, record: _Weight) -> torch.Tensor:
+            b = self.params[record.bias_param]
+            scale = self.weight_scale(record) * torch.from_numpy(record.input_scale.astype(np.float32))
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            rounded = torch.clamp(torch.round(b.detach() / scale), -(2**31), 2**31 - 1) * scale
+            return b + (rounded - b.detach())  # straight-through: the gradient of the float bias
+
+        # ---- graph ------------------------------------------------------------------------------------------
+        def forward(self, x: torch.Tensor, extra: list[str] | None = None,
+                    start: tuple[int, str] | None = None) -> dict[str, torch.Tensor]:
+            """The graph's outputs by name, and the intermediate tensors named in ``extra``.
+
+            ``start=(index, tensor)`` (a `cut_points` entry) runs only the nodes after ``index``, with ``x`` as
+            the value of ``tensor``: the tail of the graph, from a cached prefix.
+            """
+            env: dict[str, Any] = {self.input_names[0] if start is None else start[1]: x}
+            for node in self.nodes if start is None else self.tail(start[0]):
+                outs = self.run_node(node, env)
+                for name, value in zip(node.output, outs):
+                    env[name] = value
+            return {name: env[name] for name in dict.fromkeys([*self.output_names, *(extra or [])])}
+
+        def tail(self, index: int) -> list[Any]:
+            """The nodes after ``index``, and the constant nodes (weight DQs...) they read, in graph order."""
+            if index not in self._tails:
+                wanted = {name for node in self.nodes[index + 1:] for name in node.input}
+                keep = []
+                for i in range(len(self.nodes) - 1, -1, -1):
+                    node = self.nodes[i]
+                    if i > index or (i in self.static_nodes and wanted.intersection(node.output)):
+                        keep.append(node)
+                        wanted.update(node.input)
+                self._tails[index] = keep[::-1]
+            return self._tails[index]
+
+        def prefix(self, x: torch.Tensor, cut: tuple[int, str]) -> torch.Tensor:
+            """The value of the cut tensor: the nodes up to ``cut[0]``."""
+            env: dict[str, Any] = {self.input_names[0]: x}
+            for node in self.nodes[: cut[0] + 1]:
+                for name, value in zip(node.output, self.run_node(node, env)):
+                    env[name] = value
+            return env[cut[1]]
+
+        def cut_points(self) -> list[tuple[int, str, int]]:
+            """Where the graph narrows to one tensor: ``(node index, tensor, weighted layers after it)``.
+
+            Everything before such a point can run once, without gradients, and be cached; training the layers
+            after it then costs only their share of the graph.
+            """
+            last_use: dict[str, int] = {}
+            for i, node in enumerate(self.nodes):
+                for name in node.input:
+                    last_use[name] = i
+            for name in self.output_names:
+                last_use[name] = len(self.nodes)
+            layers_after = [0] * (len(self.nodes) + 1)
+            for i in range(len(self.nodes) - 1, -1, -1):
+                layers_after[i] = layers_after[i + 1] + (self.nodes[i].op_type in ("Conv", "Gemm", "MatMul"))
+            live = {self.input_names[0]}
+            cuts = []
+            for i, node in enumerate(self.nodes):
+                if i in self.static_nodes:
+                    continue
+                live.update(node.output)
+                live = {t for t in live if last_use.get(t, -1) > i}
+                if len(live) == 1 and i + 1 < len(self.nodes):
+                    cuts.append((i, next(iter(live)), layers_after[i + 1]))
+            return cuts
+
+        def value(self, name: str, env: dict[str, Any]) -> Any:
+            if name in env:
+                return env[name]
+            if name in self.float_params:
+                return self.params[self.float_params[name]]
+            return self.constants[name]
+
+        def run_node(self, node: Any, env: dict[str, Any]) -> list[Any]:
+            op, a = node.op_type, _attrs(node)
+            if op == "DequantizeLinear":
+                out = node.output[0]
+                if out in self.weights:
+                    return [self.fake_weight(self.weights[out])]
+                if out in self.bias_of:
+                    return [self.fake_bias(self.bias_of[out])]
+                if node.input[0] in self.activation_qdq:  # the QuantizeLinear already produced the float value
+                    return [env[node.input[0]]]
+                x = self.constants[node.input[0]]
+                scale = self.constants[node.input[1]]
+                zp = self.constants[node.input[2]] if len(node.input) > 2 and node.input[2] else 0
+                return [(x.float() - (zp.float() if torch.is_tensor(zp) else 0.0)) * scale]
+            x = [self.value(n, env) if n else None for n in node.input]
+            if op == "QuantizeLinear":
+                scale, zp, qmin, qmax = self.activation_qdq[node.output[0]]
+                return [torch.fake_quantize_per_tensor_affine(x[0], scale, zp, qmin, qmax)]
+            if op == "Conv":
+                if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                    raise BadInputError(f"{node.name}: automatic Conv padding is not supported by QAT",
+                                        hint="re-export the model with `edgetl export` (explicit pads)")
+                pads = list(a.get("pads", [0] * (2 * (x[0].ndim - 2))))
+                half = len(pads) // 2
+                inp, padding = x[0], pads[:half]
+                if pads[:half] != pads[half:]:  # asymmetric ("same" with stride 2): pad first, as ONNX does
+                    inp = F.pad(inp, [v for d in reversed(range(half)) for v in (pads[d], pads[d + half])])
+                    padding = [0] * half
+                return [F.conv2d(inp, x[1], x[2], stride=a.get("strides", 1), padding=padding,
+                                 dilation=a.get("dilations", 1), groups=a.get("group", 1))]
+            if op == "Gemm":
+                left = x[0].t() if a.get("transA", 0) else x[0]
+                right = x[1].t() if a.get("transB", 0) else x[1]
+                out = a.get("alpha", 1.0) * (left @ right)
+                return [out + a.get("beta", 1.0) * x[2] if len(x) > 2 and x[2] is not None else out]
+            if op == "Clip":
+                lo = x[1] if len(x) > 1 and x[1] is not None else None
+                hi = x[2] if len(x) > 2 and x[2] is not None else None
+                return [torch.clamp(x[0], None if lo is None else float(lo), None if hi is None else float(hi))]
+            simple = _SIMPLE.get(op)
+            if simple is not None:
+                return [simple(*x)]
+            return _other(op, a, x, node)
+
+        def to_onnx(self) -> Any:
+            """A copy of the graph with the trained weights quantized as the fake quantization saw them."""
+            out = copy.deepcopy(self.graph_proto)
+            inits = {i.name: i for i in out.graph.initializer}
+
+            def put(name: str, array: np.ndarray) -> None:
+                inits[name].CopyFrom(onnx.numpy_helper.from_array(array, name))
+
+            with torch.no_grad():
+                for record in self.weights.values():
+                    scale = self.weight_scale(record)
+                    shape = [1] * self.params[record.param].ndim
+                    shape[record.axis] = -1
+                    # Integers from the fake-quantized values themselves: the export is what training saw.
+                    q = torch.round(self.fake_weight(record) / scale.reshape(shape))
+                    put(record.quantized, q.numpy().astype(np.int8))
+                    put(record.scale, scale.numpy().astype(np.float32))
+                    if record.bias_param is not None:
+                        bias_scale = (scale.numpy().astype(np.float64) * record.input_scale).astype(np.float32)
+                        safe = np.where(bias_scale > 0, bias_scale, 1.0)
+                        b = self.params[record.bias_param].numpy().astype(np.float64)
+                        put(record.bias_scale, bias_scale)
+                        put(record.bias, np.clip(np.round(b / safe), -(2**31), 2**31 - 1).astype(np.int32))
+                for name, key in self.float_params.items():
+                    put(name, self.params[key].detach().numpy().astype(np.float32))
+            return out
+
+    _SIMPLE: dict[str, Any] = {
+        "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul,
+        "Div": torch.div, "Identity": lambda t: t, "Exp": torch.exp, "Sqrt": torch.sqrt, "Neg": torch.neg,
+        "Pow": torch.pow, "MatMul": torch.matmul,
+        "GlobalAveragePool": lambda t: t.mean(dim=tuple(range(2, t.ndim)), keepdim=True),
+        "Shape": lambda t: torch.tensor(t.shape, dtype=torch.int64),
+    }
+
+    def _other(op: str, a: dict[str, Any], x: list[Any], node: Any) -> list[Any]:
+        if op == "Flatten":
+            axis = a.get("axis", 1)
+            return [x[0].reshape(int(np.prod(x[0].shape[:axis])) if axis else 1, -1)]
+        if op == "Reshape":
+            shape = [int(s) for s in x[1].tolist()]
+            shape = [x[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
+            return [x[0].reshape(shape)]
+        if op == "Concat":
+            return [torch.cat([t for t in x if t is not None], dim=a["axis"])]
+        if op == "Softmax":
+            return [torch.softmax(x[0], dim=a.get("axis", -1))]
+        if op == "Transpose":
+            return [x[0].permute(*a["perm"]) if "perm" in a else x[0].permute(*reversed(range(x[0].ndim)))]
+        if op == "MaxPool":
+            pads = a.get("pads", [0, 0, 0, 0])
+            return [F.max_pool2d(x[0], a["kernel_shape"], a.get("strides", 1), pads[: len(pads) // 2],
+                                 a.get("dilations", 1), bool(a.get("ceil_mode", 0)))]
+        if op == "AveragePool":
+            pads = a.get("pads", [0, 0, 0, 0])
+            return [F.avg_pool2d(x[0], a["kernel_shape"], a.get("strides", 1), pads[: len(pads) // 2],
+                                 bool(a.get("ceil_mode", 0)), bool(a.get("count_include_pad", 0)))]
+        if op == "Resize":
+            mode = a.get("mode", b"nearest")
+            mode = mode.decode() if isinstance(mode, bytes) else mode
+            scales = x[2] if len(x) > 2 and x[2] is not None and x[2].numel() else None
+            if mode != "nearest" or scales is None:
+                raise BadInputError(f"{node.name}: Resize {mode} without scales is not supported by QAT")
+            return [F.interpolate(x[0], scale_factor=[float(s) for s in scales.tolist()[2:]], mode="nearest")]
+        if op == "Split":
+            sizes = x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("split")
+            axis = a.get("axis", 0)
+            if sizes is None:
+                sizes = x[0].shape[axis] // len(node.output)
+            return list(torch.split(x[0], sizes, dim=axis))
+        if op == "Slice":
+            starts, ends = x[1].tolist(), x[2].tolist()
+            axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+            steps = x[4].tolist() if len(x) > 4 and x[4] is not None else [1] * len(starts)
+            index = [slice(None)] * x[0].ndim
+            for s, e, ax, st in zip(starts, ends, axes, steps):
+                size = x[0].shape[ax]
+                index[ax] = slice(max(min(s, size), -size), max(min(e, size), -size - 1), st)
+            return [x[0][tuple(index)]]
+        if op == "Constant":
+            return [torch.from_numpy(np.array(onnx.numpy_helper.to_array(a["value"])))]
+        if op == "Gather":
+            axis = a.get("axis", 0) % x[0].ndim
+            index = torch.as_tensor(x[1]).long()
+            picked = torch.index_select(x[0], axis, index.reshape(-1) % x[0].shape[axis])
+            return [picked.reshape([*x[0].shape[:axis], *index.shape, *x[0].shape[axis + 1:]])]
+        if op == "Unsqueeze":
+            out = x[0]
+            for ax in sorted(int(v) for v in (x[1].tolist() if len(x) > 1 else a["axes"])):
+                out = out.unsqueeze(ax)
+            return [out]
+        if op == "Squeeze":
+            axes = x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("axes")
+            return [x[0].squeeze() if axes is None else x[0].squeeze(tuple(int(v) for v in axes))]
+        if op == "Cast":
+            return [x[0].to({1: torch.float32, 7: torch.int64, 6: torch.int32, 9: torch.bool}[a["to"]])]
+        if op in ("ReduceMax", "ReduceSum", "ReduceMean"):
+            axes = a.get("axes") or (x[1].tolist() if len(x) > 1 and x[1] is not None else None)
+            keep = bool(a.get("keepdims", 1))
+            dims = tuple(int(v) for v in axes) if axes else tuple(range(x[0].ndim))
+            if op == "ReduceMax":
+                return [x[0].amax(dim=dims, keepdim=keep)]
+            return [x[0].sum(dim=dims, keepdim=keep) if op == "ReduceSum" else x[0].mean(dim=dims, keepdim=keep)]
+        if op == "ArgMax":
+            return [x[0].argmax(dim=a.get("axis", 0), keepdim=bool(a.get("keepdims", 1)))]
+        if op == "HardSigmoid":
+            return [torch.clamp(a.get("alpha", 0.2) * x[0] + a.get("beta", 0.5), 0, 1)]
+        if op == "HardSwish":
+            return [F.hardswish(x[0])]
+        raise BadInputError(f"{node.name}: op {op} is not supported by QAT")
+
+    return _QdqGraph
+
+
+def _per_tensor(inits: dict[str, np.ndarray], node: Any) -> tuple[float, int, int, int]:
+    """(scale, zero point, qmin, qmax) of an activation Q or DQ node, which must be per tensor."""
+    if node.input[1] not in inits:
+        raise BadInputError(f"{node.name}: its scale is not a constant", hint="QAT needs a calibrated graph")
+    scale = inits[node.input[1]]
+    zp = inits[node.input[2]] if len(node.input) > 2 and node.input[2] in inits else np.array(0, np.uint8)
+    if scale.size != 1:
+        raise BadInputError(f"{node.name}: activations quantized per channel; QAT expects per-tensor activations")
+    info = np.iinfo(zp.dtype)
+    return float(scale.reshape(())), int(zp.reshape(())), int(info.min), int(info.max)

@@ -1,0 +1,263 @@
+"""QAT: the fake-quant module is the exported QDQ graph, the bundle flow, escalation order, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from edgetl.bundle import open_bundle
+from edgetl.cli.main import cli
+from edgetl.errors import BadInputError
+from edgetl.quantize.int8 import Int8Settings, quantize_file
+
+
+def _tiny_graph(path: Path) -> Path:
+    """Conv (stride 2, asymmetric "same" pads) -> ReLU6 -> depthwise conv -> residual Add -> pool -> Gemm."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 1, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b2"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (5, 8)).astype(np.float32), "w3"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 5).astype(np.float32), "b3"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", strides=[2, 2], pads=[0, 0, 1, 1]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Add", ["r1", "c2"], ["s"], name="add"),
+        helper.make_node("GlobalAveragePool", ["s"], ["g"], name="pool"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat", axis=1),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 9, 9])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _ptq(tmp_path: Path, batch: np.ndarray) -> tuple[Path, Path]:
+    from edgetl.quantize.statistics import measure
+
+    src = _tiny_graph(tmp_path / "fp32.onnx")
+    stats = measure(onnx.load(str(src)), [batch], input_name="input")
+    dst = tmp_path / "int8.onnx"
+    quantize_file(src, dst, Int8Settings(), ranges=stats.ranges("minmax", 99.9))
+    return src, dst
+
+
+def _exact(path: Path, batch: np.ndarray) -> np.ndarray:
+    from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    with OnnxRuntimeBackend(path, device="cpu", numerics="exact") as backend:
+        return backend.infer(batch)["logits"]
+
+
+def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> None:
+    import torch
+
+    from edgetl.quantize.qat_graph import QdqModule
+
+    batch = np.random.default_rng(1).normal(0, 1, (16, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
+    # Train a few steps so that the weights, their scales and the biases all move away from PTQ's.
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+    for _ in range(5):
+        optimizer.zero_grad()
+        module(torch.from_numpy(batch))["logits"].square().mean().backward()
+        optimizer.step()
+    exported = tmp_path / "qat.onnx"
+    onnx.save(module.to_onnx(), str(exported))
+    with torch.no_grad():
+        fake = module(torch.from_numpy(batch))["logits"].numpy()
+    graph = _exact(exported, batch)
+    assert np.abs(graph - fake).max() <= 1e-4
+    assert np.abs(graph - _exact(dst, batch)).max() > 1e-3  # training changed the model
+
+    # The TensorRT format's conventions: int8 weights per output channel with zero point 0, int32 biases,
+    # symmetric int8 per-tensor activations, every layer quantized.
+    model = onnx.load(str(exported))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
+        w_dq, b_dq = producers[node.input[1]], producers[node.input[2]]
+        assert w_dq.op_type == b_dq.op_type == "DequantizeLinear"
+        assert inits[w_dq.input[0]].dtype == np.int8 and np.abs(inits[w_dq.input[0]]).max() <= 127
+        assert inits[w_dq.input[1]].size == inits[w_dq.input[0]].shape[0] and not inits[w_dq.input[2]].any()
+        assert inits[b_dq.input[0]].dtype == np.int32
+    for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
+        assert inits[q.input[1]].size == 1 and inits[q.input[2]].dtype == np.int8 and inits[q.input[2]] == 0
+
+
+def test_tail_from_a_cached_prefix_is_the_whole_graph(tmp_path: Path) -> None:
+    import torch
+
+    from edgetl.quantize.qat import cached_prefix, module_outputs, pick_cut
+    from edgetl.quantize.qat_graph import QdqModule
+
+    batch = np.random.default_rng(2).normal(0, 1, (8, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
+    cuts = module.cut_points()
+    assert [after for _, _, after in cuts] == sorted((after for _, _, after in cuts), reverse=True)
+    cut = pick_cut(module, 1)  # only the Gemm trains: the cut is after the residual Add and the pooling
+    assert cut is not None and [a for i, _, a in cuts if i == cut[0]] == [1]
+    whole = module_outputs(module, batch, ["logits"])["logits"]
+    tail = module_outputs(module, cached_prefix(module, batch, cut), ["logits"], start=cut)["logits"]
+    np.testing.assert_allclose(tail, whole, atol=1e-6)
+    module(torch.from_numpy(cached_prefix(module, batch, cut)), start=cut)["logits"].sum().backward()
+    trained = {k for k, p in module.params.items() if p.grad is not None}
+    assert len(trained) == 2  # the Gemm's weight and bias, nothing before the cut
+
+
+def test_ctrl_c_keeps_the_best_state_reached(tmp_path: Path) -> None:
+    import torch
+
+    from edgetl.quantize.qat import QatSettings, module_outputs, train_qat
+    from edgetl.quantize.qat_graph import QdqModule
+
+    batch = np.random.default_rng(3).normal(0, 1, (8, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    targets = {"logits": module_outputs(module, batch, ["logits"])["logits"] + 1.0}
+    calls = []
+
+    def evaluate(mod):
+        calls.append(1)
+        if len(calls) > 1:  # the user presses Ctrl-C while the first epoch is being scored
+            raise KeyboardInterrupt
+        return {"agreement": 0.5, "drop": 1.0, "sensitivity": 1.0}
+
+    _, history, best_epoch, interrupted = train_qat(module, batch, targets, evaluate,
+                                                    QatSettings(epochs=3, lr=1e-2, batch_size=4), classify=False)
+    assert interrupted and best_epoch == 0 and [h["epoch"] for h in history] == [0]
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())  # the start, not a half epoch
+
+
+def test_unsupported_op_is_named(tmp_path: Path) -> None:
+    from edgetl.quantize.qat_graph import QdqModule
+
+    batch = np.random.default_rng(1).normal(0, 1, (4, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    model = onnx.load(str(dst))
+    model.graph.node.append(helper.make_node("LpNormalization", ["logits"], ["normed"], name="lp"))
+    with pytest.raises(BadInputError, match="LpNormalization"):
+        QdqModule.create(model, onnx.load(str(src)))
+
+
+def test_worse_compares_agreement_then_drop_then_error() -> None:
+    from edgetl.quantize.qat import worse
+
+    ptq = {"agreement": 0.98, "drop": 0.5, "sensitivity": 0.01}
+    assert worse({"agreement": 0.97, "drop": 0.0, "sensitivity": 0.0}, ptq)
+    assert worse({"agreement": 0.99, "drop": 0.7, "sensitivity": 0.0}, ptq)
+    assert worse({**ptq, "sensitivity": 0.02}, ptq)
+    assert not worse({**ptq, "agreement": 0.99}, ptq) and not worse(dict(ptq), ptq)
+    # Scoring above FP32 by luck does not outweigh agreement: -1 and -0.5 points both count as no drop.
+    lucky = {"agreement": 0.96, "drop": -1.0, "sensitivity": 0.01}
+    assert not worse({"agreement": 0.965, "drop": -0.5, "sensitivity": 0.01}, lucky)
+
+
+@pytest.mark.slow
+def test_qat_writes_a_validated_qat_model_and_reuses_calibration(bundle_copy: Path, digits_dir: Path) -> None:
+    from edgetl.quantize.qat import QatSettings
+    from edgetl.quantize.qat_api import qat_bundle
+
+    settings = QatSettings(epochs=1, images=40, batch_size=20)
+    result = qat_bundle(bundle_copy, data=digits_dir, settings=settings, calib_size=32, val_size=20)
+    record = result.info.get("qat") or result.info["qat_attempt"]
+    assert [h["epoch"] for h in record["history"]] == [0, 1] and record["images"] == 40
+    assert {"agreement", "drop"} <= set(record["ptq"]) and {"agreement", "drop"} <= set(record["qat"])
+    bundle = open_bundle(bundle_copy)  # every hash verifies
+    art = bundle.find(kind="onnx", precision="int8")[0]
+    if record["kept"] == "qat":
+        assert art.info["scheme"] == "qat" and art.info["graph"]["int8_layers"] == 50
+        assert art.info["graph"]["float_layers"] == [] and art.info["golden_check"] is not None
+    again = qat_bundle(bundle_copy, data=digits_dir, settings=settings, calib_size=32, val_size=20)
+    assert again.info["calibration"]["cache_hit"]
+
+
+@pytest.mark.slow
+def test_qat_that_ends_worse_keeps_ptq(bundle_copy: Path, digits_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetl.quantize import qat
+    from edgetl.quantize.qat_api import qat_bundle
+
+    monkeypatch.setattr(qat, "worse", lambda candidate, baseline: True)
+    result = qat_bundle(bundle_copy, data=digits_dir, settings=qat.QatSettings(epochs=1, images=20),
+                        calib_size=32, val_size=10)
+    assert any("QAT ended worse than PTQ" in w and "PTQ model is kept" in w for w in result.warnings)
+    art = open_bundle(bundle_copy).find(kind="onnx", precision="int8")[0]
+    assert "scheme" not in art.info and result.info["qat_attempt"]["kept"] == "ptq"
+
+
+@pytest.mark.slow
+def test_escalation_stops_at_the_first_step_within_budget(bundle_copy: Path, digits_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetl.errors import GateFailedError
+    from edgetl.quantize import qat_api
+
+    calls: list[str] = []
+
+    def fake_qat(bundle_dir, **kwargs):
+        calls.append("qat")
+        raise AssertionError("QAT must not run when PTQ meets the budget")
+
+    monkeypatch.setattr(qat_api, "qat_bundle", fake_qat)
+    _, steps = qat_api.escalate(bundle_copy, max_drop=100.0, data=digits_dir, calib_size=16, val_size=10)
+    assert [s["step"] for s in steps] == ["ptq"] and steps[0]["within_budget"] and calls == []
+
+    # Out of reach: PTQ, then PTQ with at most 3 points in float (one search), then QAT, in that order.
+    def failing_qat(bundle_dir, **kwargs):
+        calls.append("qat")
+        info = open_bundle(bundle_dir).manifest["quantization"]["int8"]
+        metrics = {"agreement": 0.5, "drop": 10.0, "sensitivity": 1.0}
+        from edgetl.quantize.api import QuantizeResult
+
+        return QuantizeResult(Path(bundle_dir), Path(bundle_dir) / "model.int8.onnx", "int8",
+                              {**info, "qat_attempt": {"qat": metrics, "ptq": metrics, "kept": "ptq"}})
+
+    monkeypatch.setattr(qat_api, "qat_bundle", failing_qat)
+    with pytest.raises(GateFailedError, match=r"ptq: drop .*; ptq \+ at most 3 points in float: drop .*; qat: drop"):
+        qat_api.escalate(bundle_copy, max_drop=-1.0, data=digits_dir, calib_size=16, val_size=10)
+    assert calls == ["qat"]
+    budget = open_bundle(bundle_copy).manifest["quantization"]["int8"]["budget"]
+    assert len(budget["kept_layers"]) + len(budget["kept_activations"]) <= 3
+
+
+def test_cli_qat_bad_inputs(bundle_copy: Path, digits_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    other = tmp_path / "other"
+    shutil.copytree(digits_dir, other)
+    for split in ("train", "val"):
+        (other / split / "nine").rename(other / split / "nein")
+    result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--data", str(other), "--json"])
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert "differ from the bundle's labels" in error["message"] and "nine" in error["message"]
+    assert "nein" in error["message"]
+
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["provenance"]["dataset"] = None
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat"])
+    assert result.exit_code == 2 and "no training images for QAT" in result.output and "--data" in result.output
+
+    result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--target", "cpu", "--data", str(digits_dir)])
+    assert result.exit_code == 2 and "TensorRT format" in result.output
+    result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--qat-epochs", "0", "--data", str(digits_dir)])
+    assert result.exit_code == 2 and "--qat-epochs must be at least 1" in result.output
