@@ -28,7 +28,10 @@ from typing import Any
 from edgetl import __version__
 from edgetl.errors import BadInputError
 from edgetl.fileio import atomic_path
+from edgetl.lazy import lazy_import
 from edgetl.preprocess import PreprocessSpec
+
+torch = lazy_import("torch", "train", purpose="training")
 
 CHECKPOINT_FORMAT = "edgetl-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -53,7 +56,6 @@ class CheckpointMeta:
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, Any], meta: CheckpointMeta, **extra: Any) -> Path:
     """Write a checkpoint atomically (temp file + rename): Ctrl-C never leaves a truncated file."""
-    import torch
 
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -77,7 +79,6 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, Any], meta: Checkpoi
 
 def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> tuple[dict[str, Any], CheckpointMeta]:
     """Load a checkpoint safely (``weights_only=True``); returns ``(raw dict, meta)``."""
-    import torch
 
     path = Path(path)
     if not path.is_file():

@@ -29,6 +29,7 @@ from edgetl.data.imagefolder import ClassificationData, load_classification_data
 from edgetl.data.torch_datasets import BadItem, ImageDataset, make_loader
 from edgetl.data.transforms import SpecTransform, train_transform
 from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 from edgetl.preprocess import PreprocessSpec
 from edgetl.train import announce, distributed
 from edgetl.train.checkpoint import CheckpointMeta
@@ -44,6 +45,8 @@ from edgetl.train.loop import StepContext, build_optimizer, predict, run_epoch, 
 from edgetl.train.metrics import classification_metrics
 from edgetl.train.report import plot_confusion, plot_curves
 from edgetl.train.strategies import DEFAULT_LR, apply_strategy, check_strategy
+
+torch = lazy_import("torch", "train", purpose="training")
 
 
 @dataclass
@@ -137,7 +140,6 @@ class _Run(TrainingRun):
     task = "classify"
 
     def __init__(self, cfg: TrainConfig, progress: bool, on_step: Callable[[int], None] | None) -> None:
-        import torch
 
         super().__init__(cfg, progress, on_step)
         self.cfg: TrainConfig = cfg
@@ -287,7 +289,6 @@ class _Run(TrainingRun):
         announce.announce(lines)
 
     def _image_epochs(self) -> Callable[[StepContext, int], dict[str, Any]]:
-        import torch
 
         cfg = self.cfg
         train_ds = ImageDataset(self.data.train, train_transform(self.spec, cfg.augment, hflip=cfg.hflip))
@@ -335,7 +336,6 @@ class _Run(TrainingRun):
                 "images": int(seen)}
 
     def _linear_probe_epochs(self) -> Callable[[StepContext, int], dict[str, Any]]:
-        import torch
 
         from edgetl.train.features import extract_features
 

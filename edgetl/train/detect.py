@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
 from edgetl.train import distributed
 from edgetl.train.checkpoint import CheckpointMeta
 from edgetl.train.config import RunConfig
@@ -44,6 +45,8 @@ from edgetl.train.engine import (
     seed_everything,
 )
 from edgetl.train.loop import build_optimizer, lr_factor, set_lr
+
+torch = lazy_import("torch", "train", purpose="training")
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +166,10 @@ def plot_detection_curves(history: list[dict[str, Any]], path: str | Path) -> Pa
     """Training losses and validation mAP per epoch (PNG, written atomically)."""
     if not history:
         return None
-    from edgetl.errors import optional_import
     from edgetl.fileio import atomic_path
+    from edgetl.lazy import require
 
-    matplotlib = optional_import("matplotlib", "train", purpose="training plots")
+    matplotlib = require("matplotlib", "train", purpose="training plots")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -195,7 +198,6 @@ class _Run(TrainingRun):
     task = "detect"
 
     def __init__(self, cfg: DetectTrainConfig, progress: bool, on_step: Callable[[int], None] | None) -> None:
-        import torch
 
         from edgetl.data.detection import load_detection_data
         from edgetl.detect.loss import DetectionLoss
@@ -250,7 +252,6 @@ class _Run(TrainingRun):
         return max(1, n // b if self._drop_last() else -(-n // b))
 
     def _loader(self, epoch: int) -> Any:
-        import torch
 
         from edgetl.detect.dataset import DetectionTorchDataset, collate_detections
 
@@ -266,7 +267,6 @@ class _Run(TrainingRun):
         """The training forward (``forward_train``), wrapped for data-parallel training; rebuilt when the
         backbone's trainable set changes, since DistributedDataParallel fixes it when it is built."""
         if self._forward is None or mode != self._forward_mode:
-            import torch
 
             class TrainForward(torch.nn.Module):
                 def __init__(self, model: Any) -> None:
@@ -299,7 +299,6 @@ class _Run(TrainingRun):
                                 f"{list(self.data.classes)}")
 
     def _train_epoch(self, epoch: int, loader: Any) -> dict[str, float]:
-        import torch
 
         model, cfg = self.model, self.cfg
         mode = self._backbone_mode(epoch)
@@ -433,7 +432,6 @@ def train_detector(cfg: DetectTrainConfig, progress: bool = True,
         EnvironmentMissingError: no pretrained weights offline, or ``--device cuda`` without a GPU (3).
         KeyboardInterrupt: after writing a usable ``last.pt`` and ``metrics.json``.
     """
-    import torch
 
     previous = torch.get_num_threads()
     if cfg.threads and cfg.threads > 0:

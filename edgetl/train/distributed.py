@@ -19,6 +19,9 @@ from datetime import timedelta
 from typing import Any
 
 from edgetl.errors import BadInputError, EnvironmentMissingError
+from edgetl.lazy import lazy_import
+
+torch = lazy_import("torch", "train", purpose="training")
 
 DEFAULT_TIMEOUT_S = 300.0
 RENDEZVOUS_HINT = ("start with `torchrun --nproc-per-node N -m edgetl train ...` (or `edgetl train ... --nproc N`); "
@@ -83,8 +86,7 @@ def setup(device: Any) -> tuple[Dist, Any]:
         EnvironmentMissingError: more processes on a machine than it has GPUs, or the other ranks
             did not join within the timeout.
     """
-    import torch
-    import torch.distributed as dist
+    dist = torch.distributed
 
     world = env_world_size()
     if world == 1:
@@ -118,7 +120,7 @@ def setup(device: Any) -> tuple[Dist, Any]:
 
 def teardown() -> None:
     """Leave the process group (end of a run, or after an error)."""
-    import torch.distributed as dist
+    dist = torch.distributed
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -137,7 +139,7 @@ def gather_objects(d: Dist, value: Any, what: str = "gathering results") -> list
     """Every rank's ``value``, in rank order, on every rank."""
     if not d.enabled:
         return [value]
-    import torch.distributed as dist
+    dist = torch.distributed
 
     out: list[Any] = [None] * d.world
     _collective(what, lambda: dist.all_gather_object(out, value))
@@ -148,7 +150,7 @@ def broadcast_object(d: Dist, value: Any, what: str = "sharing rank 0's result")
     """Rank 0's ``value`` on every rank."""
     if not d.enabled:
         return value
-    import torch.distributed as dist
+    dist = torch.distributed
 
     box = [value]
     _collective(what, lambda: dist.broadcast_object_list(box, src=0))
@@ -168,8 +170,7 @@ def all_reduce_sum(d: Dist, values: list[float], device: Any = "cpu") -> list[fl
     """Element-wise sums over the ranks."""
     if not d.enabled:
         return list(values)
-    import torch
-    import torch.distributed as dist
+    dist = torch.distributed
 
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     _collective("summing metrics over the ranks", lambda: dist.all_reduce(tensor))
@@ -180,7 +181,7 @@ def broadcast_buffers(d: Dist, module: Any) -> None:
     """Copy rank 0's buffers (BatchNorm statistics) to every rank, so all hold the same model."""
     if not d.enabled:
         return
-    import torch.distributed as dist
+    dist = torch.distributed
 
     for buffer in module.buffers():
         _collective("sharing BatchNorm statistics", lambda b=buffer: dist.broadcast(b, src=0))
@@ -194,7 +195,6 @@ def shard(d: Dist, n: int, order: Any) -> Any:
     per_rank = -(-n // d.world)
     total = per_rank * d.world
     if total > n:
-        import torch
 
         order = torch.cat([order, order[: total - n]])
     return order[d.rank : total : d.world]

@@ -28,10 +28,15 @@ from typing import Any
 
 from edgetl.errors import BadInputError, EnvironmentMissingError
 from edgetl.fileio import write_text
+from edgetl.lazy import lazy_import
 from edgetl.train import distributed
 from edgetl.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from edgetl.train.cpu_memory import keep_freed_memory
 from edgetl.train.report import write_metrics
+
+torch = lazy_import("torch", "train", purpose="training")
+timm_utils = lazy_import("timm.utils", "train", purpose="training")
+timm_layers = lazy_import("timm.layers", "train", purpose="training")
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,6 @@ def seed_everything(seed: int) -> Any:
     import random
 
     import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -72,7 +76,6 @@ def check_device_name(name: str) -> None:
 
 def resolve_device(name: str) -> Any:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an environment error (exit 3)."""
-    import torch
 
     check_device_name(name)
     if name == "auto":
@@ -83,7 +86,7 @@ def resolve_device(name: str) -> Any:
 
 
 def _ema_base() -> type:
-    from timm.utils import ModelEmaV3
+    ModelEmaV3 = timm_utils.ModelEmaV3
 
     return ModelEmaV3
 
@@ -121,7 +124,6 @@ def make_ema(model: Any, decay: float, tau: float = 200.0) -> Any:
 
 def cpu_state_dict(model: Any) -> dict[str, Any]:
     """A detached, contiguous CPU copy of ``model``'s state dict (what a checkpoint stores)."""
-    import torch
 
     return {k: v.detach().to("cpu").contiguous().clone() if isinstance(v, torch.Tensor) else v
             for k, v in model.state_dict().items()}
@@ -129,9 +131,9 @@ def cpu_state_dict(model: Any) -> dict[str, Any]:
 
 def progress_bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
     """A tqdm bar on stderr (disabled when ``enabled`` is False)."""
-    from edgetl.errors import optional_import
+    from edgetl.lazy import require
 
-    tqdm = optional_import("tqdm", "train").tqdm
+    tqdm = require("tqdm", "train").tqdm
     return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled, dynamic_ncols=True)
 
 
@@ -246,10 +248,10 @@ class TrainingRun:
         """
         if not self.dist.enabled:
             return module
-        from torch.nn.parallel import DistributedDataParallel
+        DistributedDataParallel = torch.nn.parallel.DistributedDataParallel
 
         if sync_bn and self.device.type == "cuda":
-            from timm.layers import convert_sync_batchnorm
+            convert_sync_batchnorm = timm_layers.convert_sync_batchnorm
 
             module = convert_sync_batchnorm(module)
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -259,7 +261,7 @@ class TrainingRun:
         """This rank's shuffled share of ``dataset`` for ``epoch`` (None in a single process)."""
         if not self.dist.enabled:
             return None
-        from torch.utils.data import DistributedSampler
+        DistributedSampler = torch.utils.data.DistributedSampler
 
         sampler = DistributedSampler(dataset, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True,
                                      seed=self.cfg.seed)

@@ -13,7 +13,10 @@ from typing import Any
 from edgetl.data.imagefolder import Sample
 from edgetl.data.torch_datasets import BadItem, ImageDataset, make_loader
 from edgetl.data.transforms import SpecTransform
+from edgetl.lazy import lazy_import
 from edgetl.preprocess import PreprocessSpec
+
+torch = lazy_import("torch", "train", purpose="training")
 
 
 def pooled_features(model: Any, images: Any) -> Any:
@@ -44,7 +47,6 @@ def extract_features(
     Returns:
         ``(features float32 [N, D] on CPU, labels int64 [N], bad items)``.
     """
-    import torch
 
     dataset = ImageDataset(samples, SpecTransform(spec))
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)

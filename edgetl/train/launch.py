@@ -12,6 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
+
+torch = lazy_import("torch", "train", purpose="training")
 
 TORCHRUN = ("-m", "torch.distributed.run")
 
@@ -35,7 +38,6 @@ def without_nproc(argv: Sequence[str]) -> list[str]:
 
 def available_devices(device: str) -> tuple[int, str]:
     """How many processes this machine can give one device each: GPUs for CUDA, CPU cores otherwise."""
-    import torch
 
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return torch.cuda.device_count(), "CUDA GPU(s)"

@@ -12,6 +12,9 @@ from typing import Any
 
 from edgetl.data.torch_datasets import BadItem
 from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
+
+torch = lazy_import("torch", "train", purpose="training")
 
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 1e-4}
 
@@ -27,7 +30,6 @@ def build_optimizer(param_groups: list[dict[str, Any]], name: str, weight_decay:
         include_frozen: keep parameters that do not require a gradient now; the optimizer skips them
             while they have none, and a schedule that unfreezes them later needs no new optimizer.
     """
-    import torch
 
     if name not in DEFAULT_WEIGHT_DECAY:
         raise BadInputError(f"unknown optimizer {name!r}", hint="use adamw or sgd")
@@ -85,7 +87,6 @@ class StepContext:
 
 
 def _to_device(ctx: StepContext, images: Any, labels: Any) -> tuple[Any, Any]:
-    import torch
 
     images = images.to(ctx.device, non_blocking=True)
     if ctx.channels_last and images.ndim == 4:
@@ -95,7 +96,6 @@ def _to_device(ctx: StepContext, images: Any, labels: Any) -> tuple[Any, Any]:
 
 def train_step(ctx: StepContext, forward: Callable[[Any], Any], images: Any, labels: Any) -> tuple[float, int]:
     """One optimizer step; returns ``(summed loss, correct predictions)`` for the batch."""
-    import torch
 
     set_lr(ctx.optimizer, lr_factor(ctx.step, ctx.total_steps, ctx.warmup_steps))
     images, labels = _to_device(ctx, images, labels)
@@ -147,7 +147,6 @@ def predict(
     forward: Callable[[Any], Any], batches: Any, device: Any, *, amp: bool = False, channels_last: bool = False
 ) -> tuple[Any, Any, list[BadItem]]:
     """Logits and labels over ``batches`` (no grad); returns ``(logits [N, C] float32 CPU, labels, bad)``."""
-    import torch
 
     all_logits, all_labels, bad = [], [], []
     with torch.no_grad():
@@ -173,7 +172,6 @@ def tensor_batches(features: Any, labels: Any, batch_size: int, generator: Any =
 
     ``select`` picks this process's share of the shuffled order (data-parallel training).
     """
-    import torch
 
     n = len(labels)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)

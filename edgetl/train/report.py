@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import optional_import
 from edgetl.fileio import atomic_path, write_json
+from edgetl.lazy import require
 
 
 def _pyplot() -> Any:
-    matplotlib = optional_import("matplotlib", "train", purpose="training plots")
+    matplotlib = require("matplotlib", "train", purpose="training plots")
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

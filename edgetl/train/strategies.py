@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgetl.errors import BadInputError
+from edgetl.lazy import lazy_import
+
+torch = lazy_import("torch", "train", purpose="training")
 
 STRATEGIES = ("linear-probe", "partial", "full", "scratch")
 #: AdamW head learning rates per strategy (SGD uses 10x); chosen on the digits benchmark.
@@ -78,7 +81,6 @@ def init_new_head(model: Any) -> bool:
 
     A head loaded from the weights (a fine-tuned checkpoint with the same classes) is left as it is.
     """
-    import torch
 
     if not getattr(model, "edgetl_new_head", False):
         return False
@@ -103,7 +105,6 @@ class TrainPlan:
 
     def apply_train_mode(self, model: Any) -> None:
         """``model.train()``, then put the BatchNorm layers of frozen parts back in eval mode."""
-        import torch
 
         model.train()
         for module in self.frozen_modules:
