@@ -2,6 +2,8 @@
 
     torchrun --nproc-per-node 2 ddp_worker.py train DATA OUT   # trains, writes OUT/rank<R>.json and .pt
     torchrun --nproc-per-node 2 ddp_worker.py cli DATA0 DATA1 OUT  # `edgetl train classify`, data per rank
+    torchrun --nproc-per-node 2 ddp_worker.py resume DATA OUT RUN  # 3 epochs, resuming RUN; OUT/rank<R>.json, .pt
+    torchrun --nproc-per-node 2 ddp_worker.py interrupt DATA RUN   # Ctrl-C on both ranks inside epoch 2
 """
 
 from __future__ import annotations
@@ -38,6 +40,41 @@ def train(data: str, out: str) -> None:
         {"seen": seen, "best_top1": run.best_score, "history": run.history, "lr": run.lr}))
 
 
+def _config(data: str, run: str, **extra: object):
+    from edgetl.train.classify import TrainConfig
+
+    return TrainConfig(data=data, out=run, img_size=32, batch_size=5, hflip=False, device="cpu", unfreeze=1,
+                       strategy="partial", lr=5e-4, seed=0, **extra)
+
+
+def resume(data: str, out: str, run: str) -> None:
+    """Continue a run (written by one process) in two: its epochs 1-2 come from the checkpoint."""
+    import torch
+
+    from edgetl.train.classify import _Run
+    from edgetl.train.engine import cpu_state_dict
+
+    rank = int(os.environ["RANK"])
+    job = _Run(_config(data, run, epochs=3, resume=run), False, None)
+    job.fit()
+    torch.save(cpu_state_dict(job.model), Path(out) / f"rank{rank}.pt")
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"history": job.history}))
+
+
+def interrupt(data: str, run: str) -> None:
+    """Ctrl-C reaches both ranks (a terminal signals the whole process group) in the middle of epoch 2."""
+    from edgetl.train.classify import _Run
+
+    def stop(step: int) -> None:
+        if step == 7:  # 5 steps of 2 x 5 images per epoch (50 images): inside the second epoch
+            raise KeyboardInterrupt
+
+    try:
+        _Run(_config(data, run, epochs=3), False, stop).fit()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 def cli(data0: str, data1: str, out: str) -> None:
     from edgetl.cli.main import main
 
@@ -48,4 +85,4 @@ def cli(data0: str, data1: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    {"train": train, "cli": cli}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "cli": cli, "resume": resume, "interrupt": interrupt}[sys.argv[1]](*sys.argv[2:])

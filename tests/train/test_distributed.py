@@ -62,6 +62,28 @@ def test_two_processes_train_disjoint_shards_to_identical_weights(tiny_digits: P
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
 
 
+def test_one_process_checkpoint_resumes_in_two_and_ctrl_c_keeps_a_resumable_run(tiny_digits: Path,
+                                                                                 tmp_path: Path) -> None:
+    base = dict(data=tiny_digits, img_size=32, batch_size=5, hflip=False, device="cpu", unfreeze=1,
+                strategy="partial", lr=5e-4, seed=0)
+    one = tmp_path / "one"
+    train_classifier(TrainConfig(out=one, epochs=2, **base), progress=False)
+    done = _torchrun("resume", str(tiny_digits), str(tmp_path), str(one))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [h["epoch"] for h in ranks[0]["history"]] == [1, 2, 3] and ranks[0]["history"] == ranks[1]["history"]
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(a[key], b[key]) for key in a)  # rank 1 started from rank 0's resumed weights
+
+    # Ctrl-C on both ranks inside epoch 2: rank 0 leaves last.pt at the end of epoch 1 and says "interrupted"
+    cut = tmp_path / "cut"
+    stopped = _torchrun("interrupt", str(tiny_digits), str(cut))
+    assert stopped.returncode != 0
+    assert json.loads((cut / "metrics.json").read_text())["status"] == "interrupted"
+    again = train_classifier(TrainConfig(out=cut, epochs=2, resume=cut, **base), progress=False)
+    assert [h["epoch"] for h in again.history] == [1, 2] and again.stopped == "completed"
+
+
 def test_ranks_that_disagree_on_the_dataset_fail_on_rank_0(tiny_digits: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     shutil.copytree(tiny_digits, other)
