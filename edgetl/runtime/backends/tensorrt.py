@@ -219,7 +219,7 @@ class TensorRTBackend(Backend):
         self._slots: list[_Slot] = []
         if not self.artifact.is_file():
             raise BadInputError(f"TensorRT engine not found: {self.artifact}")
-        trt = self.trt = require_tensorrt()
+        trt = require_tensorrt()
         from edgetl.runtime.compat import HOST_CODE_ENV, host_code_allowed, host_code_refusal, needs_host_code
 
         if allow_host_code is None:
@@ -265,7 +265,7 @@ class TensorRTBackend(Backend):
 
     # -- setup ---------------------------------------------------------------------------------
     def _inspect_io(self) -> None:
-        trt, engine = self.trt, self.engine
+        trt, engine = tensorrt, self.engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
@@ -400,7 +400,7 @@ class TensorRTBackend(Backend):
         return {
             "backend": self.name,
             "artifact": str(self.artifact),
-            "tensorrt_version": str(self.trt.__version__),
+            "tensorrt_version": str(tensorrt.__version__),
             "device": self.device_index,
             "cuda_api": self.cuda.name,
             "input": {"name": self.input_name, "shape": self.input_shape},
