@@ -130,12 +130,14 @@ def _qat(bundle, *, precision, target, activation_type, calib_data, reduce_range
          val_size, seed, epochs, lr, images, layers, data, strict, as_json) -> None:
     """``--qat``: fine-tune, or (with ``--max-drop``) escalate PTQ -> PTQ + float-kept points -> QAT."""
     from edgetl.errors import BadInputError
+    from edgetl.quantize.int8 import TARGETS
     from edgetl.quantize.qat import QatSettings
     from edgetl.quantize.qat_api import escalate, qat_bundle
 
-    if precision != "int8" or target != "tensorrt" or activation_type not in (None, "int8"):
-        raise BadInputError("--qat makes the INT8 TensorRT format (symmetric int8 activations)",
-                            hint="drop --precision fp16 / --target cpu / --activations uint8 with --qat")
+    if precision != "int8" or activation_type not in (None, TARGETS[target]):
+        raise BadInputError("--qat fine-tunes one of the two INT8 formats: --target tensorrt (symmetric int8 "
+                            "activations) or --target cpu (uint8)",
+                            hint="drop --precision fp16 / --activations with --qat, and choose --target")
     from edgetl.bundle.manifest import open_bundle
 
     settings = QatSettings.for_task(open_bundle(bundle).task, epochs=epochs, lr=lr, seed=seed, layers=layers,
@@ -146,11 +148,11 @@ def _qat(bundle, *, precision, target, activation_type, calib_data, reduce_range
     if max_drop is not None:
         result, steps = escalate(bundle, max_drop=max_drop, min_agreement=min_agreement, data=data,
                                  settings=settings, calib_size=calib_size, val_data=val_data, val_size=val_size,
-                                 seed=seed, reduce_range=reduce_range, progress=not as_json)
+                                 seed=seed, reduce_range=reduce_range, target=target, progress=not as_json)
     else:
         result = qat_bundle(bundle, data=data, settings=settings, calib_data=calib_data, calib_size=calib_size,
                             val_data=val_data, val_size=val_size, seed=seed, reduce_range=reduce_range,
-                            progress=not as_json, strict=strict)
+                            target=target, progress=not as_json, strict=strict)
     for note in result.warnings:
         say(f"warning: {note}", fg="red" if note.startswith("GOLDEN CHECK FAILED") else "yellow")
     record = result.info.get("qat") or result.info.get("qat_attempt")

@@ -21,6 +21,7 @@ from typing import Any
 from edgetl.errors import BadInputError, GateFailedError
 from edgetl.lazy import lazy_import
 from edgetl.quantize.api import FILES, QuantizeResult, _golden_check, _record, quantize_bundle, validation_sample
+from edgetl.quantize.int8 import TARGETS, Int8Settings
 from edgetl.quantize.qat import QatOutcome, QatSettings
 
 onnx = lazy_import("onnx", "train", purpose="quantization-aware fine-tuning")
@@ -29,7 +30,11 @@ log = logging.getLogger(__name__)
 
 #: Budget mode's second step keeps at most this many quantization points in float before it tries QAT.
 ESCALATION_MAX_KEPT = 3
-NUMERICS = "exact"  # the TensorRT format is gated in exact numerics (`Int8Settings.gate_numerics`)
+
+
+def gate_numerics(target: str) -> str:
+    """The numerics a target is gated in: exact for TensorRT, this machine's kernels for the CPU format."""
+    return Int8Settings(activation_type=TARGETS[target]).gate_numerics
 
 
 def qat_bundle(
@@ -43,6 +48,7 @@ def qat_bundle(
     val_size: int = 300,
     seed: int = 0,
     reduce_range: bool = False,
+    target: str = "tensorrt",
     progress: bool = False,
     strict: bool = False,
 ) -> QuantizeResult:
@@ -78,12 +84,14 @@ def qat_bundle(
     if not Path(source).exists():
         raise BadInputError(f"QAT dataset not found: {source}", hint="pass --data DATASET")
     check_labels(source, bundle.labels, bundle.task)
-    log.info("QAT: post-training quantization first (TensorRT format); its calibration starts the quantizers")
+    numerics = gate_numerics(target)
+    log.info("QAT: post-training quantization first (%s format); its calibration starts the quantizers",
+             "TensorRT" if target == "tensorrt" else "CPU")
     ptq = quantize_bundle(bundle_dir, "int8", calib_data=calib_data or source, calib_size=calib_size, seed=seed,
-                          target="tensorrt", reduce_range=reduce_range, progress=progress)
+                          target=target, reduce_range=reduce_range, progress=progress)
     outcome, qat_path = _fine_tune(open_bundle(bundle_dir), source, settings, val_data=val_data or source,
-                                   val_size=val_size, seed=seed, progress=progress)
-    result = _write(open_bundle(bundle_dir), ptq, outcome, qat_path, settings)
+                                   val_size=val_size, seed=seed, progress=progress, numerics=numerics)
+    result = _write(open_bundle(bundle_dir), ptq, outcome, qat_path, settings, numerics=numerics)
     result.seconds = time.perf_counter() - start
     for note in result.warnings:
         log.warning(note)
@@ -95,7 +103,7 @@ def qat_bundle(
 
 
 def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any, val_size: int, seed: int,
-               progress: bool) -> tuple[QatOutcome, Path | None]:
+               progress: bool, numerics: str) -> tuple[QatOutcome, Path | None]:
     from edgetl.data.imagesets import balanced_indices, decode, find_images
     from edgetl.quantize.qat import (
         cached_prefix,
@@ -113,7 +121,7 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
     ptq_path = bundle.root / FILES["int8"]
     reference, quantized = onnx.load(str(src)), onnx.load(str(ptq_path))
     module = QdqModule.create(quantized, reference)
-    sample, scorer, run = validation_sample(bundle, src, val_data, val_size=val_size, seed=seed, numerics=NUMERICS)
+    sample, scorer, run = validation_sample(bundle, src, val_data, val_size=val_size, seed=seed, numerics=numerics)
     images = find_images(source, split="train", labels=bundle.labels)
     if settings.images is not None and settings.images < len(images.paths):
         images = images.subset(balanced_indices(images.labels, settings.images, seed))
@@ -153,7 +161,7 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
 
 
 def _write(bundle: Any, ptq: QuantizeResult, outcome: QatOutcome, path: Path | None,
-           settings: QatSettings) -> QuantizeResult:
+           settings: QatSettings, *, numerics: str) -> QuantizeResult:
     from edgetl.export.onnx_graph import load_onnx, save_onnx
     from edgetl.quantize.int8 import qdq_summary
 
@@ -174,7 +182,8 @@ def _write(bundle: Any, ptq: QuantizeResult, outcome: QatOutcome, path: Path | N
         shutil.rmtree(path.parent, ignore_errors=True)
     info = {**ptq.info, "scheme": "qat", "qat": qat_info, "graph": qdq_summary(model),
             "weights": {**ptq.info["weights"], "note": "trained by QAT; bias correction applies to the PTQ start"}}
-    info["golden"], info["golden_check"] = _golden_check(bundle, out, "int8", numerics=(NUMERICS, "device"))
+    other = "device" if numerics == "exact" else "exact"
+    info["golden"], info["golden_check"] = _golden_check(bundle, out, "int8", numerics=(numerics, other))
     bundle.manifest["artifacts"] = [a for a in bundle.manifest["artifacts"] if a["path"] != FILES["int8"]]
     bundle.add_artifact(out, kind="onnx", precision="int8", created_by="quantize", info=info)
     _record(bundle, "int8", info)
@@ -200,6 +209,7 @@ def escalate(
     val_size: int = 300,
     seed: int = 0,
     reduce_range: bool = False,
+    target: str = "tensorrt",
     progress: bool = False,
 ) -> tuple[QuantizeResult, list[dict[str, Any]]]:
     """Budget mode with QAT as the last step: PTQ -> PTQ with at most ``max_kept`` points in float -> QAT.
@@ -219,7 +229,7 @@ def escalate(
     steps: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     common = dict(calib_data=source, calib_size=calib_size, val_data=val_data or source, val_size=val_size,
-                  seed=seed, target="tensorrt", max_drop=max_drop, min_agreement=min_agreement,
+                  seed=seed, target=target, max_drop=max_drop, min_agreement=min_agreement,
                   reduce_range=reduce_range, progress=progress)
     result: QuantizeResult | None = None
     with contextlib.suppress(GateFailedError):  # the budget record says what the search reached
@@ -243,7 +253,7 @@ def escalate(
     t1 = time.perf_counter()
     result = qat_bundle(bundle_dir, data=source, settings=settings, calib_size=calib_size,
                         val_data=val_data or source, val_size=val_size, seed=seed, reduce_range=reduce_range,
-                        progress=progress)
+                        target=target, progress=progress)
     record = result.info.get("qat") or result.info["qat_attempt"]
     qat = record["qat"]  # the QAT model's metrics, whether or not it was written
     ok = "qat" in result.info and within(qat, max_drop, min_agreement)

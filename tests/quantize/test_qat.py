@@ -49,13 +49,13 @@ def _tiny_graph(path: Path) -> Path:
     return path
 
 
-def _ptq(tmp_path: Path, batch: np.ndarray) -> tuple[Path, Path]:
+def _ptq(tmp_path: Path, batch: np.ndarray, activation_type: str = "int8") -> tuple[Path, Path]:
     from edgetl.quantize.statistics import measure
 
     src = _tiny_graph(tmp_path / "fp32.onnx")
     stats = measure(onnx.load(str(src)), [batch], input_name="input")
     dst = tmp_path / "int8.onnx"
-    quantize_file(src, dst, Int8Settings(), ranges=stats.ranges("minmax", 99.9))
+    quantize_file(src, dst, Int8Settings(activation_type=activation_type), ranges=stats.ranges("minmax", 99.9))
     return src, dst
 
 
@@ -101,6 +101,31 @@ def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> 
         assert inits[b_dq.input[0]].dtype == np.int32
     for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
         assert inits[q.input[1]].size == 1 and inits[q.input[2]].dtype == np.int8 and inits[q.input[2]] == 0
+
+
+def test_cpu_format_export_reproduces_the_fake_quant_module(tmp_path: Path) -> None:
+    """The CPU format: uint8 activations with zero points, the ReLU6 folded into the Q range that follows it."""
+    import torch
+
+    from edgetl.quantize.qat_graph import QdqModule
+
+    batch = np.random.default_rng(2).normal(0, 1, (16, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch, activation_type="uint8")
+    module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+    for _ in range(5):
+        optimizer.zero_grad()
+        module(torch.from_numpy(batch))["logits"].square().mean().backward()
+        optimizer.step()
+    exported = tmp_path / "qat.onnx"
+    onnx.save(module.to_onnx(), str(exported))
+    with torch.no_grad():
+        fake = module(torch.from_numpy(batch))["logits"].numpy()
+    assert np.abs(_exact(exported, batch) - fake).max() <= 1e-4
+    model = onnx.load(str(exported))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[q.input[2]] for q in model.graph.node if q.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.uint8 for z in zero_points)
 
 
 def test_tail_from_a_cached_prefix_is_the_whole_graph(tmp_path: Path) -> None:
@@ -257,7 +282,8 @@ def test_cli_qat_bad_inputs(bundle_copy: Path, digits_dir: Path, tmp_path: Path)
     result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat"])
     assert result.exit_code == 2 and "no training images for QAT" in result.output and "--data" in result.output
 
-    result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--target", "cpu", "--data", str(digits_dir)])
-    assert result.exit_code == 2 and "TensorRT format" in result.output
+    result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--target", "cpu", "--activations", "int8",
+                                 "--data", str(digits_dir)])
+    assert result.exit_code == 2 and "one of the two INT8 formats" in result.output
     result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--qat-epochs", "0", "--data", str(digits_dir)])
     assert result.exit_code == 2 and "--qat-epochs must be at least 1" in result.output
