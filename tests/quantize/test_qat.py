@@ -66,15 +66,15 @@ def _exact(path: Path, batch: np.ndarray) -> np.ndarray:
         return backend.infer(batch)["logits"]
 
 
-def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> None:
+def _train_and_export(tmp_path: Path, batch: np.ndarray, activation_type: str) -> tuple[Path, Path, Path]:
+    """PTQ of the tiny graph, a few training steps of its QAT module (weights, scales and biases all move away
+    from PTQ's), then the export; the export must reproduce the fake-quant module's outputs in exact numerics."""
     import torch
 
     from edgetl.quantize.qat_graph import QdqModule
 
-    batch = np.random.default_rng(1).normal(0, 1, (16, 3, 9, 9)).astype(np.float32)
-    src, dst = _ptq(tmp_path, batch)
+    src, dst = _ptq(tmp_path, batch, activation_type)
     module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
-    # Train a few steps so that the weights, their scales and the biases all move away from PTQ's.
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
     for _ in range(5):
         optimizer.zero_grad()
@@ -84,9 +84,14 @@ def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> 
     onnx.save(module.to_onnx(), str(exported))
     with torch.no_grad():
         fake = module(torch.from_numpy(batch))["logits"].numpy()
-    graph = _exact(exported, batch)
-    assert np.abs(graph - fake).max() <= 1e-4
-    assert np.abs(graph - _exact(dst, batch)).max() > 1e-3  # training changed the model
+    assert np.abs(_exact(exported, batch) - fake).max() <= 1e-4
+    return src, dst, exported
+
+
+def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> None:
+    batch = np.random.default_rng(1).normal(0, 1, (16, 3, 9, 9)).astype(np.float32)
+    _, dst, exported = _train_and_export(tmp_path, batch, "int8")
+    assert np.abs(_exact(exported, batch) - _exact(dst, batch)).max() > 1e-3  # training changed the model
 
     # The TensorRT format's conventions: int8 weights per output channel with zero point 0, int32 biases,
     # symmetric int8 per-tensor activations, every layer quantized.
@@ -105,23 +110,8 @@ def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> 
 
 def test_cpu_format_export_reproduces_the_fake_quant_module(tmp_path: Path) -> None:
     """The CPU format: uint8 activations with zero points, the ReLU6 folded into the Q range that follows it."""
-    import torch
-
-    from edgetl.quantize.qat_graph import QdqModule
-
     batch = np.random.default_rng(2).normal(0, 1, (16, 3, 9, 9)).astype(np.float32)
-    src, dst = _ptq(tmp_path, batch, activation_type="uint8")
-    module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
-    for _ in range(5):
-        optimizer.zero_grad()
-        module(torch.from_numpy(batch))["logits"].square().mean().backward()
-        optimizer.step()
-    exported = tmp_path / "qat.onnx"
-    onnx.save(module.to_onnx(), str(exported))
-    with torch.no_grad():
-        fake = module(torch.from_numpy(batch))["logits"].numpy()
-    assert np.abs(_exact(exported, batch) - fake).max() <= 1e-4
+    _, _, exported = _train_and_export(tmp_path, batch, "uint8")
     model = onnx.load(str(exported))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     zero_points = [inits[q.input[2]] for q in model.graph.node if q.op_type == "QuantizeLinear"]
