@@ -116,7 +116,9 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
         worse,
     )
     from edgetl.quantize.qat_graph import QdqModule
+    from edgetl.train.cpu_memory import keep_freed_memory
 
+    keep_freed_memory()  # the graph module frees each tensor after its last reader: reuse the memory, no page faults
     src = bundle.path_of(bundle.reference_onnx())
     ptq_path = bundle.root / FILES["int8"]
     reference, quantized = onnx.load(str(src)), onnx.load(str(ptq_path))

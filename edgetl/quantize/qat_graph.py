@@ -180,12 +180,24 @@ def _build_module_class() -> type:
             ``start=(index, tensor)`` (a `cut_points` entry) runs only the nodes after ``index``, with ``x`` as
             the value of ``tensor``: the tail of the graph, from a cached prefix.
             """
+            wanted = list(dict.fromkeys([*self.output_names, *(extra or [])]))
             env: dict[str, Any] = {self.input_names[0] if start is None else start[1]: x}
-            for node in self.nodes if start is None else self.tail(start[0]):
-                outs = self.run_node(node, env)
-                for name, value in zip(node.output, outs):
+            self.run_nodes(self.nodes if start is None else self.tail(start[0]), env, keep=set(wanted))
+            return {name: env[name] for name in wanted}
+
+        def run_nodes(self, nodes: list[Any], env: dict[str, Any], keep: set[str]) -> None:
+            """Run ``nodes`` in order into ``env``, dropping each tensor after its last reader (unless in ``keep``):
+            a batch's intermediate tensors are not all held at once (autograd still keeps what backward needs)."""
+            last: dict[str, int] = {}
+            for i, node in enumerate(nodes):
+                for name in node.input:
+                    last[name] = i
+            for i, node in enumerate(nodes):
+                for name, value in zip(node.output, self.run_node(node, env)):
                     env[name] = value
-            return {name: env[name] for name in dict.fromkeys([*self.output_names, *(extra or [])])}
+                for name in node.input:
+                    if last.get(name) == i and name not in keep:
+                        env.pop(name, None)
 
         def tail(self, index: int) -> list[Any]:
             """The nodes after ``index``, and the constant nodes (weight DQs...) they read, in graph order."""
@@ -203,9 +215,7 @@ def _build_module_class() -> type:
         def prefix(self, x: torch.Tensor, cut: tuple[int, str]) -> torch.Tensor:
             """The value of the cut tensor: the nodes up to ``cut[0]``."""
             env: dict[str, Any] = {self.input_names[0]: x}
-            for node in self.nodes[: cut[0] + 1]:
-                for name, value in zip(node.output, self.run_node(node, env)):
-                    env[name] = value
+            self.run_nodes(self.nodes[: cut[0] + 1], env, keep={cut[1]})
             return env[cut[1]]
 
         def cut_points(self) -> list[tuple[int, str, int]]:
