@@ -80,7 +80,7 @@ def score(bundle: Path, model: str, numerics: str = "exact") -> dict[str, Any]:
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     b = open_bundle(bundle)
-    images = find_images(b.manifest["provenance"]["dataset"], split="val", labels=b.labels)
+    images = find_images(b.dataset, split="val", labels=b.labels)
     decoded = decode(images, b.preprocess)
     labels = np.asarray(decoded.labels)
 

@@ -133,7 +133,7 @@ def main() -> int:
     from edgetl.data.imagesets import balanced_indices, decode, find_images
 
     b = open_bundle(args.bundle)
-    images = find_images(b.manifest["provenance"]["dataset"], split="train", labels=b.labels)
+    images = find_images(b.dataset, split="train", labels=b.labels)
     calib = torch.from_numpy(decode(images.subset(balanced_indices(images.labels, 64, 0)), b.preprocess).batch)
     golden = np.load(args.bundle / "golden" / "input.npy")
     with tempfile.TemporaryDirectory() as tmp:

@@ -140,6 +140,12 @@ class Bundle:
         return self.manifest["input"]["name"]
 
     @property
+    def dataset(self) -> str | None:
+        """The dataset the model was trained on, as recorded at export: the default for calibration,
+        validation and QAT images."""
+        return self.manifest.get("provenance", {}).get("dataset")
+
+    @property
     def artifacts(self) -> list[Artifact]:
         return [Artifact.from_dict(a) for a in self.manifest.get("artifacts", [])]
 

@@ -200,7 +200,7 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
         from edgetl.detect.nms_onnx import decode_tail_nodes
 
         float_tail = [n for n in decode_tail_nodes(model) if n not in extra_exclude]
-    source = calib_data or bundle.manifest.get("provenance", {}).get("dataset")
+    source = calib_data or bundle.dataset
     if not source:
         raise BadInputError("no calibration images: the bundle records no dataset",
                             hint="pass --calib-data DIR (the training images)")
@@ -354,7 +354,7 @@ def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int, 
 
 def _val_source(bundle: Bundle, calib_source: Any) -> Any:
     """Default budget images: a detector needs boxes, so the recorded dataset (not a calibration folder)."""
-    recorded = bundle.manifest.get("provenance", {}).get("dataset")
+    recorded = bundle.dataset
     return recorded if bundle.task == "detect" and recorded else calib_source
 
 

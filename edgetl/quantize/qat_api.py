@@ -77,7 +77,7 @@ def qat_bundle(
     start = time.perf_counter()
     bundle = open_bundle(bundle_dir)
     settings = settings or QatSettings.for_task(bundle.task, seed=seed)
-    source = data or bundle.manifest.get("provenance", {}).get("dataset")
+    source = data or bundle.dataset
     if not source:
         raise BadInputError("no training images for QAT: the bundle records no dataset",
                             hint="pass --data DATASET (the dataset the model was fine-tuned on)")
@@ -227,7 +227,7 @@ def escalate(
     from edgetl.quantize.budget import within
 
     bundle = open_bundle(bundle_dir)
-    source = data or bundle.manifest.get("provenance", {}).get("dataset")
+    source = data or bundle.dataset
     steps: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     common = dict(calib_data=source, calib_size=calib_size, val_data=val_data or source, val_size=val_size,

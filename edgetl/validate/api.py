@@ -125,7 +125,7 @@ def validate_bundle(
     ref_path, ref_prec = artifacts.select_named(bundle, reference)
     cand_path, cand_prec = artifacts.select_named(bundle, candidate)
     modes, gate_mode = _numerics_plan(bundle, cand_path, numerics)
-    source = data or bundle.manifest.get("provenance", {}).get("dataset")
+    source = data or bundle.dataset
     if not source:
         raise BadInputError("no validation images: the bundle records no dataset", hint="pass --data DIR")
     images = find_images(source, split="val", labels=bundle.labels)

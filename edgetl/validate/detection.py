@@ -119,7 +119,7 @@ def task_metrics(
     from edgetl.runtime.detection import postprocess_detections
     from edgetl.validate.api import _check
 
-    source = data or bundle.manifest.get("provenance", {}).get("dataset")
+    source = data or bundle.dataset
     if not source:
         raise BadInputError("no ground truth: the bundle records no dataset", hint="pass --data data.yaml")
     labels = list(bundle.labels)

@@ -144,8 +144,10 @@ def test_task_metrics_on_hand_made_outputs(tmp_path: Path):
         boxes[n, : len(sample.labels)] = sample.boxes
         scores[n, np.arange(len(sample.labels)), sample.labels] = 0.9
     infos = [LetterboxInfo(1.0, 0, 0, s.width, s.height) for s in val]
-    bundle = SimpleNamespace(labels=classes, manifest={"postprocess": {"type": "detect", "outputs": "boxes_scores"},
-                                                       "provenance": {"dataset": str(tmp_path / "s" / "data.yaml")}})
+    dataset = str(tmp_path / "s" / "data.yaml")
+    bundle = SimpleNamespace(labels=classes, dataset=dataset,
+                             manifest={"postprocess": {"type": "detect", "outputs": "boxes_scores"},
+                                       "provenance": {"dataset": dataset}})
     decoded = SimpleNamespace(paths=[s.path for s in val], infos=infos)
     ref = {"boxes": boxes, "scores": scores}
     same = task_metrics(bundle, decoded, ref, ref, max_map_drop=1.0)
