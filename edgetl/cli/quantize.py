@@ -8,6 +8,8 @@ import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
 from edgetl.cli.options import precision_option
+from edgetl.quantize.calibration import METHODS
+from edgetl.quantize.int8 import WEIGHT_SCALES
 from edgetl.tables import format_table
 
 
@@ -17,7 +19,7 @@ from edgetl.tables import format_table
 @click.option("--calib-data", type=click.Path(), default=None,
               help="Calibration images (dataset: its training split; or a folder). Default: the training dataset.")
 @click.option("--calib-size", type=int, default=300, show_default=True, help="Images, seeded and class-balanced.")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile", "mse"]), default="minmax",
+@click.option("--method", type=click.Choice(METHODS), default="minmax",
               show_default=True, help="Calibration method (ranges from streamed statistics; see docs/quantize.md).")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="For --method percentile.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales.")
@@ -28,7 +30,7 @@ from edgetl.tables import format_table
               help="Override the target's activation type (int8: symmetric; uint8: asymmetric).")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Correct each layer's bias for the mean shift of its rounded weights.")
-@click.option("--weight-scales", type=click.Choice(["max", "mse"]), default="max", show_default=True,
+@click.option("--weight-scales", type=click.Choice(WEIGHT_SCALES), default="max", show_default=True,
               help="Per-channel weight scales: largest magnitude, or least squared error.")
 @click.option("--reduce-range/--no-reduce-range", default=False, show_default=True,
               help="7-bit weights on non-depthwise layers, for other runtimes on x86 CPUs without VNNI (edgetl's "
@@ -47,9 +49,9 @@ from edgetl.tables import format_table
 @click.option("--exclude", "exclude", multiple=True, help="Layer (node) name to keep in float; repeatable.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--qat", is_flag=True,
-              help="Quantization-aware fine-tuning after PTQ (TensorRT format): a few epochs on --data against the "
-                   "FP32 model; written only if not worse than PTQ. With --max-drop: PTQ, then PTQ with at most "
-                   "3 points in float, then QAT, stopping at the first within the budget.")
+              help="Quantization-aware fine-tuning after PTQ, in the --target format: a few epochs on --data "
+                   "against the FP32 model; written only if not worse than PTQ. With --max-drop: PTQ, then PTQ "
+                   "with at most 3 points in float, then QAT, stopping at the first within the budget.")
 @click.option("--qat-epochs", type=int, default=None, help="QAT epochs (default: classifiers 10, detectors 2).")
 @click.option("--qat-lr", type=float, default=None,
               help="QAT learning rate, Adam (default: classifiers 1e-4, detectors 1e-5).")

@@ -9,6 +9,7 @@ import click
 from edgetl.cli.common import EXIT_GATE, config_option, emit_json, handle_errors, json_option, say
 from edgetl.cli.options import DeviceType
 from edgetl.tables import format_table
+from edgetl.validate.api import GATE_MAX_MAP_DROP, GATE_MAX_TOP1_DROP, GATE_MIN_AGREEMENT
 
 
 @click.command()
@@ -20,9 +21,11 @@ from edgetl.tables import format_table
 @click.option("--data", type=click.Path(), default=None,
               help="Validation images (default: the training dataset's validation split).")
 @click.option("--limit", type=int, default=None, help="Use at most N images (seeded, class-balanced).")
-@click.option("--max-top1-drop", type=float, default=0.5, show_default=True, help="Gate: top-1 drop, in points.")
-@click.option("--min-agreement", type=float, default=0.99, show_default=True, help="Gate: top-1 agreement.")
-@click.option("--max-map-drop", type=float, default=1.0, show_default=True,
+@click.option("--max-top1-drop", type=float, default=GATE_MAX_TOP1_DROP, show_default=True,
+              help="Gate: top-1 drop, in points.")
+@click.option("--min-agreement", type=float, default=GATE_MIN_AGREEMENT, show_default=True,
+              help="Gate: top-1 agreement.")
+@click.option("--max-map-drop", type=float, default=GATE_MAX_MAP_DROP, show_default=True,
               help="Gate (detectors): mAP@0.5:0.95 drop, in points.")
 @click.option("--device", "backend_device", type=DeviceType(), default="cpu", show_default=True,
               help="Where ONNX Runtime runs both models.")
