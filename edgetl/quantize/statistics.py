@@ -37,6 +37,8 @@ ort_registry = lazy_import("onnxruntime.quantization.registry", "train", purpose
 BINS = 2048
 #: Quantized levels of a signed 8-bit magnitude (TensorRT's entropy calibration uses 128).
 QUANTIZED_LEVELS = 128
+#: Rounding steps between 0 and the threshold in a symmetric signed 8-bit format (|q| <= 127): what ``mse`` counts.
+SIGNED_STEPS = QUANTIZED_LEVELS - 1
 #: Candidate thresholds of the entropy search are every STRIDE-th bin: 121 candidates instead of 1921,
 #: with a threshold resolution of 0.8 % of the observed range.
 ENTROPY_STRIDE = 16
@@ -78,7 +80,7 @@ class TensorStats:
         self.hist += np.bincount(index, minlength=BINS)
         self.zeros += int(flat.size - np.count_nonzero(flat))
 
-    def threshold(self, method: str, percentile: float, levels: int = QUANTIZED_LEVELS) -> float:
+    def threshold(self, method: str, percentile: float, levels: int = SIGNED_STEPS) -> float:
         """The |x| clipping threshold of ``method`` (``minmax``: the largest magnitude); ``levels`` is the number
         of quantization steps between 0 and the threshold (``mse`` weighs rounding against clipping with it)."""
         largest = max(abs(self.lo), abs(self.hi))
@@ -90,16 +92,19 @@ class TensorStats:
             cdf = np.cumsum(self.hist) / total
             return min(largest, float((np.searchsorted(cdf, percentile / 100.0) + 1) * width))
         if method == "entropy":
-            nonzero = self.hist.copy()
-            nonzero[0] -= min(self.zeros, int(nonzero[0]))
-            return min(largest, entropy_threshold(nonzero) * width)
-        if method == "mse":  # exact zeros are represented exactly: no rounding error to count for them
-            nonzero = self.hist.copy()
-            nonzero[0] -= min(self.zeros, int(nonzero[0]))
-            return min(largest, mse_threshold(nonzero, width, levels))
+            return min(largest, entropy_threshold(self.nonzero_hist()) * width)
+        if method == "mse":
+            return min(largest, mse_threshold(self.nonzero_hist(), width, levels))
         raise ValueError(f"unknown calibration method {method!r}")
 
-    def range(self, method: str, percentile: float, levels: int = QUANTIZED_LEVELS) -> tuple[float, float]:
+    def nonzero_hist(self) -> np.ndarray:
+        """The histogram without the exact zeros: every format represents 0 exactly, so they carry no rounding
+        error (``mse``), and after a ReLU their spike would win every KL comparison (``entropy``)."""
+        hist = self.hist.copy()
+        hist[0] -= min(self.zeros, int(hist[0]))
+        return hist
+
+    def range(self, method: str, percentile: float, levels: int = SIGNED_STEPS) -> tuple[float, float]:
         """The (low, high) range to quantize: the observed range clipped at the method's threshold."""
         limit = self.threshold(method, percentile, levels)
         return max(self.lo, -limit), min(self.hi, limit)
@@ -138,7 +143,7 @@ def entropy_threshold(hist: np.ndarray, levels: int = QUANTIZED_LEVELS, stride: 
     return best
 
 
-def mse_threshold(hist: np.ndarray, width: float, levels: int = QUANTIZED_LEVELS, stride: int = 4) -> float:
+def mse_threshold(hist: np.ndarray, width: float, levels: int = SIGNED_STEPS, stride: int = 4) -> float:
     """The |x| threshold with the least expected squared quantization error over the histogram.
 
     A value below the threshold ``t`` is rounded to a step of ``t / levels`` (uniform error, variance
@@ -184,7 +189,7 @@ class CalibrationStatistics:
         has 127 above zero, an unsigned asymmetric one spends all 255 on a tensor that is never negative."""
         ranges = {}
         for name, stat in self.tensors.items():
-            levels = 255 if activation_type == "uint8" and stat.lo >= 0 else QUANTIZED_LEVELS - 1
+            levels = 255 if activation_type == "uint8" and stat.lo >= 0 else SIGNED_STEPS
             ranges[name] = stat.range(method, percentile, levels)
         return ranges
 
