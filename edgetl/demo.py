@@ -253,6 +253,7 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = lambda _m: None) -
 def format_summary(result: DemoResult) -> str:
     """The results table the demo ends with (the CLI prints it on stdout)."""
     from edgetl.tables import format_table
+    from edgetl.validate.api import GATE_MAX_TOP1_DROP, GATE_MIN_AGREEMENT
 
     s = result.summary
 
@@ -282,7 +283,8 @@ def format_summary(result: DemoResult) -> str:
         table,
         f"INT8 layers: {_layers_line(s.get('int8_layers') or {})} "
         f"({SCHEMES.get(s.get('int8_scheme', ''), 'post-training quantization')})",
-        f"validation gate (INT8 vs FP32: top-1 drop <= 0.5 point, agreement >= 99%): "
+        f"validation gate (INT8 vs FP32: top-1 drop <= {GATE_MAX_TOP1_DROP:g} point, agreement >= "
+        f"{100 * GATE_MIN_AGREEMENT:g}%): "
         f"{'PASSED' if result.validation_passed else 'FAILED'}",
         f"runtime auto choice: {s['runtime_choice']['artifact']} ({s['runtime_choice']['why']})",
         "steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.steps.items()) + f" (total {total:.1f}s)",
@@ -315,7 +317,6 @@ def _quantize_to_gate(bundle_dir: Path, data_dir: Path, settings: dict[str, Any]
     images do. Returns the scheme that met the gate (``ptq``, ``qat`` or ``budget``), or the last tried.
     """
     from edgetl.quantize import quantize_bundle
-    from edgetl.quantize.qat import QatSettings
     from edgetl.quantize.qat_api import qat_bundle
     from edgetl.validate import validate_bundle
     from edgetl.validate.api import GATE_MAX_TOP1_DROP, GATE_MIN_AGREEMENT
@@ -337,7 +338,7 @@ def _quantize_to_gate(bundle_dir: Path, data_dir: Path, settings: dict[str, Any]
         f"{100 * GATE_MIN_AGREEMENT:.0f}%; quantization-aware fine-tuning of the last two layers (every layer "
         f"stays INT8; about 15 s)")
     qat_bundle(bundle_dir, data=str(data_dir), target="cpu", seed=seed, val_size=n_val,
-               settings=QatSettings.for_task("classify", seed=seed), progress=True, **calib)
+               progress=True, **calib)
     passed, agreement = gate()
     if passed:
         say(f"      QAT meets the gate (agreement {100 * agreement:.1f}%), every layer INT8")

@@ -198,6 +198,8 @@ def search(
     pick = np.unique(np.linspace(0, len(sample.batch) - 1, min(probe_images, len(sample.batch))).astype(int))
     small = sample.subset(pick)
     groups = probe_groups(units)
+    # Grouped: every group once, then the members of the two most sensitive; the groups are equal but the last,
+    # so two full groups is the count unless the short last one ranks among them (then the bar is adjusted).
     runs = len(groups) + sum(len(g) for g in groups[:REFINED_GROUPS]) if len(groups) < len(units) else len(units)
     log.info("budget mode: measuring the sensitivity of %d quantization points (%d runs on %d images each)",
              len(units), runs, len(small.batch))
@@ -232,6 +234,9 @@ def search(
     else:  # each group measured once; the members of the most sensitive groups then alone
         group_scores = [probe(group) for group in groups]
         order_of_groups = sorted(range(len(groups)), key=lambda i: -group_scores[i]["sensitivity"])
+        if bar is not None:
+            bar.total = len(groups) + sum(len(groups[i]) for i in order_of_groups[:REFINED_GROUPS])
+            bar.refresh()
         for rank, i in enumerate(order_of_groups):
             if rank < REFINED_GROUPS:
                 sensitivity += [record(unit, probe([unit]), False) for unit in groups[i]]

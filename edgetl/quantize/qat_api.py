@@ -52,7 +52,7 @@ def qat_bundle(
     progress: bool = False,
     strict: bool = False,
 ) -> QuantizeResult:
-    """Quantization-aware fine-tuning of the bundle's model to an INT8 QDQ graph (TensorRT format).
+    """Quantization-aware fine-tuning of the bundle's model to an INT8 QDQ graph in ``target``'s format.
 
     Args:
         bundle_dir: a bundle made by `edgetl.export.export_checkpoint`.
@@ -65,6 +65,8 @@ def qat_bundle(
         seed: seeds the draws and the training.
         reduce_range: start from 7-bit weights on non-depthwise layers (`quantize_bundle`); QAT keeps the
             start's weight bits.
+        target: ``tensorrt`` (symmetric int8 activations, scored in exact numerics) or ``cpu`` (uint8
+            activations, scored in this machine's kernels): the format and the numerics `validate` gates it in.
         progress: progress bars on stderr.
         strict: a model that fails its own golden check raises `GateFailedError`.
 
