@@ -48,10 +48,11 @@ from edgetl.tables import format_table
                    "(default: no limit).")
 @click.option("--exclude", "exclude", multiple=True, help="Layer (node) name to keep in float; repeatable.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--qat", is_flag=True,
+@click.option("--qat/--no-qat", default=None,
               help="Quantization-aware fine-tuning after PTQ, in the --target format: a few epochs on --data "
-                   "against the FP32 model; written only if not worse than PTQ. With --max-drop: PTQ, then PTQ "
-                   "with at most 3 points in float, then QAT, stopping at the first within the budget.")
+                   "against the FP32 model; written only if not worse than PTQ. Budget mode (--max-drop) escalates "
+                   "on its own when a training dataset is at hand: PTQ, then PTQ with at most 3 points in float, "
+                   "then QAT, stopping at the first within the budget; --no-qat keeps it to PTQ.")
 @click.option("--qat-epochs", type=int, default=None, help="QAT epochs (default: classifiers 10, detectors 2).")
 @click.option("--qat-lr", type=float, default=None,
               help="QAT learning rate, Adam (default: classifiers 1e-4, detectors 1e-5).")
@@ -74,13 +75,15 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
     """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated; --qat: fine-tuned)."""
     from edgetl.quantize import quantize_bundle
 
-    if qat:
+    ptq_options = {"method": method, "percentile": percentile, "per_channel": per_channel,
+                   "bias_correction": bias_correction, "weight_scales": weight_scales,
+                   "nodes_to_exclude": list(exclude)}
+    if qat or (qat is None and _escalates(bundle, precision, max_drop, activation_type, target, data)):
         _qat(bundle, precision=precision, target=target, activation_type=activation_type, calib_data=calib_data,
-             reduce_range=reduce_range,
-             calib_size=calib_size, max_drop=max_drop, min_agreement=min_agreement, val_data=val_data,
-             val_size=val_size, seed=seed, epochs=qat_epochs, lr=qat_lr, images=qat_images, layers=qat_layers,
-             data=data,
-             strict=strict, as_json=as_json)
+             reduce_range=reduce_range, calib_size=calib_size, max_drop=max_drop, min_agreement=min_agreement,
+             val_data=val_data, val_size=val_size, max_kept=max_kept, seed=seed, epochs=qat_epochs, lr=qat_lr,
+             images=qat_images, layers=qat_layers, data=data, ptq_options=ptq_options, strict=strict,
+             as_json=as_json)
         return
 
     result = quantize_bundle(bundle, precision, calib_data=calib_data, calib_size=calib_size, method=method,
@@ -127,14 +130,27 @@ def _unit(unit: dict | None) -> str:
     return unit["name"] if unit["kind"] == "layer" else f"{unit['name']} (activation)"
 
 
+def _escalates(bundle, precision, max_drop, activation_type, target, data) -> bool:
+    """Whether budget mode ends in QAT: an INT8 budget in one of the two formats, with training images at hand."""
+    from edgetl.quantize.int8 import TARGETS
+    from edgetl.quantize.qat_api import training_source
+
+    if max_drop is None or precision != "int8" or activation_type not in (None, TARGETS[target]):
+        return False
+    if training_source(bundle, data) is None:
+        say("budget mode: no training dataset at hand (recorded at export or --data), so no QAT step after PTQ")
+        return False
+    return True
+
+
 def _qat(bundle, *, precision, target, activation_type, calib_data, reduce_range, calib_size, max_drop,
-         min_agreement, val_data,
-         val_size, seed, epochs, lr, images, layers, data, strict, as_json) -> None:
+         min_agreement, val_data, val_size, max_kept, seed, epochs, lr, images, layers, data, ptq_options, strict,
+         as_json) -> None:
     """``--qat``: fine-tune, or (with ``--max-drop``) escalate PTQ -> PTQ + float-kept points -> QAT."""
     from edgetl.errors import BadInputError
     from edgetl.quantize.int8 import TARGETS
     from edgetl.quantize.qat import QatSettings
-    from edgetl.quantize.qat_api import escalate, qat_bundle
+    from edgetl.quantize.qat_api import ESCALATION_MAX_KEPT, escalate, qat_bundle
 
     if precision != "int8" or activation_type not in (None, TARGETS[target]):
         raise BadInputError("--qat fine-tunes one of the two INT8 formats: --target tensorrt (symmetric int8 "
@@ -149,12 +165,14 @@ def _qat(bundle, *, precision, target, activation_type, calib_data, reduce_range
     steps = None
     if max_drop is not None:
         result, steps = escalate(bundle, max_drop=max_drop, min_agreement=min_agreement, data=data,
-                                 settings=settings, calib_size=calib_size, val_data=val_data, val_size=val_size,
-                                 seed=seed, reduce_range=reduce_range, target=target, progress=not as_json)
+                                 max_kept=ESCALATION_MAX_KEPT if max_kept is None else max_kept,
+                                 settings=settings, calib_data=calib_data, calib_size=calib_size, val_data=val_data,
+                                 val_size=val_size, seed=seed, reduce_range=reduce_range, target=target,
+                                 progress=not as_json, ptq_options=ptq_options)
     else:
         result = qat_bundle(bundle, data=data, settings=settings, calib_data=calib_data, calib_size=calib_size,
                             val_data=val_data, val_size=val_size, seed=seed, reduce_range=reduce_range,
-                            target=target, progress=not as_json, strict=strict)
+                            target=target, progress=not as_json, strict=strict, ptq_options=ptq_options)
     for note in result.warnings:
         say(f"warning: {note}", fg="red" if note.startswith("GOLDEN CHECK FAILED") else "yellow")
     record = result.info.get("qat") or result.info.get("qat_attempt")

@@ -222,7 +222,8 @@ def _build_module_class() -> type:
             """Where the graph narrows to one tensor: ``(node index, tensor, weighted layers after it)``.
 
             Everything before such a point can run once, without gradients, and be cached; training the layers
-            after it then costs only their share of the graph.
+            after it then costs only their share of the graph. Only float tensors with a weighted layer before
+            them count: a QuantizeLinear output is an integer tensor in the exported graph, which runs the prefix.
             """
             last_use: dict[str, int] = {}
             for i, node in enumerate(self.nodes):
@@ -240,7 +241,8 @@ def _build_module_class() -> type:
                     continue
                 live.update(node.output)
                 live = {t for t in live if last_use.get(t, -1) > i}
-                if len(live) == 1 and i + 1 < len(self.nodes):
+                if (len(live) == 1 and i + 1 < len(self.nodes) and node.op_type != "QuantizeLinear"
+                        and layers_after[i + 1] < layers_after[0]):
                     cuts.append((i, next(iter(live)), layers_after[i + 1]))
             return cuts
 

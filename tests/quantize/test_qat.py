@@ -119,9 +119,11 @@ def test_cpu_format_export_reproduces_the_fake_quant_module(tmp_path: Path) -> N
 
 
 def test_tail_from_a_cached_prefix_is_the_whole_graph(tmp_path: Path) -> None:
+    """The tail trained from the cut reproduces the whole graph, whether the frozen prefix ran in the module or in
+    ONNX Runtime (what `qat_bundle` caches), and only the layers after the cut get gradients."""
     import torch
 
-    from edgetl.quantize.qat import cached_prefix, module_outputs, pick_cut
+    from edgetl.quantize.qat import graph_values, module_outputs, pick_cut
     from edgetl.quantize.qat_graph import QdqModule
 
     batch = np.random.default_rng(2).normal(0, 1, (8, 3, 9, 9)).astype(np.float32)
@@ -132,9 +134,16 @@ def test_tail_from_a_cached_prefix_is_the_whole_graph(tmp_path: Path) -> None:
     cut = pick_cut(module, 1)  # only the Gemm trains: the cut is after the residual Add and the pooling
     assert cut is not None and [a for i, _, a in cuts if i == cut[0]] == [1]
     whole = module_outputs(module, batch, ["logits"])["logits"]
-    tail = module_outputs(module, cached_prefix(module, batch, cut), ["logits"], start=cut)["logits"]
+    with torch.no_grad():
+        prefix = module.prefix(torch.from_numpy(batch), cut).numpy()
+    tail = module_outputs(module, prefix, ["logits"], start=cut)["logits"]
     np.testing.assert_allclose(tail, whole, atol=1e-6)
-    module(torch.from_numpy(cached_prefix(module, batch, cut)), start=cut)["logits"].sum().backward()
+    cached = graph_values(dst, batch, [cut[1]], numerics="exact")[cut[1]]
+    np.testing.assert_allclose(cached, prefix, atol=1e-5)
+    module(torch.from_numpy(cached), start=cut)["logits"].sum().backward()
+    assert pick_cut(module, 100) is None  # as many layers as the graph has: everything trains, nothing cached
+    tensors = [tensor for _, tensor, _ in cuts]  # cut tensors are float: never a QuantizeLinear's integer output
+    assert all(v.dtype == np.float32 for v in graph_values(dst, batch, tensors, numerics="exact").values())
     trained = {k for k, p in module.params.items() if p.grad is not None}
     assert len(trained) == 2  # the Gemm's weight and bias, nothing before the cut
 
@@ -277,3 +286,40 @@ def test_cli_qat_bad_inputs(bundle_copy: Path, digits_dir: Path, tmp_path: Path)
     assert result.exit_code == 2 and "one of the two INT8 formats" in result.output
     result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--qat-epochs", "0", "--data", str(digits_dir)])
     assert result.exit_code == 2 and "--qat-epochs must be at least 1" in result.output
+
+
+def test_budget_mode_escalates_to_qat_on_its_own(bundle_copy: Path, digits_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--max-drop`` alone ends in QAT when training images are at hand; ``--no-qat`` or none keeps it PTQ."""
+    from edgetl.quantize import api, qat_api
+
+    calls: list[tuple[str, dict]] = []
+
+    def fake_escalate(bundle_dir, **kwargs):
+        calls.append(("escalate", kwargs))
+        raise BadInputError("stop here")
+
+    def fake_quantize(bundle_dir, precision, **kwargs):
+        calls.append(("ptq", kwargs))
+        raise BadInputError("stop here")
+
+    monkeypatch.setattr(qat_api, "escalate", fake_escalate)
+    monkeypatch.setattr(api, "quantize_bundle", fake_quantize)
+    monkeypatch.setattr("edgetl.quantize.quantize_bundle", fake_quantize)
+    runner = CliRunner()
+    base = ["quantize", str(bundle_copy), "--max-drop", "0.5", "--method", "entropy", "--data", str(digits_dir)]
+    assert runner.invoke(cli, base).exit_code == 2
+    kind, kwargs = calls.pop()
+    assert kind == "escalate" and kwargs["max_kept"] == 3 and kwargs["ptq_options"]["method"] == "entropy"
+    runner.invoke(cli, [*base, "--max-kept", "5"])
+    assert calls.pop()[1]["max_kept"] == 5
+    runner.invoke(cli, [*base, "--no-qat"])
+    assert calls.pop()[0] == "ptq"
+    runner.invoke(cli, ["quantize", str(bundle_copy), "--max-drop", "0.5", "--target", "cpu", "--activations", "int8"])
+    assert calls.pop()[0] == "ptq"  # not one of the two formats QAT trains
+
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["provenance"]["dataset"] = None
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(cli, ["quantize", str(bundle_copy), "--max-drop", "0.5"])
+    assert calls.pop()[0] == "ptq" and "no training dataset at hand" in result.output
