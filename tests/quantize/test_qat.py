@@ -323,3 +323,18 @@ def test_budget_mode_escalates_to_qat_on_its_own(bundle_copy: Path, digits_dir: 
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     result = runner.invoke(cli, ["quantize", str(bundle_copy), "--max-drop", "0.5"])
     assert calls.pop()[0] == "ptq" and "no training dataset at hand" in result.output
+
+
+def test_a_graph_with_an_op_qat_cannot_run_is_refused_naming_it(tmp_path: Path) -> None:
+    """QAT trains the exported graph (no checkpoint needed), so what it can refuse is an op it does not run."""
+    from edgetl.quantize.qat_graph import QdqModule
+
+    batch = np.random.default_rng(3).normal(0, 1, (4, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    quantized = onnx.load(str(dst))
+    logits = quantized.graph.output[0].name
+    for node in quantized.graph.node:  # route the logits through an op outside SUPPORTED_OPS
+        node.output[:] = [f"{logits}_pre" if out == logits else out for out in node.output]
+    quantized.graph.node.append(helper.make_node("Erf", [f"{logits}_pre"], [logits], name="erf"))
+    with pytest.raises(BadInputError, match=r"cannot run these ops of the graph: \['Erf'\]"):
+        QdqModule.create(quantized, onnx.load(str(src)))
