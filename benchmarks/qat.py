@@ -19,6 +19,9 @@ peak RSS from ``os.wait4``):
 
 The gate: top-1 drop <= 0.2 point and agreement >= 99 %, every conv INT8.
 
+The same data fine-tuned the way ``edgetl train classify`` does by default (``--strategy partial --epochs 10``, at
+the demo's 128 px) gives a second model and a second baseline for QAT's cost: PTQ and QAT in both formats on it.
+
     python benchmarks/qat.py [--out /tmp/edgetl-qatbench]
 
 Writes benchmarks/results/qat.json.
@@ -73,6 +76,55 @@ def child(command: list[str], log: Path) -> dict[str, Any]:
             "document": document}
 
 
+DEFAULT_FINE_TUNING = ["--strategy", "partial", "--epochs", "10", "--img-size", "128"]
+DEFAULT_VARIANTS = {k: VARIANTS[k] for k in ("ptq", "qat", "ptq-cpu", "qat-cpu")}
+
+
+def quantize_rows(base: Path, work: Path, variants: dict[str, list[str]], prefix: str = "") -> dict[str, Any]:
+    """Each variant's ``edgetl quantize`` on a fresh copy of ``base``, scored in its format's gate numerics."""
+    rows: dict[str, Any] = {}
+    for name, flags in variants.items():
+        print(f"{prefix}{name}: edgetl quantize {' '.join(flags)}", file=sys.stderr)
+        bundle = Path(shutil.copytree(base, work / f"{prefix}{name}"))
+        run = child([*_edgetl(), "quantize", str(bundle), *flags, "--json"], work / f"{prefix}{name}.log")
+        info = run["document"].get("info", {})
+        numerics = "device" if "cpu" in flags else "exact"
+        metrics = score(bundle, "model.int8.onnx", numerics) if run["exit_code"] == 0 else {}
+        graph = info.get("graph", {})
+        record = info.get("qat") or info.get("qat_attempt") or {}
+        rows[name] = {
+            "flags": flags, "exit_code": run["exit_code"], "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
+            **metrics,
+            "int8_layers": graph.get("int8_layers"), "float_layers": len(graph.get("float_layers", [])),
+            "weight_bits": info.get("weight_bits"), "scheme": info.get("scheme", "ptq"),
+            "qat_kept": record.get("kept"), "qat_train_s": record.get("seconds"),
+            "qat_history": record.get("history"),
+            "gate_passed": bool(metrics) and metrics["drop_points"] <= MAX_DROP
+                           and metrics["agreement"] >= MIN_AGREEMENT and not graph.get("float_layers"),
+        }
+        if run["exit_code"] != 0:
+            rows[name]["error"] = run["document"].get("error")
+    return rows
+
+
+def default_fine_tuning(work: Path, data: Path) -> dict[str, Any]:
+    """Fine-tune the demo's data with ``edgetl train classify``'s defaults, export, then PTQ and QAT on it."""
+    print("fine-tuning with the train command's defaults (partial, 10 epochs)...", file=sys.stderr)
+    run_dir, bundle = work / "partial-run", work / "partial-bundle"
+    train = child([*_edgetl(), "train", "classify", "--data", str(data), *DEFAULT_FINE_TUNING, "--out", str(run_dir),
+                   "--quiet", "--json"], work / "partial-train.log")
+    train_s = train["document"].get("seconds")
+    exported = child([*_edgetl(), "export", str(run_dir / "best.pt"), str(bundle), "--json"],
+                     work / "partial-export.log")
+    if train_s is None or exported["exit_code"] != 0:
+        return {"error": [train["document"], exported["document"]]}
+    rows = quantize_rows(bundle, work, DEFAULT_VARIANTS, prefix="partial-")
+    return {"flags": DEFAULT_FINE_TUNING, "train_s": train_s, "train_wall_s": train["wall_s"],
+            "peak_rss_mb": train["peak_rss_mb"], "variants": rows,
+            "qat_vs_train": {name: round(r["qat_train_s"] / train_s, 2)
+                             for name, r in rows.items() if r.get("qat_train_s")}}
+
+
 def score(bundle: Path, model: str, numerics: str = "exact") -> dict[str, Any]:
     """Top-1 and agreement with FP32 on every validation image, in ``numerics`` (FP32 itself: exact)."""
     from edgetl.bundle import open_bundle
@@ -98,6 +150,8 @@ def score(bundle: Path, model: str, numerics: str = "exact") -> dict[str, Any]:
 
 
 def main() -> int:
+    from edgetl.bundle import open_bundle
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/edgetl-qatbench")
     args = parser.parse_args()
@@ -112,28 +166,8 @@ def main() -> int:
         print(f"demo failed: {demo['document']}", file=sys.stderr)
         return 4
     base = work / "demo" / "bundle"
-    rows: dict[str, Any] = {}
-    for name, flags in VARIANTS.items():
-        print(f"{name}: edgetl quantize {' '.join(flags)}", file=sys.stderr)
-        bundle = Path(shutil.copytree(base, work / name))
-        run = child([*_edgetl(), "quantize", str(bundle), *flags, "--json"], work / f"{name}.log")
-        info = run["document"].get("info", {})
-        numerics = "device" if "cpu" in flags else "exact"
-        metrics = score(bundle, "model.int8.onnx", numerics) if run["exit_code"] == 0 else {}
-        graph = info.get("graph", {})
-        record = info.get("qat") or info.get("qat_attempt") or {}
-        rows[name] = {
-            "flags": flags, "exit_code": run["exit_code"], "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
-            **metrics,
-            "int8_layers": graph.get("int8_layers"), "float_layers": len(graph.get("float_layers", [])),
-            "weight_bits": info.get("weight_bits"), "scheme": info.get("scheme", "ptq"),
-            "qat_kept": record.get("kept"), "qat_train_s": record.get("seconds"),
-            "qat_history": record.get("history"),
-            "gate_passed": bool(metrics) and metrics["drop_points"] <= MAX_DROP
-                           and metrics["agreement"] >= MIN_AGREEMENT and not graph.get("float_layers"),
-        }
-        if run["exit_code"] != 0:
-            rows[name]["error"] = run["document"].get("error")
+    rows = quantize_rows(base, work, VARIANTS)
+    partial = default_fine_tuning(work, Path(open_bundle(base).dataset))
     fp32 = next((r["fp32_top1"] for r in rows.values() if "fp32_top1" in r), None)
     document = {
         "benchmark": "qat",
@@ -149,6 +183,7 @@ def main() -> int:
         "variants": rows,
         "qat_vs_train": {name: round(r["qat_train_s"] / train_s, 2)
                          for name, r in rows.items() if r.get("qat_train_s")},
+        "default_fine_tuning": partial,
     }
     from edgetl.fileio import write_json
 
@@ -160,6 +195,11 @@ def main() -> int:
             print(f"{name:10} {r['top1']:7.4f} {r['drop_points']:6.2f} {r['agreement']:7.4f} {r['flips']:5d} "
                   f"{r['int8_layers']!s:>5} {r['wall_s']:7.1f} {r['peak_rss_mb']:7.0f} {r['gate_passed']}")
     print(f"FP32 top-1 {fp32}; fine-tuning {train_s} s; QAT/train {document['qat_vs_train']}")
+    for name, r in (partial.get("variants") or {}).items():
+        if "top1" in r:
+            print(f"partial-{name:10} {r['top1']:7.4f} {r['drop_points']:6.2f} {r['agreement']:7.4f} {r['flips']:5d} "
+                  f"{r['wall_s']:7.1f} {r['gate_passed']}")
+    print(f"default fine-tuning {partial.get('train_s')} s; QAT/train {partial.get('qat_vs_train')}")
     return 0
 
 
