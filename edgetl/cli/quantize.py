@@ -63,7 +63,8 @@ from edgetl.tables import format_table
               help="Train only the last N weighted layers (the graph before them runs once and is cached); "
                    "default: classifiers 2, detectors all.")
 @click.option("--data", "data", type=click.Path(), default=None,
-              help="QAT: the labelled dataset to fine-tune on (default: the dataset recorded at export).")
+              help="QAT: the images to fine-tune on: the labelled dataset or, for a classifier, a folder of "
+                   "unlabelled images (every fifth then chooses the epoch). Default: the dataset recorded at export.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when the written model fails its own golden check (the bundle's tolerance).")
 @config_option

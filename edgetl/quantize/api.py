@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from edgetl.quantize.calibration import (
 )
 from edgetl.quantize.int8 import TARGETS, Int8Settings, check_support, qdq_summary, quantize_file, unknown_nodes
 from edgetl.quantize.qdq_edit import float_outputs, list_units
+
+if TYPE_CHECKING:
+    from edgetl.data.imagesets import ImageSet
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +326,12 @@ def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *
                   scorer=scorer)
 
 
-def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int, seed: int, numerics: str):
-    """The labelled validation images budget mode and QAT score candidates on, with the FP32 outputs.
+def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int, seed: int, numerics: str,
+                      images: ImageSet | None = None):
+    """The validation images budget mode and QAT score candidates on, with the FP32 outputs.
+
+    ``images``: the images to draw from instead of ``source``'s validation split (QAT's held-out share of an
+    unlabelled folder, `edgetl.quantize.qat.qat_images`); unlabelled images are scored by agreement alone.
 
     Returns:
         (sample, scorer, run): `edgetl.quantize.budget.Sample`, the task's scorer (top-1 for classifiers, mAP
@@ -333,7 +340,8 @@ def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int, 
     from edgetl.data.imagesets import balanced_indices, decode, find_images
     from edgetl.quantize.budget import Sample, score
 
-    images = find_images(source, split="val", labels=bundle.labels)
+    if images is None:
+        images = find_images(source, split="val", labels=bundle.labels)
     images = images.subset(balanced_indices(images.labels, val_size, seed + 1))
     decoded = decode(images, bundle.preprocess, what="validation images")
     if len(decoded.batch) == 0:

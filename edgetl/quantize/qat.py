@@ -119,8 +119,27 @@ class QatOutcome:
                 "images": self.images}
 
 
+#: In an unlabelled folder, every fifth image (sorted by path) is held out to choose QAT's epoch on.
+HOLDOUT_EVERY = 5
+
+
+def qat_images(source: str | Path, labels: list[str], split: str) -> Any:
+    """QAT's ``train`` or ``val`` images: a labelled dataset's split, or the share of an unlabelled folder
+    (`HOLDOUT_EVERY`), so the epoch is never chosen on the images it trained on."""
+    from edgetl.data.imagesets import find_images
+
+    images = find_images(source, split=split, labels=labels)
+    if images.classes is not None:
+        return images
+    held_out = [i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 for i in range(len(images.paths))]
+    return images.subset([i for i, out in enumerate(held_out) if out == (split == "val")])
+
+
 def check_labels(source: str | Path, labels: list[str], task: str) -> None:
-    """Refuse a dataset whose classes are not the bundle's: training on it would teach other classes."""
+    """Refuse a dataset whose classes are not the bundle's: training on it would teach other classes.
+
+    A classifier may also fine-tune on a folder of unlabelled images: the loss distils the FP32 model's outputs,
+    and the held-out share is scored by agreement with FP32 alone."""
     from edgetl.data.imagesets import find_images
 
     if task == "detect":
@@ -129,6 +148,10 @@ def check_labels(source: str | Path, labels: list[str], task: str) -> None:
         classes = list(read_detection_dataset(source, verify_images=False).classes)
     else:
         classes = find_images(source, split="train", labels=None).classes
+        if classes is None:
+            log.info("QAT on unlabelled images (%s): distillation from FP32; every %dth image chooses the epoch, "
+                     "by agreement with FP32", source, HOLDOUT_EVERY)
+            return
     if classes is None:
         raise BadInputError(f"{source}: no labelled dataset (a folder per class, or a detection data.yaml)",
                             hint="pass --data with the dataset the model was trained on")

@@ -66,8 +66,9 @@ def qat_bundle(
 
     Args:
         bundle_dir: a bundle made by `edgetl.export.export_checkpoint`.
-        data: the labelled dataset to fine-tune on (its training split; default: the dataset recorded at
-            export). Its classes must be the bundle's labels.
+        data: the images to fine-tune on (default: the dataset recorded at export): a labelled dataset (its
+            training split; its classes must be the bundle's labels) or, for a classifier, a folder of unlabelled
+            images (the loss needs no labels; every fifth image is held out to choose the epoch, by agreement).
         settings: epochs, learning rate, batch size, images, layers (default: `QatSettings.for_task`).
         calib_data, calib_size: PTQ calibration (default: ``data``).
         val_data, val_size: the validation images each epoch and the final comparison are scored on
@@ -117,13 +118,14 @@ def qat_bundle(
 
 def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any, val_size: int, seed: int,
                progress: bool, numerics: str) -> tuple[QatOutcome, Path | None]:
-    from edgetl.data.imagesets import balanced_indices, decode, find_images
+    from edgetl.data.imagesets import balanced_indices, decode
     from edgetl.quantize.qat import (
         export_module,
         graph_values,
         loss_tensors,
         module_outputs,
         pick_cut,
+        qat_images,
         train_qat,
         worse,
     )
@@ -136,8 +138,9 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
     ptq_path = bundle.root / FILES["int8"]
     reference, quantized = onnx.load(str(src)), onnx.load(str(ptq_path))
     module = QdqModule.create(quantized, reference)
-    sample, scorer, run = validation_sample(bundle, src, val_data, val_size=val_size, seed=seed, numerics=numerics)
-    images = find_images(source, split="train", labels=bundle.labels)
+    sample, scorer, run = validation_sample(bundle, src, val_data, val_size=val_size, seed=seed, numerics=numerics,
+                                            images=qat_images(val_data, bundle.labels, "val"))
+    images = qat_images(source, bundle.labels, "train")
     if settings.images is not None and settings.images < len(images.paths):
         images = images.subset(balanced_indices(images.labels, settings.images, seed))
     decoded = decode(images, bundle.preprocess, progress=progress, what="QAT training images")

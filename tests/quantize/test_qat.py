@@ -217,6 +217,39 @@ def test_qat_writes_a_validated_qat_model_and_reuses_calibration(bundle_copy: Pa
 
 
 @pytest.mark.slow
+def test_qat_on_unlabelled_images_holds_out_every_fifth(bundle_copy: Path, digits_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Distillation needs no labels: a flat folder trains on four fifths and chooses the epoch on the rest."""
+    from edgetl.quantize import api
+    from edgetl.quantize.qat import QatSettings, qat_images
+    from edgetl.quantize.qat_api import qat_bundle
+
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for i, image in enumerate(sorted((digits_dir / "train").rglob("*.png"))[:25]):
+        shutil.copy(image, flat / f"{i:03d}.png")
+    train, val = qat_images(flat, ["a"], "train"), qat_images(flat, ["a"], "val")
+    assert len(train.paths) == 20 and len(val.paths) == 5 and not set(train.paths) & set(val.paths)
+    assert qat_images(digits_dir, open_bundle(bundle_copy).labels, "val").classes is not None  # labelled: its split
+
+    scored: list[int] = []
+    original = api.validation_sample
+
+    def spy(*args, **kwargs):
+        sample = original(*args, **kwargs)
+        scored.append(len(sample[0].batch))
+        assert sample[0].labels is None
+        return sample
+
+    monkeypatch.setattr("edgetl.quantize.qat_api.validation_sample", spy)
+    result = qat_bundle(bundle_copy, data=flat, settings=QatSettings(epochs=1, images=None, batch_size=10),
+                        calib_size=16, val_size=20)
+    record = result.info.get("qat") or result.info["qat_attempt"]
+    assert record["images"] == 20 and scored == [5]
+    assert record["qat"]["drop"] == pytest.approx(100 * (1 - record["qat"]["agreement"]))  # agreement bounds it
+
+
+@pytest.mark.slow
 def test_qat_that_ends_worse_keeps_ptq(bundle_copy: Path, digits_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgetl.quantize import qat
     from edgetl.quantize.qat_api import qat_bundle
