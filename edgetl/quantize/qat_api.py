@@ -139,8 +139,8 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
     reference, quantized = onnx.load(str(src)), onnx.load(str(ptq_path))
     module = QdqModule.create(quantized, reference)
     sample, scorer, run = validation_sample(bundle, src, val_data, val_size=val_size, seed=seed, numerics=numerics,
-                                            images=qat_images(val_data, bundle.labels, "val"))
-    images = qat_images(source, bundle.labels, "train")
+                                            images=qat_images(val_data, bundle.labels, "val", bundle.task))
+    images = qat_images(source, bundle.labels, "train", bundle.task)
     if settings.images is not None and settings.images < len(images.paths):
         images = images.subset(balanced_indices(images.labels, settings.images, seed))
     decoded = decode(images, bundle.preprocess, progress=progress, what="QAT training images")
