@@ -123,13 +123,15 @@ class QatOutcome:
 HOLDOUT_EVERY = 5
 
 
-def qat_images(source: str | Path, labels: list[str], split: str, task: str = "classify") -> Any:
-    """QAT's ``train`` or ``val`` images: a dataset's split (a detector's always is one), or the share of an
-    unlabelled folder (`HOLDOUT_EVERY`), so the epoch is never chosen on the images it trained on."""
+def qat_images(source: str | Path, labels: list[str], split: str, task: str = "classify",
+               shared: bool = True) -> Any:
+    """QAT's ``train`` or ``val`` images: a dataset's split (a detector's always is one), or, when training and
+    validation draw from the same unlabelled folder (``shared``), its share of it (`HOLDOUT_EVERY`), so the
+    epoch is never chosen on the images it trained on."""
     from edgetl.data.imagesets import find_images
 
     images = find_images(source, split=split, labels=labels)
-    if images.classes is not None or task == "detect":
+    if images.classes is not None or task == "detect" or not shared:
         return images
     held_out = [i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 for i in range(len(images.paths))]
     return images.subset([i for i, out in enumerate(held_out) if out == (split == "val")])

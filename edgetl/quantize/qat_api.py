@@ -138,9 +138,10 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
     ptq_path = bundle.root / FILES["int8"]
     reference, quantized = onnx.load(str(src)), onnx.load(str(ptq_path))
     module = QdqModule.create(quantized, reference)
+    shared = Path(val_data).resolve() == Path(source).resolve()
     sample, scorer, run = validation_sample(bundle, src, val_data, val_size=val_size, seed=seed, numerics=numerics,
-                                            images=qat_images(val_data, bundle.labels, "val", bundle.task))
-    images = qat_images(source, bundle.labels, "train", bundle.task)
+                                            images=qat_images(val_data, bundle.labels, "val", bundle.task, shared))
+    images = qat_images(source, bundle.labels, "train", bundle.task, shared)
     if settings.images is not None and settings.images < len(images.paths):
         images = images.subset(balanced_indices(images.labels, settings.images, seed))
     decoded = decode(images, bundle.preprocess, progress=progress, what="QAT training images")

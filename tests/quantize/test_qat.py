@@ -231,6 +231,7 @@ def test_qat_on_unlabelled_images_holds_out_every_fifth(bundle_copy: Path, digit
     train, val = qat_images(flat, ["a"], "train"), qat_images(flat, ["a"], "val")
     assert len(train.paths) == 20 and len(val.paths) == 5 and not set(train.paths) & set(val.paths)
     assert qat_images(digits_dir, open_bundle(bundle_copy).labels, "val").classes is not None  # labelled: its split
+    assert len(qat_images(flat, ["a"], "val", shared=False).paths) == 25  # a separate validation folder: all of it
 
     scored: list[int] = []
     original = api.validation_sample
