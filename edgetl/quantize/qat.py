@@ -29,6 +29,7 @@ import numpy as np
 
 from edgetl.errors import BadInputError
 from edgetl.lazy import lazy_import
+from edgetl.quantize.qat_graph import WEIGHTED_OPS
 
 torch = lazy_import("torch", "train", purpose="quantization-aware fine-tuning")
 onnx = lazy_import("onnx", "train", purpose="quantization-aware fine-tuning")
@@ -336,7 +337,7 @@ def export_module(module: Any, directory: str | Path | None = None) -> Path:
 
 def pick_cut(module: Any, layers: int | None) -> tuple[int, str] | None:
     """The earliest cut point with at most ``layers`` weighted layers after it (``None``: train everything)."""
-    if layers is None or layers >= sum(n.op_type in ("Conv", "Gemm", "MatMul") for n in module.nodes):
+    if layers is None or layers >= sum(n.op_type in WEIGHTED_OPS for n in module.nodes):
         return None
     for index, tensor, after in module.cut_points():
         if 1 <= after <= layers:

@@ -32,6 +32,9 @@ from edgetl.lazy import lazy_import
 torch = lazy_import("torch", "train", purpose="quantization-aware fine-tuning")
 onnx = lazy_import("onnx", "train", purpose="quantization-aware fine-tuning")
 
+#: The weighted layers: what QAT trains, and what ``--qat-layers`` counts.
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
 #: Ops this module runs; a graph with any other op is refused with its name (`unsupported_ops`).
 SUPPORTED_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "MatMul", "Clip", "Relu", "Sigmoid", "Mul", "Add",
@@ -124,7 +127,7 @@ def _build_module_class() -> type:
             taken = {r.quantized for r in self.weights.values()} | {r.bias for r in self.weights.values() if r.bias}
             self.float_params: dict[str, str] = {}
             for node in quantized.graph.node:
-                if node.op_type not in ("Conv", "Gemm", "MatMul"):
+                if node.op_type not in WEIGHTED_OPS:
                     continue
                 for name in node.input[1:3]:
                     if name in inits and name not in taken and inits[name].dtype == np.float32:
@@ -233,7 +236,7 @@ def _build_module_class() -> type:
                 last_use[name] = len(self.nodes)
             layers_after = [0] * (len(self.nodes) + 1)
             for i in range(len(self.nodes) - 1, -1, -1):
-                layers_after[i] = layers_after[i + 1] + (self.nodes[i].op_type in ("Conv", "Gemm", "MatMul"))
+                layers_after[i] = layers_after[i + 1] + (self.nodes[i].op_type in WEIGHTED_OPS)
             live = {self.input_names[0]}
             cuts = []
             for i, node in enumerate(self.nodes):
