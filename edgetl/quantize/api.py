@@ -21,7 +21,7 @@ from edgetl.quantize.calibration import (
     select_calibration,
 )
 from edgetl.quantize.int8 import TARGETS, Int8Settings, check_support, qdq_summary, quantize_file, unknown_nodes
-from edgetl.quantize.qdq_edit import float_outputs, list_units
+from edgetl.quantize.qdq_edit import float_outputs, list_units, tensorrt_placement
 
 if TYPE_CHECKING:
     from edgetl.data.imagesets import ImageSet
@@ -234,6 +234,8 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
         from edgetl.quantize.weights import refine_weights
 
         quantized = float_outputs(load_onnx(full), model)
+        if settings.tensorrt_compatible:
+            quantized = tensorrt_placement(quantized, model)
         edits = refine_weights(quantized, model, mse=weight_scales == "mse", input_means=means,
                                reduce_range=reduce_range)
         save_onnx(quantized, full)

@@ -4,7 +4,8 @@ QDQ (QuantizeLinear/DequantizeLinear pairs around float ops) is the one format b
 TensorRT's explicit-precision INT8 consume. Activation types:
 
 - ``int8`` (default, ``--target tensorrt``): signed, symmetric activations and weights (zero point 0) — what
-  TensorRT requires; the same file runs on ONNX Runtime.
+  TensorRT requires; the same file runs on ONNX Runtime. Its Q/DQ pairs sit where TensorRT rounds (conv inputs,
+  not inside a conv's fused activation or residual Add: `edgetl.quantize.qdq_edit.tensorrt_placement`).
 - ``uint8`` (``--target cpu``): asymmetric activations, signed weights (ONNX Runtime's U8S8) — what ONNX
   Runtime's x86 CPU kernels run fastest (it fuses QDQ into QLinearConv); TensorRT rejects it.
 

@@ -191,3 +191,53 @@ def float_outputs(quantized: Any, reference: Any) -> Any:
         if quantizer is not None and _exact(quantizer.input[0], q, ref):
             outputs.append(Unit(ACTIVATION, quantizer.input[0]))
     return restore(quantized, reference, outputs) if outputs else quantized
+
+
+#: Pointwise ops TensorRT runs inside a weighted layer's kernel (its epilogue), before the output is requantized:
+#: activations, the residual Add, the Mul of SiLU.
+EPILOGUE_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Mul"})
+
+
+def epilogue_pairs(quantized: Any, reference: Any) -> list[Unit]:
+    """The Q/DQ pairs inside a layer's epilogue: on a tensor computed by a weighted layer (or by an epilogue op
+    that reads one) and read only by epilogue ops.
+
+    ONNX Runtime's quantizer puts a pair on every op's output. TensorRT fuses Conv -> ReLU6 and Conv -> residual
+    Add into one kernel and rounds once, at the end; a pair in between would round the pre-activation too, on
+    the scale of its much wider range (a Conv output spanning [-20, 20] before a ReLU6 rounds in steps of 0.16
+    instead of 6/127 = 0.047). These pairs are what TensorRT's placement guidance says not to insert.
+    """
+    q, ref = _Graph(quantized), _Graph(reference)
+
+    def in_epilogue(tensor: str, seen: set[str]) -> bool:
+        node = q.producer.get(tensor)
+        if node is None or tensor in seen:
+            return False
+        quantizer = q.quantizer_of(tensor)
+        if quantizer is not None:  # through a pair that is itself in the epilogue (Conv -> Sigmoid -> Mul)
+            return in_epilogue(quantizer.input[0], seen | {tensor})
+        if node.op_type in LAYER_OPS:
+            return q.weight_dq(node.input[1]) is not None if len(node.input) > 1 else False
+        if node.op_type not in EPILOGUE_OPS:
+            return False
+        return any(in_epilogue(name, seen | {tensor}) for name in node.input if name not in q.initializers)
+
+    units = []
+    for node in quantized.graph.node:
+        tensor = node.input[0] if node.op_type == "QuantizeLinear" else None
+        if tensor is None or tensor in q.initializers or tensor in q.outputs:
+            continue
+        readers = [r for dq in q.consumers.get(node.output[0], []) for r in q.consumers.get(dq.output[0], [])]
+        if any(dq.op_type != "DequantizeLinear" or dq.output[0] in q.outputs
+               for dq in q.consumers.get(node.output[0], [])):
+            continue
+        if readers and all(r.op_type in EPILOGUE_OPS for r in readers) and in_epilogue(tensor, set()) \
+                and _exact(tensor, q, ref):
+            units.append(Unit(ACTIVATION, tensor))
+    return units
+
+
+def tensorrt_placement(quantized: Any, reference: Any) -> Any:
+    """``quantized`` without the pairs inside layer epilogues (`epilogue_pairs`): the placement TensorRT fuses."""
+    units = epilogue_pairs(quantized, reference)
+    return restore(quantized, reference, units) if units else quantized

@@ -12,7 +12,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgetl.quantize.int8 import Int8Settings, quantize_file
-from edgetl.quantize.qdq_edit import ACTIVATION, LAYER, Unit, float_outputs, list_units, restore
+from edgetl.quantize.qdq_edit import (
+    ACTIVATION,
+    LAYER,
+    Unit,
+    epilogue_pairs,
+    float_outputs,
+    list_units,
+    restore,
+    tensorrt_placement,
+)
 from edgetl.quantize.statistics import measure
 from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -130,3 +139,59 @@ def test_backend_keeps_float_layers_float(tmp_path: Path) -> None:
     with OnnxRuntimeBackend(path, device="cpu") as backend:
         got = backend.infer(x)["out"]
     np.testing.assert_allclose(got, _run(model, x), atol=1e-6)
+
+
+def _quantized_input(model: onnx.ModelProto, tensor: str) -> bool:
+    """Whether some reader of ``tensor`` reads it through a Q/DQ pair."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] == tensor:
+            return True
+    return producers.get(tensor) is not None and producers[tensor].op_type == "DequantizeLinear"
+
+
+def test_tensorrt_placement_rounds_once_per_layer(tmp_path: Path) -> None:
+    """The pairs between a conv and its ReLU6 / residual Add go (TensorRT fuses them into the conv and rounds once);
+    every conv input, the residual branch and the Add's output keep theirs."""
+    src = tmp_path / "net.onnx"
+    reference = _residual_net(src)
+    x = np.random.default_rng(1).normal(0, 1, (16, 3, 8, 8)).astype(np.float32)
+    stats = measure(reference, [x[:8], x[8:]], input_name="input")
+    quantize_file(src, tmp_path / "q.onnx", Int8Settings(activation_type="int8"), ranges=stats.ranges("minmax", 99.99))
+    model = float_outputs(onnx.load(str(tmp_path / "q.onnx")), reference)
+    assert {u.name for u in epilogue_pairs(model, reference)} == {"c1", "c2"}
+    placed = tensorrt_placement(model, reference)
+    onnx.checker.check_model(placed)
+    assert not _quantized_input(placed, "c1") and not _quantized_input(placed, "c2")
+    for tensor in ("input", "a1", "s", "f"):  # conv/gemm inputs, the residual branch, the Add's output
+        assert any(n.op_type == "QuantizeLinear" and n.input[0] == tensor for n in placed.graph.node), tensor
+    assert epilogue_pairs(placed, reference) == []
+    want = _run(reference, x)
+    assert np.abs(_run(placed, x) - want).max() < 2 * np.abs(_run(model, x) - want).max()
+
+
+def test_tensorrt_placement_keeps_silu_whole(tmp_path: Path) -> None:
+    """Conv -> Sigmoid -> Mul (SiLU) is one epilogue: the pairs on the conv's output and on the Sigmoid's go, the
+    pair on the product (the next conv's input) stays."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c1"], ["g"], name="sigmoid"),
+        helper.make_node("Mul", ["c1", "g"], ["silu"], name="mul"),
+        helper.make_node("Conv", ["silu", "w2", "b2"], ["out"], name="conv2"),
+    ]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+             for name, shape in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (4, 8, 1, 1)), ("b2", (4,)))]
+    graph = helper.make_graph(nodes, "silu",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4, 8, 8])], inits)
+    reference = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    reference.ir_version = 8
+    src = tmp_path / "silu.onnx"
+    onnx.save(reference, str(src))
+    x = rng.normal(0, 1, (8, 3, 8, 8)).astype(np.float32)
+    stats = measure(reference, [x], input_name="input")
+    quantize_file(src, tmp_path / "q.onnx", Int8Settings(activation_type="int8"), ranges=stats.ranges("minmax", 99.99))
+    placed = tensorrt_placement(onnx.load(str(tmp_path / "q.onnx")), reference)
+    assert not _quantized_input(placed, "c1") and not _quantized_input(placed, "g")
+    assert any(n.op_type == "QuantizeLinear" and n.input[0] == "silu" for n in placed.graph.node)
