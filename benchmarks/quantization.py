@@ -22,12 +22,16 @@ Variants (all through `edgetl.quantize.quantize_bundle`, per-channel weights, mi
 Reference: ONNX Runtime's own static quantizer (``quantize_static``, QDQ, per-channel symmetric int8 weights,
 minmax ranges) on the same FP32 graph and the same 300 calibration crops, with int8 symmetric activations (the
 TensorRT format) and uint8 ones (the CPU format), each in a child process (wall time, its own peak RSS: VmHWM).
+With ``--modelopt-python PY`` (or ``EDGETL_MODELOPT_PYTHON``), also NVIDIA's TensorRT Model Optimizer PTQ
+(``modelopt.onnx.quantization.quantize``, int8, ``max`` and ``entropy`` calibration) run by that interpreter: its
+``[onnx]`` extra pins onnx/onnxruntime versions other than edgetl's, so it lives in its own environment; its
+graphs are scored here, in this run's numerics.
 
 Latency: batch 1, round-robin blocks so machine load hits all models alike; ratios against ONNX Runtime FP32
 in the same run. Quantize cost: the first quantize (streamed calibration on 300 images + bias correction) runs
 in a child process, its wall time and own peak RSS (VmHWM) recorded.
 
-    python benchmarks/quantization.py [--out /tmp/edgetl-qbench] [--iters 40]
+    python benchmarks/quantization.py [--out /tmp/edgetl-qbench] [--iters 40] [--modelopt-python PY]
 
 Writes benchmarks/results/quantization.json.
 """
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -199,15 +204,37 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_m
 """
 REFERENCES = {"onnxruntime-quantize_static-int8": "int8", "onnxruntime-quantize_static-uint8": "uint8"}
 
+# NVIDIA's TensorRT Model Optimizer PTQ (its ONNX path: TensorRT's Q/DQ placement, int8 symmetric, per-channel
+# weights) on the same graph and crops. Its ``[onnx]`` extra pins other onnx/onnxruntime versions than edgetl's,
+# so it runs in the interpreter given by --modelopt-python; its graph is scored here, in this run's numerics.
+_MODELOPT_PTQ = _PEAK_RSS + """
+import json, logging, sys, time
+import numpy as np
+import onnx
+logging.disable(logging.WARNING)
+from modelopt.onnx.quantization import quantize
+src, out, calib, method = sys.argv[1:5]
+t0 = time.perf_counter()
+quantize(src, quantize_mode="int8", calibration_data={onnx.load(src).graph.input[0].name: np.load(calib)},
+         calibration_method=method, output_path=out, calibration_eps=["cpu"])
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}))
+"""
+MODELOPT_REFERENCES = {"modelopt-int8-max": "max", "modelopt-int8-entropy": "entropy"}
 
-def reference_ptq(src: Path, calib_batch: np.ndarray, work: Path) -> tuple[dict, dict]:
-    """ONNX Runtime's own static quantizer on the same graph and calibration images: paths and cost."""
+
+def reference_ptq(src: Path, calib_batch: np.ndarray, work: Path,
+                  modelopt_python: str | None = None) -> tuple[dict, dict]:
+    """ONNX Runtime's own static quantizer (and, given its interpreter, Model Optimizer's) on the same graph and
+    calibration images: paths and cost."""
     npy = work / "calib-batch.npy"
     np.save(npy, calib_batch)
     paths, cost = {}, {}
-    for name, activations in REFERENCES.items():
+    jobs = [(name, sys.executable, _REFERENCE_PTQ, activations) for name, activations in REFERENCES.items()]
+    if modelopt_python:
+        jobs += [(name, modelopt_python, _MODELOPT_PTQ, method) for name, method in MODELOPT_REFERENCES.items()]
+    for name, python, script, option in jobs:
         out = work / f"{name}.onnx"
-        done = subprocess.run([sys.executable, "-c", _REFERENCE_PTQ, str(src), str(out), str(npy), activations],
+        done = subprocess.run([python, "-c", script, str(src), str(out), str(npy), option],
                               capture_output=True, text=True)
         if done.returncode != 0:
             cost[name] = {"skipped": done.stderr.strip().splitlines()[-1:]}
@@ -258,6 +285,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/edgetl-qbench")
     parser.add_argument("--iters", type=int, default=40)
+    parser.add_argument("--modelopt-python", default=os.environ.get("EDGETL_MODELOPT_PYTHON"),
+                        help="a Python with nvidia-modelopt[onnx] installed: adds Model Optimizer's PTQ as a reference")
     args = parser.parse_args()
     from edgetl.bundle import open_bundle
     from edgetl.data.imagesets import decode, find_images
@@ -277,7 +306,7 @@ def main() -> int:
     bundle = open_bundle(base, verify=False)
     batch = decode(find_images(evaluation, split="all"), bundle.preprocess).batch[:400]
     calib_batch = decode(find_images(calib, split="all"), bundle.preprocess).batch[:300]
-    references, reference_cost = reference_ptq(base / "model.onnx", calib_batch, work)
+    references, reference_cost = reference_ptq(base / "model.onnx", calib_batch, work, args.modelopt_python)
     paths.update(references)
     logits = outputs(base / "model.onnx", batch, "device")
     reference = logits.argmax(1)

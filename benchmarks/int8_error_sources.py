@@ -1,0 +1,242 @@
+"""Where the TensorRT format's INT8 error comes from on EfficientNet-Lite0, and one remedy that was measured.
+
+The same model, crops and calibration as `benchmarks/quantization.py` (it builds them if missing). The TensorRT
+format (int8 symmetric activations, per-channel int8 weights, bias correction, TensorRT placement) is scored in
+exact numerics (ONNX Runtime, graph optimizations off) against FP32, top-1 agreement and logit RMSE, with parts of
+the quantization switched off:
+
+  full              : everything quantized (what `edgetl quantize --target tensorrt` writes)
+  activations only  : every weight and bias back to FP32, every activation pair kept
+  weights only      : every activation pair removed, weights and biases quantized
+  depthwise inputs  : weights FP32, only the activations read by depthwise convolutions quantized
+
+and one remedy: cross-layer equalization across the ReLU6 before each depthwise convolution, made exact in FP32 by
+giving every channel its own clip bound (``Relu -> Min(x, 6 / s_c)``): channel c of the producing conv is divided
+by s_c = (its calibration maximum) / (the tensor's), the depthwise filter multiplied by it, so every channel fills
+the tensor's int8 range. ``max_upscale`` caps 1 / s_c. Then both again with the evaluated crops added to the
+scales and ranges (an oracle: no value can exceed its channel's range), which separates what equalization buys
+from what clipping above the calibration maxima costs.
+
+    python benchmarks/int8_error_sources.py [--work /tmp/edgetl-qbench]
+
+Writes benchmarks/results/int8_error_sources.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.fileio import write_json
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+RESULTS = Path(__file__).parent / "results" / "int8_error_sources.json"
+UPSCALES = (4.0, 64.0)
+
+
+def run(model: Any, batch: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    name = model.graph.input[0].name
+    return np.concatenate([session.run(None, {name: batch[k:k + 50]})[0] for k in range(0, len(batch), 50)])
+
+
+def score(model: Any, batch: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    logits = run(model, batch)
+    return {"agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+            "logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4)}
+
+
+def ptq(model: Any, calib: np.ndarray, work: Path, name: str) -> Any:
+    """edgetl's TensorRT-format PTQ steps on ``model`` (statistics, quantizer, placement, bias correction)."""
+    import onnx
+
+    from edgetl.quantize.int8 import Int8Settings, quantize_file
+    from edgetl.quantize.qdq_edit import float_outputs, tensorrt_placement
+    from edgetl.quantize.statistics import measure
+    from edgetl.quantize.weights import refine_weights
+
+    src, dst = work / f"{name}.onnx", work / f"{name}-int8.onnx"
+    onnx.save(model, str(src))
+    stats = measure(model, [calib[k:k + 20] for k in range(0, len(calib), 20)], input_name=model.graph.input[0].name)
+    quantize_file(src, dst, Int8Settings(activation_type="int8"), ranges=stats.ranges("minmax", 99.99, "int8"))
+    quantized = tensorrt_placement(float_outputs(onnx.load(str(dst)), model), model)
+    refine_weights(quantized, model, mse=False, input_means=stats.input_means, reduce_range=False)
+    return quantized
+
+
+def float_weights(quantized: Any, reference: Any) -> Any:
+    """``quantized`` with every layer's weight and bias read from the FP32 initializers (its input pairs kept)."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(quantized)
+    nodes = {n.name: n for n in reference.graph.node}
+    inits = {i.name: i for i in reference.graph.initializer}
+    added: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm") and node.name in nodes:
+            for k in (1, 2):
+                name = f"{nodes[node.name].input[k]}_fp32"
+                if name not in added:
+                    copy = onnx.TensorProto()
+                    copy.CopyFrom(inits[nodes[node.name].input[k]])
+                    copy.name = name
+                    model.graph.initializer.append(copy)
+                    added.add(name)
+                node.input[k] = name
+    return model
+
+
+def _maps(model: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    producer = {out: n for n in model.graph.node for out in n.output}
+    consumers: dict[str, list[Any]] = collections.defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    return producer, consumers
+
+
+def _depthwise(node: Any) -> bool:
+    return node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
+
+
+def depthwise_inputs_only(quantized: Any, reference: Any) -> Any:
+    """Weights FP32 and only the activation pairs read by depthwise convolutions kept."""
+    from edgetl.quantize.qdq_edit import ACTIVATION, list_units, restore
+
+    model = float_weights(quantized, reference)
+    _, consumers = _maps(model)
+
+    def feeds_depthwise(tensor: str) -> bool:
+        return any(_depthwise(reader) for q in consumers[tensor] if q.op_type == "QuantizeLinear"
+                   for dq in consumers[q.output[0]] for reader in consumers[dq.output[0]])
+
+    units = [u for u in list_units(model, reference) if u.kind == ACTIVATION and not feeds_depthwise(u.name)]
+    return restore(model, reference, units)
+
+
+def equalize_relu6_depthwise(model: Any, calib: np.ndarray, max_upscale: float) -> Any:
+    """Cross-layer equalization across each Conv -> Clip(0, 6) -> depthwise Conv, exact in FP32 (per-channel
+    clip bounds); scales from the channels' calibration maxima."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    producer, consumers = _maps(out)
+    triples = [(producer[n.input[0]], n, consumers[n.output[0]][0]) for n in out.graph.node
+               if n.op_type == "Clip" and producer.get(n.input[0]) is not None
+               and producer[n.input[0]].op_type == "Conv" and len(consumers[n.output[0]]) == 1
+               and _depthwise(consumers[n.output[0]][0])]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(out)
+    names = [clip.output[0] for _, clip, _ in triples]
+    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    maxima: dict[str, np.ndarray] = {}
+    for k in range(0, len(calib), 20):
+        for name, value in zip(names, session.run(names, {out.graph.input[0].name: calib[k:k + 20]})):
+            top = value.max(axis=(0, 2, 3))
+            maxima[name] = top if name not in maxima else np.maximum(maxima[name], top)
+    inits = {i.name: i for i in out.graph.initializer}
+
+    def scale_init(name: str, factor: np.ndarray) -> None:
+        value = numpy_helper.to_array(inits[name]) * factor
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+    for conv, clip, depthwise in triples:
+        top = np.minimum(maxima[clip.output[0]], 6.0)
+        s = np.where(top > 0, np.clip(top / top.max(), 1.0 / max_upscale, 1.0), 1.0).astype(np.float32)
+        scale_init(conv.input[1], 1.0 / s[:, None, None, None])
+        scale_init(conv.input[2], 1.0 / s)
+        scale_init(depthwise.input[1], s[:, None, None, None])
+        bound = f"{clip.name}_bound"
+        out.graph.initializer.append(numpy_helper.from_array((6.0 / s).reshape(-1, 1, 1).astype(np.float32), bound))
+        index = list(out.graph.node).index(clip)
+        relu = helper.make_node("Relu", [clip.input[0]], [f"{clip.output[0]}_relu"], name=f"{clip.name}_relu")
+        low = helper.make_node("Min", [relu.output[0], bound], [clip.output[0]], name=f"{clip.name}_min")
+        out.graph.node.remove(clip)
+        out.graph.node.insert(index, low)
+        out.graph.node.insert(index, relu)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/edgetl-qbench")
+    args = parser.parse_args()
+    import onnx
+    from quantization import fp32_bundle, photo_crops
+
+    import edgetl.quantize.qdq_edit as qdq_edit
+    from edgetl.bundle import open_bundle
+    from edgetl.data.imagesets import decode, find_images
+
+    t0 = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    calib_dir, eval_dir = photo_crops(work)
+    exported = fp32_bundle(work, calib_dir)
+    bundle = open_bundle(exported, verify=False)
+    calib = decode(find_images(calib_dir, split="all"), bundle.preprocess).batch[:300]
+    batch = decode(find_images(eval_dir, split="all"), bundle.preprocess).batch[:400]
+    fp32 = onnx.load(str(exported / "model.onnx"))
+    reference = run(fp32, batch)
+    scratch = work / "error-sources"
+    scratch.mkdir(exist_ok=True)
+
+    from edgetl.quantize.qdq_edit import ACTIVATION, list_units, restore
+
+    quantized = ptq(fp32, calib, scratch, "lite0")
+    rows = {"full": score(quantized, batch, reference),
+            "activations only": score(float_weights(quantized, fp32), batch, reference),
+            "weights only": score(restore(quantized, fp32, [u for u in list_units(quantized, fp32)
+                                                            if u.kind == ACTIVATION]), batch, reference),
+            "depthwise inputs only": score(depthwise_inputs_only(quantized, fp32), batch, reference)}
+    # The per-channel bound is a Min after the Relu: TensorRT runs it in the conv's epilogue like the Clip it replaces.
+    qdq_edit.EPILOGUE_OPS = qdq_edit.EPILOGUE_OPS | {"Min"}
+    for cap in UPSCALES:
+        equalized = equalize_relu6_depthwise(fp32, calib, cap)
+        exact = float(np.mean(run(equalized, batch).argmax(1) == reference.argmax(1)))
+        eq_quantized = ptq(equalized, calib, scratch, f"equalized-{cap:g}")
+        rows[f"ReLU6 -> depthwise equalized, max upscale {cap:g}x"] = {
+            **score(eq_quantized, batch, reference), "fp32_equalized_agreement": exact,
+            "depthwise_inputs_only": score(depthwise_inputs_only(eq_quantized, equalized), batch, reference)}
+    # The same with every evaluated crop in the scales and ranges too: nothing can exceed its channel's range, so
+    # what is left is what equalization itself buys.
+    both = np.concatenate([calib, batch])
+    oracle = equalize_relu6_depthwise(fp32, both, UPSCALES[0])
+    oracle_quantized = ptq(oracle, both, scratch, "equalized-oracle")
+    plain_quantized = ptq(fp32, both, scratch, "plain-oracle")
+    rows["plain, ranges from calibration + evaluated crops"] = {
+        **score(plain_quantized, batch, reference),
+        "depthwise_inputs_only": score(depthwise_inputs_only(plain_quantized, fp32), batch, reference)}
+    rows[f"equalized {UPSCALES[0]:g}x, scales and ranges from calibration + evaluated crops"] = {
+        **score(oracle_quantized, batch, reference),
+        "depthwise_inputs_only": score(depthwise_inputs_only(oracle_quantized, oracle), batch, reference)}
+    lines = ["| variant | agreement | logit RMSE |", "|---|---|---|"]
+    lines += [f"| {name} | {100 * r['agreement']:.2f} % | {r['logit_rmse']} |" for name, r in rows.items()]
+    results = {"model": "efficientnet_lite0 (ImageNet)", "format": "tensorrt (int8 activations), exact numerics",
+               "images": int(len(batch)), "calibration_images": int(len(calib)), "rows": rows,
+               "table": "\n".join(lines), "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(RESULTS, results)
+    print(results["table"])
+    print(f"\nwritten {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
