@@ -32,6 +32,9 @@ from edgetl.tables import format_table
               help="Correct each layer's bias for the mean shift of its rounded weights.")
 @click.option("--weight-scales", type=click.Choice(WEIGHT_SCALES), default="max", show_default=True,
               help="Per-channel weight scales: largest magnitude, or least squared error.")
+@click.option("--centre-activations/--no-centre-activations", default=True, show_default=True,
+              help="TensorRT format: centre each ReLU6 output read by convolutions on zero (an exact rewrite of the "
+                   "FP32 graph), so symmetric int8 spends all its codes on it.")
 @click.option("--reduce-range/--no-reduce-range", default=False, show_default=True,
               help="7-bit weights on non-depthwise layers, for other runtimes on x86 CPUs without VNNI (edgetl's "
                    "runtime uses ONNX Runtime's precise kernels there instead).")
@@ -71,13 +74,15 @@ from edgetl.tables import format_table
 @json_option
 @handle_errors
 def command(bundle, precision, calib_data, calib_size, method, percentile, per_channel, target, activation_type,
-            bias_correction, weight_scales, reduce_range, max_drop, min_agreement, val_data, val_size, max_kept,
-            exclude, seed, qat, qat_epochs, qat_lr, qat_images, qat_layers, data, strict, as_json: bool) -> None:
+            bias_correction, weight_scales, centre_activations, reduce_range, max_drop, min_agreement, val_data,
+            val_size, max_kept, exclude, seed, qat, qat_epochs, qat_lr, qat_images, qat_layers, data, strict,
+            as_json: bool) -> None:
     """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated; --qat: fine-tuned)."""
     from edgetl.quantize import quantize_bundle
 
     ptq_options = {"method": method, "percentile": percentile, "per_channel": per_channel,
                    "bias_correction": bias_correction, "weight_scales": weight_scales,
+                   "centre_activations": centre_activations,
                    "nodes_to_exclude": list(exclude)}
     if qat or (qat is None and _escalates(bundle, precision, max_drop, activation_type, target, data)):
         _qat(bundle, precision=precision, target=target, activation_type=activation_type, calib_data=calib_data,
@@ -90,7 +95,8 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
     result = quantize_bundle(bundle, precision, calib_data=calib_data, calib_size=calib_size, method=method,
                              per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
                              activation_type=activation_type, target=target, reduce_range=reduce_range,
-                             bias_correction=bias_correction, weight_scales=weight_scales, percentile=percentile,
+                             bias_correction=bias_correction, weight_scales=weight_scales,
+                             centre_activations=centre_activations, percentile=percentile,
                              min_agreement=min_agreement, val_size=val_size, nodes_to_exclude=list(exclude),
                              max_kept=max_kept, progress=not as_json, strict=strict)
     for note in result.warnings:
@@ -110,6 +116,10 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
         seven = f" (7-bit on {w['seven_bit_layers']} layers)" if w["seven_bit_layers"] else ""
         say(f"weights: 8-bit per channel{seven}, bias correction on {w['bias_corrected_layers']} layers; "
             f"{info['graph']['int8_layers']} layers INT8, {len(info['graph']['float_layers'])} in float")
+        centred = info.get("centred_activations") or {}
+        if centred.get("centred_tensors"):
+            say(f"activations: {centred['centred_tensors']} ReLU6 outputs centred on zero for symmetric int8 "
+                f"({centred['explicit_pads']} explicit pads)")
     golden = (info.get("golden") or {}).values()
     for g in golden:
         for mode, entry in (g.get("numerics") or {"this machine's kernels": g}).items():

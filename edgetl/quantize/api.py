@@ -22,6 +22,7 @@ from edgetl.quantize.calibration import (
 )
 from edgetl.quantize.int8 import TARGETS, Int8Settings, check_support, qdq_summary, quantize_file, unknown_nodes
 from edgetl.quantize.qdq_edit import float_outputs, list_units, tensorrt_placement
+from edgetl.quantize.shift import int8_reference
 
 if TYPE_CHECKING:
     from edgetl.data.imagesets import ImageSet
@@ -75,6 +76,7 @@ def quantize_bundle(
     reduce_range: bool = False,
     bias_correction: bool = True,
     weight_scales: str = "max",
+    centre_activations: bool = True,
     percentile: float = DEFAULT_PERCENTILE,
     min_agreement: float | None = None,
     val_size: int = 200,
@@ -109,6 +111,8 @@ def quantize_bundle(
         bias_correction: correct each layer's bias for the mean shift its weight rounding causes (needs
             at least 32 calibration images; skipped with a warning below that).
         weight_scales: ``max`` or ``mse`` per-channel weight scales.
+        centre_activations: TensorRT format: centre ReLU6 outputs read by convolutions on zero, an exact rewrite of
+            the FP32 graph that gives them all 255 symmetric int8 codes (`edgetl.quantize.shift`).
         percentile: percentile for ``method="percentile"``.
         min_agreement: budget mode also requires this agreement with FP32 (top-1 agreement; detectors: the
             fraction of FP32 detections the candidate matches).
@@ -142,9 +146,10 @@ def quantize_bundle(
         result = _int8(bundle, src, ref.sha256, model, calib_data=calib_data, calib_size=calib_size, method=method,
                        per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
                        activation_type=activation_type, reduce_range=reduce_range, percentile=percentile,
-                       bias_correction=bias_correction, weight_scales=weight_scales, min_agreement=min_agreement,
-                       val_size=val_size, extra_exclude=nodes_to_exclude or [],
-                       max_kept=max_kept, budget_layers=budget_layers, progress=progress)
+                       bias_correction=bias_correction, weight_scales=weight_scales,
+                       centre_activations=centre_activations, min_agreement=min_agreement, val_size=val_size,
+                       extra_exclude=nodes_to_exclude or [], max_kept=max_kept, budget_layers=budget_layers,
+                       progress=progress)
     result.seconds = time.perf_counter() - start
     check = result.info.get("golden_check")
     if check is not None and not check["passed"]:
@@ -184,11 +189,35 @@ def _fp16(bundle: Bundle, model: Any) -> QuantizeResult:
 
 
 def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_size, method, per_channel, max_drop,
-          val_data, seed, activation_type, reduce_range, percentile, bias_correction, weight_scales, min_agreement,
-          val_size, extra_exclude, max_kept, budget_layers, progress) -> QuantizeResult:
+          val_data, seed, activation_type, reduce_range, percentile, bias_correction, weight_scales,
+          centre_activations, min_agreement, val_size, extra_exclude, max_kept, budget_layers,
+          progress) -> QuantizeResult:
     settings = Int8Settings(method=method, per_channel=per_channel, activation_type=activation_type,
                             reduce_range=reduce_range, percentile=percentile, bias_correction=bias_correction,
-                            weight_scales=weight_scales)
+                            weight_scales=weight_scales, centre_activations=centre_activations)
+    tmp = Path(tempfile.mkdtemp(prefix="edgetl-quant-"))
+    try:
+        return _int8_in(bundle, src, sha, model, settings, tmp, calib_data=calib_data, calib_size=calib_size,
+                        max_drop=max_drop, val_data=val_data, seed=seed, min_agreement=min_agreement,
+                        val_size=val_size, extra_exclude=extra_exclude, max_kept=max_kept,
+                        budget_layers=budget_layers, progress=progress)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _int8_in(bundle: Bundle, src: Path, sha: str, model: Any, settings: Int8Settings, tmp: Path, *, calib_data,
+             calib_size, max_drop, val_data, seed, min_agreement, val_size, extra_exclude, max_kept, budget_layers,
+             progress) -> QuantizeResult:
+    method, percentile, bias_correction = settings.method, settings.percentile, settings.bias_correction
+    weight_scales, reduce_range = settings.weight_scales, settings.reduce_range
+    shift = None
+    uncentred, original_sha = model, sha
+    if settings.centres_activations:
+        # Every INT8 step below works on the centred graph: it is the FP32 reference of this format.
+        model, shift, sha = int8_reference(model, settings, sha)
+        if shift is not None and shift.tensors:
+            src = tmp / "centred.onnx"
+            save_onnx(model, src)
     support = check_support(model)
     warnings: list[str] = []
     if support["float_only_nodes"]:
@@ -209,59 +238,60 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
                             hint="pass --calib-data DIR (the training images)")
     if not Path(source).exists():
         raise BadInputError(f"calibration data not found: {source}", hint="pass --calib-data DIR")
-    calib = select_calibration(source, labels=bundle.labels, model_sha256=sha, spec=bundle.preprocess,
-                               method=method, size=calib_size, seed=seed, cache_dir=bundle.root / CALIB_DIR)
-    cache_hit = calib.cached
-    t0 = time.perf_counter()
-    stats = _statistics(bundle, calib, model, progress=progress)
+    calib, stats, cache_hit, calib_seconds = _calibrate(bundle, source, model, sha, method=method,
+                                                        calib_size=calib_size, seed=seed, progress=progress)
+    if shift is not None and shift.tensors:
+        # Centring helps a tensor only if it reaches above the centre; the others are put back as they were.
+        unhelpful = [name for name in shift.tensors if name in stats.tensors and stats.tensors[name].hi <= 0]
+        if unhelpful:
+            model, shift, sha = int8_reference(uncentred, settings, original_sha, skip=unhelpful)
+            save_onnx(model, src)
+            calib, stats, cache_hit, calib_seconds = _calibrate(bundle, source, model, sha, method=method,
+                                                                calib_size=calib_size, seed=seed, progress=progress)
     if calib.failures:
         warnings.append(f"{len(calib.failures)} of {len(calib.images.paths)} calibration images could not "
                         f"be decoded and were skipped")
-    calib_seconds = time.perf_counter() - t0
-    if not cache_hit:
-        calib.save_meta({"seconds": round(calib_seconds, 2)})
     means = stats.input_means if bias_correction else None
     if bias_correction and stats.images < MIN_BIAS_CORRECTION_IMAGES:
         means = None
         warnings.append(f"bias correction skipped: {stats.images} calibration images, it needs at least "
                         f"{MIN_BIAS_CORRECTION_IMAGES} for a stable estimate of each layer's mean input")
+    corrected = means is not None
+    if means is None and shift is not None and shift.tensors:
+        means = shift.neutral_means(stats.input_means)  # what centring adds to weight rounding, and only that
 
-    tmp = Path(tempfile.mkdtemp(prefix="edgetl-quant-"))
-    try:
-        full = tmp / "full.onnx"
-        quantize_file(src, full, settings, ranges=stats.ranges(method, percentile, settings.activation_type),
-                      nodes_to_exclude=extra_exclude + float_tail)
-        from edgetl.quantize.weights import refine_weights
+    full = tmp / "full.onnx"
+    quantize_file(src, full, settings, ranges=stats.ranges(method, percentile, settings.activation_type),
+                  nodes_to_exclude=extra_exclude + float_tail)
+    from edgetl.quantize.weights import refine_weights
 
-        quantized = float_outputs(load_onnx(full), model)
-        if settings.tensorrt_compatible:
-            quantized = tensorrt_placement(quantized, model)
-        edits = refine_weights(quantized, model, mse=weight_scales == "mse", input_means=means,
-                               reduce_range=reduce_range)
-        save_onnx(quantized, full)
-        kept: list[str] = list(extra_exclude)
-        kept_activations: list[str] = []
-        budget = None
-        final = full
-        if max_drop is not None:
-            budget_outcome, candidate = _budget(bundle, src, full, quantized, model,
-                                                source=val_data or _val_source(bundle, source), max_drop=max_drop,
-                                                min_agreement=min_agreement, val_size=val_size, seed=seed,
-                                                max_kept=max_kept, progress=progress, extra_exclude=extra_exclude,
-                                                only=budget_layers, numerics=settings.gate_numerics)
-            budget = budget_outcome.to_dict()
-            if candidate is not None:
-                final = candidate
-                quantized = load_onnx(candidate)
-                kept += budget_outcome.kept_layers
-                kept_activations = budget_outcome.kept_activations
-        out = bundle.root / FILES["int8"]
-        summary = qdq_summary(quantized)
-        save_onnx(quantized, out)
-        if final != full:
-            shutil.rmtree(final.parent, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    quantized = float_outputs(load_onnx(full), model)
+    if settings.tensorrt_compatible:
+        quantized = tensorrt_placement(quantized, model)
+    edits = refine_weights(quantized, model, mse=weight_scales == "mse", input_means=means,
+                           reduce_range=reduce_range)
+    save_onnx(quantized, full)
+    kept: list[str] = list(extra_exclude)
+    kept_activations: list[str] = []
+    budget = None
+    final = full
+    if max_drop is not None:
+        budget_outcome, candidate = _budget(bundle, src, full, quantized, model,
+                                            source=val_data or _val_source(bundle, source), max_drop=max_drop,
+                                            min_agreement=min_agreement, val_size=val_size, seed=seed,
+                                            max_kept=max_kept, progress=progress, extra_exclude=extra_exclude,
+                                            only=budget_layers, numerics=settings.gate_numerics)
+        budget = budget_outcome.to_dict()
+        if candidate is not None:
+            final = candidate
+            quantized = load_onnx(candidate)
+            kept += budget_outcome.kept_layers
+            kept_activations = budget_outcome.kept_activations
+    out = bundle.root / FILES["int8"]
+    summary = qdq_summary(quantized)
+    save_onnx(quantized, out)
+    if final != full:
+        shutil.rmtree(final.parent, ignore_errors=True)
 
     info = {
         **settings.to_dict(),
@@ -269,7 +299,8 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
                         "seed": seed, "cache": calib.cache_path.relative_to(bundle.root).as_posix(),
                         "cache_hit": cache_hit, "undecodable": len(calib.failures),
                         "seconds": round(calib_seconds, 2)},
-        "weights": {**edits.to_dict(), "bias_correction_applied": means is not None},
+        "weights": _weights_info(edits.to_dict(), corrected=corrected, compensated=means is not None),
+        "centred_activations": shift.to_dict() if shift is not None else None,
         "kept_layers": kept,
         "kept_activations": kept_activations,
         "graph": summary,
@@ -294,6 +325,32 @@ def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_
     _record(bundle, "int8", {**info, "budget": budget} if budget is not None else info)
     bundle.save()
     return QuantizeResult(bundle.root, out, precision, info, budget, warnings)
+
+
+def _weights_info(edits: dict[str, Any], *, corrected: bool, compensated: bool) -> dict[str, Any]:
+    """The weight edits as reported: without bias correction proper, the layers whose bias only absorbed what
+    centring adds to weight rounding are counted apart."""
+    info = {**edits, "bias_correction_applied": corrected}
+    if compensated and not corrected:
+        info["centring_compensated_layers"] = info["bias_corrected_layers"]
+        info["bias_corrected_layers"] = 0
+        info["not_bias_corrected"] = []
+    return info
+
+
+def _calibrate(bundle: Bundle, source: Any, model: Any, sha: str, *, method: str, calib_size: int, seed: int,
+               progress: bool) -> tuple[Any, Any, bool, float]:
+    """The calibration set, its statistics for ``model`` (cached under ``sha``), whether the cache had them, and
+    the seconds it took."""
+    calib = select_calibration(source, labels=bundle.labels, model_sha256=sha, spec=bundle.preprocess,
+                               method=method, size=calib_size, seed=seed, cache_dir=bundle.root / CALIB_DIR)
+    cache_hit = calib.cached
+    t0 = time.perf_counter()
+    stats = _statistics(bundle, calib, model, progress=progress)
+    seconds = time.perf_counter() - t0
+    if not cache_hit:
+        calib.save_meta({"seconds": round(seconds, 2)})
+    return calib, stats, cache_hit, seconds
 
 
 def _statistics(bundle: Bundle, calib: Any, model: Any, *, progress: bool) -> Any:

@@ -4,8 +4,9 @@ Calibration runs on exactly the deployment preprocessing (`edgetl.preprocess` vi
 `edgetl.data.imagesets`). Images are decoded a batch at a time and folded into running statistics
 (`edgetl.quantize.statistics`), so memory does not grow with the number of images. The statistics (|x|
 histograms, min/max, layer input means) are cached under ``calibration/`` in the bundle, keyed by the
-reference model, the preprocessing and the chosen files: re-quantizing with another method, activation
-type or set of float layers skips the expensive part.
+graph calibrated (the exported model, or its centred rewrite for the TensorRT format: `edgetl.quantize.shift`),
+the preprocessing and the chosen files: re-quantizing with another method or set of float layers skips the
+expensive part.
 """
 
 from __future__ import annotations

@@ -60,6 +60,8 @@ class Int8Settings:
         bias_correction: subtract each layer's weight-rounding mean shift from its bias
             (`edgetl.quantize.weights`).
         weight_scales: ``max`` (largest magnitude per channel) or ``mse`` (least squared error per channel).
+        centre_activations: with int8 activations, centre each ReLU6 output read by convolutions on zero (an
+            exact rewrite of the FP32 graph, `edgetl.quantize.shift`), so symmetric int8 spends all its codes on it.
     """
 
     method: str = "minmax"
@@ -69,6 +71,7 @@ class Int8Settings:
     percentile: float = 99.999
     bias_correction: bool = True
     weight_scales: str = "max"
+    centre_activations: bool = True
 
     def __post_init__(self) -> None:
         if self.activation_type not in ACTIVATION_TYPES:
@@ -79,6 +82,11 @@ class Int8Settings:
     @property
     def tensorrt_compatible(self) -> bool:
         return self.activation_type == "int8"
+
+    @property
+    def centres_activations(self) -> bool:
+        """Only a symmetric format needs it: an unsigned one already spends its 256 codes on [0, 6]."""
+        return self.centre_activations and self.tensorrt_compatible
 
     @property
     def target(self) -> str:
@@ -96,6 +104,7 @@ class Int8Settings:
                 "reduce_range": self.reduce_range, "format": "QDQ", "target": self.target,
                 "percentile": self.percentile if self.method == "percentile" else None,
                 "bias_correction": self.bias_correction, "weight_scales": self.weight_scales,
+                "centre_activations": self.centres_activations,
                 "tensorrt_compatible": self.tensorrt_compatible, "gate_numerics": self.gate_numerics}
 
     def kwargs(self) -> dict[str, Any]:

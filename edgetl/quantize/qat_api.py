@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,8 +104,11 @@ def qat_bundle(
              "TensorRT" if target == "tensorrt" else "CPU")
     ptq = quantize_bundle(bundle_dir, "int8", calib_data=calib_data or source, calib_size=calib_size, seed=seed,
                           target=target, reduce_range=reduce_range, progress=progress, **(ptq_options or {}))
-    outcome, qat_path = _fine_tune(open_bundle(bundle_dir), source, settings, val_data=val_data or source,
-                                   val_size=val_size, seed=seed, progress=progress, numerics=numerics)
+    with tempfile.TemporaryDirectory(prefix="edgetl-qat-ref-") as tmp:
+        bundle = open_bundle(bundle_dir)
+        src = _ptq_reference(bundle, ptq.info, Path(tmp))
+        outcome, qat_path = _fine_tune(bundle, source, settings, src, val_data=val_data or source,
+                                       val_size=val_size, seed=seed, progress=progress, numerics=numerics)
     result = _write(open_bundle(bundle_dir), ptq, outcome, qat_path, settings, numerics=numerics)
     result.seconds = time.perf_counter() - start
     for note in result.warnings:
@@ -116,8 +120,23 @@ def qat_bundle(
     return result
 
 
-def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any, val_size: int, seed: int,
-               progress: bool, numerics: str) -> tuple[QatOutcome, Path | None]:
+def _ptq_reference(bundle: Any, info: Mapping[str, Any], tmp: Path) -> Path:
+    """The FP32 graph PTQ quantized: the bundle's, or its centred rewrite (`edgetl.quantize.shift`), which the
+    PTQ graph's layers and biases match."""
+    src = bundle.path_of(bundle.reference_onnx())
+    tensors = (info.get("centred_activations") or {}).get("tensors")
+    if not tensors:
+        return src
+    from edgetl.quantize.shift import centre_bounded_activations
+
+    centred = tmp / "centred.onnx"
+    onnx.save(centre_bounded_activations(onnx.load(str(src)), only=tensors)[0], str(centred))
+    return centred
+
+
+def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, val_data: Any, val_size: int,
+               seed: int, progress: bool, numerics: str) -> tuple[QatOutcome, Path | None]:
+    """QAT of the bundle's PTQ graph against ``src``, the FP32 graph that PTQ quantized."""
     from edgetl.data.imagesets import balanced_indices, decode
     from edgetl.quantize.qat import (
         export_module,
@@ -134,7 +153,6 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, *, val_data: Any
 
     t0 = time.perf_counter()
     keep_freed_memory()  # the graph module frees each tensor after its last reader: reuse the memory, no page faults
-    src = bundle.path_of(bundle.reference_onnx())
     ptq_path = bundle.root / FILES["int8"]
     reference, quantized = onnx.load(str(src)), onnx.load(str(ptq_path))
     module = QdqModule.create(quantized, reference)

@@ -41,7 +41,7 @@ SUPPORTED_OPS = frozenset({
     "Sub", "Div", "GlobalAveragePool", "Flatten", "Identity", "Reshape", "Concat", "Softmax", "Transpose",
     "MaxPool", "Resize", "Split", "Slice", "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast",
     "ReduceMax", "ReduceSum", "ReduceMean", "ArgMax", "Exp", "Pow", "Sqrt", "Neg", "HardSigmoid", "HardSwish",
-    "AveragePool",
+    "AveragePool", "Pad",
 })
 
 
@@ -409,6 +409,13 @@ def _build_module_class() -> type:
             return [torch.clamp(a.get("alpha", 0.2) * x[0] + a.get("beta", 0.5), 0, 1)]
         if op == "HardSwish":
             return [F.hardswish(x[0])]
+        if op == "Pad":  # constant mode: the explicit pads of a centred activation (`edgetl.quantize.shift`)
+            if a.get("mode", b"constant") not in (b"constant", "constant") or (len(x) > 3 and x[3] is not None):
+                raise BadInputError(f"{node.name}: QAT runs constant Pad over every axis only")
+            pads = [int(v) for v in x[1].tolist()]
+            half = len(pads) // 2
+            value = float(x[2]) if len(x) > 2 and x[2] is not None else 0.0
+            return [F.pad(x[0], [v for d in reversed(range(half)) for v in (pads[d], pads[d + half])], value=value)]
         raise BadInputError(f"{node.name}: op {op} is not supported by QAT")
 
     return _QdqGraph

@@ -42,10 +42,18 @@ def test_int8_qdq_each_method_and_cache(bundle_copy: Path, digits_dir: Path, met
     bundle = open_bundle(bundle_copy)  # every recorded hash still verifies
     assert bundle.find(kind="calibration")
 
-    # Rebuilding with another activation type reuses the cached ranges (no images decoded).
+    # Rebuilding the same format with other options reuses the cached statistics (no images decoded).
     again = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=20, method=method,
-                            activation_type="uint8")
-    assert again.info["calibration"]["cache_hit"] and not again.info["tensorrt_compatible"]
+                            bias_correction=False, weight_scales="mse")
+    assert again.info["calibration"]["cache_hit"] and again.info["calibration"]["cache"] == info["calibration"]["cache"]
+    # The CPU format quantizes the graph as exported (the TensorRT format its centred rewrite): its own
+    # statistics, computed once, then reused as well.
+    cpu = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=20, method=method, target="cpu")
+    assert not cpu.info["tensorrt_compatible"] and not cpu.info["calibration"]["cache_hit"]
+    assert cpu.info["centred_activations"] is None
+    cpu_again = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=20, method=method,
+                                target="cpu", bias_correction=False)
+    assert cpu_again.info["calibration"]["cache_hit"]
 
 
 @pytest.mark.slow
