@@ -1,11 +1,12 @@
-"""Where the TensorRT format's INT8 error comes from on EfficientNet-Lite0, and one remedy that was measured.
+"""Where the TensorRT format's INT8 error comes from on EfficientNet-Lite0, and two remedies, measured.
 
 The same model, crops and calibration as `benchmarks/quantization.py` (it builds them if missing). The TensorRT
 format (int8 symmetric activations, per-channel int8 weights, bias correction, TensorRT placement) is scored in
 exact numerics (ONNX Runtime, graph optimizations off) against FP32, top-1 agreement and logit RMSE, with parts of
-the quantization switched off:
+the quantization switched off, on the exported graph (``--no-centre-activations``) and on its centred rewrite (what
+`edgetl quantize --target tensorrt` writes, `edgetl.quantize.shift`):
 
-  full              : everything quantized (what `edgetl quantize --target tensorrt` writes)
+  full              : everything quantized
   activations only  : every weight and bias back to FP32, every activation pair kept
   weights only      : every activation pair removed, weights and biases quantized
   depthwise inputs  : weights FP32, only the activations read by depthwise convolutions quantized
@@ -199,13 +200,16 @@ def main() -> int:
     scratch.mkdir(exist_ok=True)
 
     from edgetl.quantize.qdq_edit import ACTIVATION, list_units, restore
+    from edgetl.quantize.shift import centre_bounded_activations
 
-    quantized = ptq(fp32, calib, scratch, "lite0")
-    rows = {"full": score(quantized, batch, reference),
-            "activations only": score(float_weights(quantized, fp32), batch, reference),
-            "weights only": score(restore(quantized, fp32, [u for u in list_units(quantized, fp32)
-                                                            if u.kind == ACTIVATION]), batch, reference),
-            "depthwise inputs only": score(depthwise_inputs_only(quantized, fp32), batch, reference)}
+    rows = {}
+    for label, graph in (("", fp32), ("centred: ", centre_bounded_activations(fp32)[0])):
+        quantized = ptq(graph, calib, scratch, "lite0-centred" if label else "lite0")
+        rows[f"{label}full"] = score(quantized, batch, reference)
+        rows[f"{label}activations only"] = score(float_weights(quantized, graph), batch, reference)
+        rows[f"{label}weights only"] = score(restore(quantized, graph, [u for u in list_units(quantized, graph)
+                                                                        if u.kind == ACTIVATION]), batch, reference)
+        rows[f"{label}depthwise inputs only"] = score(depthwise_inputs_only(quantized, graph), batch, reference)
     # The per-channel bound is a Min after the Relu: TensorRT runs it in the conv's epilogue like the Clip it replaces.
     qdq_edit.EPILOGUE_OPS = qdq_edit.EPILOGUE_OPS | {"Min"}
     for cap in UPSCALES:

@@ -13,6 +13,7 @@ photos have no ImageNet labels), in two numerics:
 Variants (all through `edgetl.quantize.quantize_bundle`, per-channel weights, minmax ranges unless named):
   before-*   : the previous defaults: 7-bit weights, no bias correction (``--reduce-range --no-bias-correction``)
   trt / cpu  : today's defaults for ``--target tensorrt`` (int8 activations) and ``--target cpu`` (uint8)
+  trt-uncentred: the TensorRT format without centring its ReLU6 outputs (``--no-centre-activations``)
   *-nobc     : without bias correction; *-mse: MSE weight scales; *-entropy / *-percentile: other methods;
   *-mse-ranges: activation ranges of least expected squared error (``--method mse``)
   *-qat      : then quantization-aware fine-tuning of every layer on the (unlabelled) calibration crops, by
@@ -58,6 +59,7 @@ VARIANTS = {  # name: quantize_bundle keyword arguments
     "before-trt": {"target": "tensorrt", "reduce_range": True, "bias_correction": False},
     "before-cpu": {"target": "cpu", "reduce_range": True, "bias_correction": False},
     "trt": {"target": "tensorrt"},
+    "trt-uncentred": {"target": "tensorrt", "centre_activations": False},
     "cpu": {"target": "cpu"},
     "trt-nobc": {"target": "tensorrt", "bias_correction": False},
     "cpu-nobc": {"target": "cpu", "bias_correction": False},
