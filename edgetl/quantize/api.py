@@ -210,14 +210,12 @@ def _int8_in(bundle: Bundle, src: Path, sha: str, model: Any, settings: Int8Sett
              progress) -> QuantizeResult:
     method, percentile, bias_correction = settings.method, settings.percentile, settings.bias_correction
     weight_scales, reduce_range = settings.weight_scales, settings.reduce_range
-    shift = None
     uncentred, original_sha = model, sha
-    if settings.centres_activations:
-        # Every INT8 step below works on the centred graph: it is the FP32 reference of this format.
-        model, shift, sha = int8_reference(model, settings, sha)
-        if shift is not None and shift.tensors:
-            src = tmp / "centred.onnx"
-            save_onnx(model, src)
+    # Every INT8 step below works on this graph (the TensorRT format's centred rewrite): its FP32 reference.
+    model, shift, sha = int8_reference(model, settings, sha)
+    if shift is not None:
+        src = tmp / "centred.onnx"
+        save_onnx(model, src)
     support = check_support(model)
     warnings: list[str] = []
     if support["float_only_nodes"]:
@@ -240,7 +238,7 @@ def _int8_in(bundle: Bundle, src: Path, sha: str, model: Any, settings: Int8Sett
         raise BadInputError(f"calibration data not found: {source}", hint="pass --calib-data DIR")
     calib, stats, cache_hit, calib_seconds = _calibrate(bundle, source, model, sha, method=method,
                                                         calib_size=calib_size, seed=seed, progress=progress)
-    if shift is not None and shift.tensors:
+    if shift is not None:
         # Centring helps a tensor only if it reaches above the centre; the others are put back as they were.
         unhelpful = [name for name in shift.tensors if name in stats.tensors and stats.tensors[name].hi <= 0]
         if unhelpful:
@@ -257,7 +255,7 @@ def _int8_in(bundle: Bundle, src: Path, sha: str, model: Any, settings: Int8Sett
         warnings.append(f"bias correction skipped: {stats.images} calibration images, it needs at least "
                         f"{MIN_BIAS_CORRECTION_IMAGES} for a stable estimate of each layer's mean input")
     corrected = means is not None
-    if means is None and shift is not None and shift.tensors:
+    if means is None and shift is not None:
         means = shift.neutral_means(stats.input_means)  # what centring adds to weight rounding, and only that
 
     full = tmp / "full.onnx"

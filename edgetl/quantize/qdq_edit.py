@@ -217,7 +217,7 @@ def epilogue_pairs(quantized: Any, reference: Any) -> list[Unit]:
         if quantizer is not None:  # through a pair that is itself in the epilogue (Conv -> Sigmoid -> Mul)
             return in_epilogue(quantizer.input[0], seen | {tensor})
         if node.op_type in LAYER_OPS:
-            return q.weight_dq(node.input[1]) is not None if len(node.input) > 1 else False
+            return len(node.input) > 1 and q.weight_dq(node.input[1]) is not None
         if node.op_type not in EPILOGUE_OPS:
             return False
         return any(in_epilogue(name, seen | {tensor}) for name in node.input if name not in q.initializers)

@@ -74,8 +74,8 @@ def _opset(model: Any) -> int:
 
 
 def _shiftable(clip: Any, producer: dict[str, Any], consumers: dict[str, list[Any]], inits: dict[str, Any],
-               outputs: set[str], opset: int) -> tuple[Any, list[Any], float] | None:
-    """``(conv, readers, c)`` when the Clip can be centred exactly, else None."""
+               outputs: set[str], opset: int) -> tuple[Any, list[Any], float, float] | None:
+    """``(conv, readers, lo, hi)`` when the Clip can be centred exactly, else None."""
     if len(clip.input) < 3 or clip.output[0] in outputs:
         return None
     lo, hi = _const(inits, clip.input[1]), _const(inits, clip.input[2])
@@ -98,7 +98,7 @@ def _shiftable(clip: Any, producer: dict[str, Any], consumers: dict[str, list[An
         pads = _attr(reader, "pads")
         if pads is not None and any(pads.ints) and opset < _MIN_OPSET:
             return None
-    return conv, readers, (lo + hi) / 2.0
+    return conv, readers, lo, hi
 
 
 def centre_bounded_activations(model: Any, skip: Sequence[str] = (),
@@ -143,12 +143,10 @@ def centre_bounded_activations(model: Any, skip: Sequence[str] = (),
         found = _shiftable(clip, producer, consumers, inits, outputs, opset)
         if found is None:
             continue
-        conv, readers, c = found
+        conv, readers, lo, hi = found
+        c = (lo + hi) / 2.0
         channels = onnx.numpy_helper.to_array(inits[conv.input[1]]).shape[0]
-        bias = bias_of(conv, channels) - c
-        set_init(conv.input[2], bias)
-        lo, hi = _const(inits, clip.input[1]), _const(inits, clip.input[2])
-        assert lo is not None and hi is not None
+        set_init(conv.input[2], bias_of(conv, channels) - c)
         clip.input[1], clip.input[2] = f"{clip.output[0]}_lo", f"{clip.output[0]}_hi"
         set_init(clip.input[1], np.array(lo - c))
         set_init(clip.input[2], np.array(hi - c))
@@ -183,7 +181,8 @@ def shifted_key(sha256: str, tensors: Sequence[str]) -> str:
 
 def int8_reference(model: Any, settings: Any, sha256: str | None = None, *,
                    skip: Sequence[str] = ()) -> tuple[Any, ShiftReport | None, str | None]:
-    """The FP32 graph every INT8 step of ``settings``' format works on, what was centred, and its cache key.
+    """The FP32 graph every INT8 step of ``settings``' format works on, what was centred (None: nothing), and its
+    cache key.
 
     The TensorRT format (`Int8Settings.centres_activations`) works on the centred graph (but the tensors in
     ``skip``); any other on ``model`` itself. A graph with nothing to centre stays as it is (same key).
@@ -192,5 +191,5 @@ def int8_reference(model: Any, settings: Any, sha256: str | None = None, *,
         return model, None, sha256
     centred, report = centre_bounded_activations(model, skip)
     if not report.tensors:
-        return model, report, sha256
+        return model, None, sha256
     return centred, report, shifted_key(sha256, report.tensors) if sha256 else None
