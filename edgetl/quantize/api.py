@@ -436,7 +436,12 @@ def _runner(bundle: Bundle, all_outputs: bool = False, numerics: str = "device")
     fixed = _fixed_batch(bundle)
 
     def run(path: Path, batch: np.ndarray) -> np.ndarray:
-        with OnnxRuntimeBackend(path, device="cpu", numerics=numerics) as backend:
+        graph = None
+        if numerics == "exact":  # the same values, a quarter faster (`edgetl.quantize.exact_form`)
+            from edgetl.quantize.exact_form import integer_pads
+
+            graph = integer_pads(load_onnx(path))[0].SerializeToString()
+        with OnnxRuntimeBackend(path, device="cpu", numerics=numerics, graph=graph) as backend:
             outputs = backend_outputs(backend, batch, fixed_batch=fixed, chunk=32)
             return outputs if all_outputs else outputs[backend.output_names[0]]
 

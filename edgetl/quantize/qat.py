@@ -296,6 +296,10 @@ def graph_values(model_path: Path, batch: np.ndarray, names: list[str], *, numer
     from edgetl.runtime.backends.onnxruntime import session_options
 
     model = onnx.load(str(model_path))
+    if numerics == "exact":
+        from edgetl.quantize.exact_form import integer_pads
+
+        model = integer_pads(model)[0]
     present = {o.name for o in model.graph.output}
     for name in names:
         if name not in present:

@@ -171,14 +171,18 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, va
     outputs = list(module.output_names)
     classify = bundle.task == "classify"
     cut = pick_cut(module, settings.layers)
-    train_inputs, val_inputs = decoded.batch, sample.batch
+    train_inputs, val_inputs, ptq_outputs = decoded.batch, sample.batch, None
     if cut is not None:
         log.info("QAT: training the layers after %s; the graph before it runs once per image", cut[1])
         # In the numerics the result is gated in: with this machine's fused kernels instead (3x faster here),
         # the trained layers see inputs a rounding step away, and the epoch chosen moves by a near-tie image.
         frozen = {"numerics": numerics, "progress": progress, "what": "QAT: frozen layers, once per image"}
         train_inputs = graph_values(ptq_path, train_inputs, [cut[1]], **frozen)[cut[1]]
-        val_inputs = graph_values(ptq_path, val_inputs, [cut[1]], **frozen)[cut[1]]
+        # The same pass gives the PTQ model's own outputs on the validation images: its score below.
+        graph_outputs = [o.name for o in quantized.graph.output]
+        values = graph_values(ptq_path, val_inputs, [cut[1], *graph_outputs], **frozen)
+        val_inputs = values[cut[1]]
+        ptq_outputs = values[graph_outputs[0]] if classify else {name: values[name] for name in graph_outputs}
 
     def evaluate(mod: Any) -> dict[str, Any]:
         values = module_outputs(mod, val_inputs, outputs, start=cut)
@@ -187,7 +191,7 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, va
     _, history, best_epoch, interrupted = train_qat(module, train_inputs, targets, evaluate, settings,
                                                     classify=classify, progress=progress, start=cut)
     path = export_module(module)
-    ptq_metrics = scorer(run(ptq_path, sample.batch), sample)
+    ptq_metrics = scorer(run(ptq_path, sample.batch) if ptq_outputs is None else ptq_outputs, sample)
     qat_metrics = scorer(run(path, sample.batch), sample)
     kept = "ptq" if worse(qat_metrics, ptq_metrics) else "qat"
     seconds = time.perf_counter() - t0

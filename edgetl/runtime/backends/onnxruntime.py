@@ -134,6 +134,8 @@ class OnnxRuntimeBackend(Backend):
         threads: intra-op threads (0: ONNX Runtime's default, all cores).
         trt_cache_dir: engine cache directory for the TensorRT EP (kept in the bundle).
         numerics: ``device`` (this machine's kernels) or ``exact`` (see `NUMERICS`).
+        graph: the serialized model to run instead of reading ``artifact`` (an equivalent form of it, e.g.
+            `edgetl.quantize.exact_form`'s); ``artifact`` still names it in messages and `describe`.
     """
 
     name = "onnxruntime"
@@ -146,6 +148,7 @@ class OnnxRuntimeBackend(Backend):
         threads: int = 0,
         trt_cache_dir: str | Path | None = None,
         numerics: str = "device",
+        graph: bytes | None = None,
     ) -> None:
         super().__init__(artifact)
         if not self.artifact.is_file():
@@ -154,7 +157,8 @@ class OnnxRuntimeBackend(Backend):
         self.numerics = numerics
         self.providers = resolve_providers("cpu" if numerics == "exact" else device, trt_cache_dir)
         try:
-            self.session = ort.InferenceSession(str(self.artifact), options, providers=self.providers,
+            self.session = ort.InferenceSession(graph if graph is not None else str(self.artifact), options,
+                                                providers=self.providers,
                                                 disabled_optimizers=KEEP_FLOAT_LAYERS_FLOAT)
         except Exception as exc:  # ORT raises its own exception types
             raise BadInputError(f"{self.artifact}: ONNX Runtime cannot load the model ({exc})") from exc
