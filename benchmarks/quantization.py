@@ -10,9 +10,12 @@ photos have no ImageNet labels), in two numerics:
 - ``device``: ONNX Runtime's fused integer kernels on this machine (`edgetl.runtime.cpu` says whether they
   saturate here; ``machine`` in the JSON records it).
 
-Variants (all through `edgetl.quantize.quantize_bundle`, per-channel weights, minmax ranges unless named):
-  before-*   : the previous defaults: 7-bit weights, no bias correction (``--reduce-range --no-bias-correction``)
+Variants (all through `edgetl.quantize.quantize_bundle`, per-channel weights, each format's default ranges unless
+named: ``mse-unbounded`` for the TensorRT format, ``minmax`` for the CPU format):
+  before-*   : the first defaults: 7-bit weights, no bias correction, min/max ranges (``--reduce-range
+               --no-bias-correction --method minmax``)
   trt / cpu  : today's defaults for ``--target tensorrt`` (int8 activations) and ``--target cpu`` (uint8)
+  trt-minmax : the TensorRT format with min/max ranges everywhere (its default before ``mse-unbounded``)
   trt-uncentred: the TensorRT format without centring its ReLU6 outputs (``--no-centre-activations``)
   *-nobc     : without bias correction; *-mse: MSE weight scales; *-entropy / *-percentile: other methods;
   *-mse-ranges: activation ranges of least expected squared error (``--method mse``)
@@ -56,9 +59,10 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field"
           "colorwheel", "camera", "moon", "page", "text", "horse", "clock", "coins", "brick", "grass", "gravel",
           "logo", "retina", "cell")
 VARIANTS = {  # name: quantize_bundle keyword arguments
-    "before-trt": {"target": "tensorrt", "reduce_range": True, "bias_correction": False},
+    "before-trt": {"target": "tensorrt", "reduce_range": True, "bias_correction": False, "method": "minmax"},
     "before-cpu": {"target": "cpu", "reduce_range": True, "bias_correction": False},
     "trt": {"target": "tensorrt"},
+    "trt-minmax": {"target": "tensorrt", "method": "minmax"},
     "trt-uncentred": {"target": "tensorrt", "centre_activations": False},
     "cpu": {"target": "cpu"},
     "trt-nobc": {"target": "tensorrt", "bias_correction": False},

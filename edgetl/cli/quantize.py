@@ -19,8 +19,9 @@ from edgetl.tables import format_table
 @click.option("--calib-data", type=click.Path(), default=None,
               help="Calibration images (dataset: its training split; or a folder). Default: the training dataset.")
 @click.option("--calib-size", type=int, default=300, show_default=True, help="Images, seeded and class-balanced.")
-@click.option("--method", type=click.Choice(METHODS), default="minmax",
-              show_default=True, help="Calibration method (ranges from streamed statistics; see docs/quantize.md).")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="Calibration method (ranges from streamed statistics; see docs/quantize.md). "
+                   "[default: mse-unbounded for --target tensorrt, minmax for --target cpu]")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="For --method percentile.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales.")
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
@@ -104,7 +105,7 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
     info = result.info
     if precision == "int8":
         cal = info["calibration"]
-        say(f"calibration: {cal['images']} images ({method}), "
+        say(f"calibration: {cal['images']} images ({info['method']}), "
             f"{'cached ranges reused' if cal['cache_hit'] else 'ranges computed and cached'} in {cal['cache']}")
     if result.budget:
         steps = result.budget["steps"]

@@ -23,6 +23,7 @@ from edgetl.quantize.calibration import (
 from edgetl.quantize.int8 import TARGETS, Int8Settings, check_support, qdq_summary, quantize_file, unknown_nodes
 from edgetl.quantize.qdq_edit import float_outputs, list_units, tensorrt_placement
 from edgetl.quantize.shift import int8_reference
+from edgetl.quantize.statistics import unbounded_tensors
 
 if TYPE_CHECKING:
     from edgetl.data.imagesets import ImageSet
@@ -66,7 +67,7 @@ def quantize_bundle(
     *,
     calib_data: str | Path | None = None,
     calib_size: int = 300,
-    method: str = "minmax",
+    method: str | None = None,
     per_channel: bool = True,
     max_drop: float | None = None,
     val_data: str | Path | None = None,
@@ -94,8 +95,8 @@ def quantize_bundle(
         calib_data: calibration images (a dataset: its training split is used, or a folder); defaults to
             the dataset recorded at export.
         calib_size: images drawn, seeded and class-balanced.
-        method: calibration method ``minmax`` (default: the most accurate on EfficientNet-Lite0 in
-            ``benchmarks/quantization.py``) | ``entropy`` | ``percentile``.
+        method: calibration method, one of `edgetl.quantize.calibration.METHODS`; default: ``mse-unbounded``
+            for the TensorRT format, ``minmax`` for the CPU format (`edgetl.quantize.int8.DEFAULT_METHODS`).
         per_channel: per-channel weight scales.
         max_drop: accuracy budget in points (classifiers: top-1; detectors: mAP@0.5:0.95, scored against the
             dataset's boxes); enables the sensitivity search.
@@ -259,7 +260,8 @@ def _int8_in(bundle: Bundle, src: Path, sha: str, model: Any, settings: Int8Sett
         means = shift.neutral_means(stats.input_means)  # what centring adds to weight rounding, and only that
 
     full = tmp / "full.onnx"
-    quantize_file(src, full, settings, ranges=stats.ranges(method, percentile, settings.activation_type),
+    quantize_file(src, full, settings, ranges=stats.ranges(method, percentile, settings.activation_type,
+                                                           unbounded=unbounded_tensors(model)),
                   nodes_to_exclude=extra_exclude + float_tail)
     from edgetl.quantize.weights import refine_weights
 

@@ -28,7 +28,7 @@ from edgetl.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "entropy", "percentile", "mse")
+METHODS = ("mse-unbounded", "minmax", "entropy", "percentile", "mse")
 #: Fewer usable images than this is an error: ranges from a handful of images are not trustworthy.
 MIN_CALIB_IMAGES = 8
 #: Bias correction estimates each layer's mean input; below this many images the estimate is too noisy to

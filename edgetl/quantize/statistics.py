@@ -11,8 +11,12 @@ graph with the tensors to calibrate added as outputs, folded into running statis
   exceeds it, so it never needs the whole data set at once;
 - the per-position mean of each weighted layer's input, which bias correction needs (`edgetl.quantize.weights`).
 
-Ranges then come from the statistics: ``minmax``, ``percentile`` of |x|, or ``entropy`` (TensorRT's
-KL-divergence threshold search over the |x| histogram, 2048 bins into 128 quantized levels).
+Ranges then come from the statistics: ``minmax``, ``percentile`` of |x|, ``entropy`` (TensorRT's
+KL-divergence threshold search over the |x| histogram, 2048 bins into 128 quantized levels), ``mse`` (the
+threshold of least expected squared error), or ``mse-unbounded``: ``mse`` where no activation bounds the tensor (the
+output of a layer without an activation, a residual sum: long tails, where a few outliers would otherwise set a
+coarse step for everything) and ``minmax`` where one does (a ReLU6 output: its bound is information, and values
+at the bound are common, so clipping below it costs more than rounding).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ SIGNED_STEPS = QUANTIZED_LEVELS - 1
 #: with a threshold resolution of 0.8 % of the observed range.
 ENTROPY_STRIDE = 16
 _FLOAT_TYPES = (1, 10)  # onnx.TensorProto.FLOAT, FLOAT16
+#: Ops whose output no activation bounds: ``mse-unbounded`` calibrates these with ``mse``, the rest with ``minmax``.
+UNBOUNDED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub"})
 
 
 @dataclass
@@ -184,13 +190,17 @@ class CalibrationStatistics:
     input_means: dict[str, np.ndarray]
     images: int
 
-    def ranges(self, method: str, percentile: float, activation_type: str = "int8") -> dict[str, tuple[float, float]]:
+    def ranges(self, method: str, percentile: float, activation_type: str = "int8",
+               unbounded: Iterable[str] = ()) -> dict[str, tuple[float, float]]:
         """Each tensor's range; ``activation_type`` sets the steps ``mse`` counts: a signed symmetric format
-        has 127 above zero, an unsigned asymmetric one spends all 255 on a tensor that is never negative."""
+        has 127 above zero, an unsigned asymmetric one spends all 255 on a tensor that is never negative.
+        ``unbounded``: the tensors ``mse-unbounded`` calibrates with ``mse`` (`unbounded_tensors`)."""
         ranges = {}
+        unbounded = set(unbounded)
         for name, stat in self.tensors.items():
             levels = 255 if activation_type == "uint8" and stat.lo >= 0 else SIGNED_STEPS
-            ranges[name] = stat.range(method, percentile, levels)
+            chosen = ("mse" if name in unbounded else "minmax") if method == "mse-unbounded" else method
+            ranges[name] = stat.range(chosen, percentile, levels)
         return ranges
 
     def save(self, path: Path) -> None:
@@ -221,6 +231,11 @@ class CalibrationStatistics:
                                             int(row[3]))
             means = {name: data[f"m{i}"] for i, name in enumerate(meta["layers"])}
         return cls(tensors, means, int(meta["images"]))
+
+
+def unbounded_tensors(model: Any) -> set[str]:
+    """The tensors no activation bounds: outputs of `UNBOUNDED_OPS` (what ``mse-unbounded`` clips by MSE)."""
+    return {name for node in model.graph.node if node.op_type in UNBOUNDED_OPS for name in node.output}
 
 
 def tensors_to_calibrate(model: Any, op_types: Iterable[str]) -> list[str]:

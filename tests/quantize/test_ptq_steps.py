@@ -113,6 +113,33 @@ def test_mse_range_spends_unsigned_levels_on_a_non_negative_tensor() -> None:
     assert signed[0] == unsigned[0] == 0.0 and signed[1] < unsigned[1] <= float(relu.max())
 
 
+def test_mse_unbounded_clips_only_what_no_activation_bounds() -> None:
+    """A projection's output (no activation after it) has long tails: its range is clipped by MSE. A ReLU6
+    output keeps its whole range: values at the bound are common and clipping them costs more than rounding."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["proj"], name="proj"),
+             helper.make_node("Clip", ["proj", "lo", "hi"], ["relu6"], name="relu6")]
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "b"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("relu6", TensorProto.FLOAT, None)], inits)
+    from edgetl.quantize.statistics import unbounded_tensors
+
+    assert unbounded_tensors(helper.make_model(graph)) == {"proj"}
+    tails = rng.laplace(size=1_000_000).astype(np.float32)
+    relu6 = np.clip(rng.normal(3, 3, 1_000_000), 0, 6).astype(np.float32)
+    stats = CalibrationStatistics({"proj": TensorStats(), "relu6": TensorStats()}, {}, 1)
+    stats.tensors["proj"].update(tails)
+    stats.tensors["relu6"].update(relu6)
+    mixed = stats.ranges("mse-unbounded", 99.99, "int8", unbounded={"proj"})
+    assert mixed["proj"] == stats.ranges("mse", 99.99, "int8")["proj"]
+    assert mixed["proj"][1] < 0.8 * float(tails.max())  # 9.9 b on a Laplacian, its maximum about 13.5 b
+    assert mixed["relu6"] == stats.ranges("minmax", 99.99, "int8")["relu6"] == (0.0, 6.0)
+    assert stats.ranges("mse", 99.99, "int8")["relu6"][1] < 6.0  # what plain mse would have clipped
+
+
 def test_statistics_cache_round_trip(net, tmp_path: Path) -> None:
     model, _, x = net
     stats = measure(model, [x[:32], x[32:]], input_name="input")
@@ -198,7 +225,9 @@ def test_reduce_range_is_seven_bit_on_non_depthwise_layers_only(net) -> None:
 
 def test_default_settings_are_eight_bit_with_bias_correction() -> None:
     settings = Int8Settings()
-    assert not settings.reduce_range and settings.bias_correction and settings.method == "minmax"
+    assert not settings.reduce_range and settings.bias_correction and settings.method == "mse-unbounded"
+    assert Int8Settings(activation_type="uint8").method == "minmax"  # each format's measured best
+    assert Int8Settings(method="entropy").method == "entropy"
     assert settings.gate_numerics == "exact" and Int8Settings(activation_type="uint8").gate_numerics == "device"
     assert settings.to_dict()["weight_bits"] == 8
 
