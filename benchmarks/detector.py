@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=96)
     parser.add_argument("--n-val", type=int, default=40)
     parser.add_argument("--calib-size", type=int, default=64)
-    parser.add_argument("--method", default="entropy", choices=["entropy", "minmax", "percentile"])
+    parser.add_argument("--method", default=None, choices=["mse-unbounded", "entropy", "minmax", "percentile", "mse"],
+                        help="calibration method (default: the format's default, as `edgetl quantize` uses)")
     parser.add_argument("--max-drop", type=float, default=1.0, help="INT8 budget in mAP@0.5:0.95 points.")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for PyTorch and ONNX Runtime (1: steadiest on a busy 2-core machine).")
