@@ -51,7 +51,7 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
-        None, {"input": x})[0]
+        None, {model.graph.input[0].name: x})[0]
 
 
 def _batch() -> np.ndarray:
