@@ -3,8 +3,9 @@
 The same model, crops and calibration as `benchmarks/quantization.py` (it builds them if missing). The TensorRT
 format (int8 symmetric activations, per-channel int8 weights, bias correction, TensorRT placement) is scored in
 exact numerics (ONNX Runtime, graph optimizations off) against FP32, top-1 agreement and logit RMSE, with parts of
-the quantization switched off, on the exported graph (``--no-centre-activations``) and on its centred rewrite (what
-`edgetl quantize --target tensorrt` writes, `edgetl.quantize.shift`):
+the quantization switched off, on the exported graph (``--no-centre-activations``) and on its centred rewrite
+(`edgetl.quantize.shift`), both with min/max ranges, and on the centred graph with ``mse-unbounded`` ranges (what
+`edgetl quantize --target tensorrt` writes):
 
   full              : everything quantized
   activations only  : every weight and bias back to FP32, every activation pair kept
@@ -17,6 +18,10 @@ by s_c = (its calibration maximum) / (the tensor's), the depthwise filter multip
 the tensor's int8 range. ``max_upscale`` caps 1 / s_c. Then both again with the evaluated crops added to the
 scales and ranges (an oracle: no value can exceed its channel's range), which separates what equalization buys
 from what clipping above the calibration maxima costs.
+
+Point sensitivity: every quantization point of the default model put back in float alone (a layer: its weights
+and its input pair; an activation tensor: its pair), ranked by the share of the logit error variance it carries;
+the two largest are measured again in the min/max-ranged model, which shows what ``mse-unbounded`` changed.
 
     python benchmarks/int8_error_sources.py [--work /tmp/edgetl-qbench]
 
@@ -45,6 +50,9 @@ UPSCALES = (4.0, 64.0)
 def run(model: Any, batch: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
+    from edgetl.quantize.exact_form import integer_pads
+
+    model = integer_pads(model)[0]  # the same values, a quarter faster on the centred graph
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
@@ -59,19 +67,21 @@ def score(model: Any, batch: np.ndarray, reference: np.ndarray) -> dict[str, flo
             "logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4)}
 
 
-def ptq(model: Any, calib: np.ndarray, work: Path, name: str) -> Any:
-    """edgetl's TensorRT-format PTQ steps on ``model`` (statistics, quantizer, placement, bias correction)."""
+def ptq(model: Any, calib: np.ndarray, work: Path, name: str, method: str = "minmax") -> Any:
+    """edgetl's TensorRT-format PTQ steps on ``model`` (statistics, quantizer, placement, bias correction), with
+    ``method`` ranges."""
     import onnx
 
     from edgetl.quantize.int8 import Int8Settings, quantize_file
     from edgetl.quantize.qdq_edit import float_outputs, tensorrt_placement
-    from edgetl.quantize.statistics import measure
+    from edgetl.quantize.statistics import measure, unbounded_tensors
     from edgetl.quantize.weights import refine_weights
 
     src, dst = work / f"{name}.onnx", work / f"{name}-int8.onnx"
     onnx.save(model, str(src))
     stats = measure(model, [calib[k:k + 20] for k in range(0, len(calib), 20)], input_name=model.graph.input[0].name)
-    quantize_file(src, dst, Int8Settings(activation_type="int8"), ranges=stats.ranges("minmax", 99.99, "int8"))
+    ranges = stats.ranges(method, 99.99, "int8", unbounded=unbounded_tensors(model))
+    quantize_file(src, dst, Int8Settings(activation_type="int8", method=method), ranges=ranges)
     quantized = tensorrt_placement(float_outputs(onnx.load(str(dst)), model), model)
     refine_weights(quantized, model, mse=False, input_means=stats.input_means, reduce_range=False)
     return quantized
@@ -175,6 +185,35 @@ def equalize_relu6_depthwise(model: Any, calib: np.ndarray, max_upscale: float) 
     return out
 
 
+DEFAULT = "mse-unbounded"  # the TensorRT format's default ranges (`edgetl.quantize.int8.DEFAULT_METHODS`)
+TOP_POINTS = 8
+
+
+def point_sensitivity(default: Any, minmax: Any, reference_graph: Any, batch: np.ndarray,
+                      reference: np.ndarray) -> dict[str, Any]:
+    """Each quantization point of the default model put back in float alone (a layer: its weights and its
+    input pair; an activation: its pair): the share of the logit error variance it carries, the largest first;
+    then the same for the largest ones in the min/max-ranged model, which shows what ``mse-unbounded`` changed."""
+    from edgetl.quantize.qdq_edit import list_units, restore
+
+    def shares(quantized: Any, units: list[Any]) -> tuple[float, list[dict[str, Any]]]:
+        base = score(quantized, batch, reference)["logit_rmse"] ** 2
+        out = []
+        for unit in units:
+            r = score(restore(quantized, reference_graph, [unit]), batch, reference)
+            out.append({"kind": unit.kind, "name": unit.name, "agreement": r["agreement"],
+                        "logit_rmse": r["logit_rmse"], "variance_share": round(1 - r["logit_rmse"] ** 2 / base, 4)})
+        return base, sorted(out, key=lambda p: -p["variance_share"])
+
+    base, ranked = shares(default, list_units(default, reference_graph))
+    top = ranked[:TOP_POINTS]
+    _, before = shares(minmax, [u for u in list_units(minmax, reference_graph)
+                                if any(u.kind == p["kind"] and u.name == p["name"] for p in top[:2])])
+    return {"logit_rmse": round(base ** 0.5, 4), "points": len(ranked), "top": top,
+            "sum_of_shares": round(sum(max(p["variance_share"], 0.0) for p in ranked), 3),
+            "same_points_with_minmax_ranges": before}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/edgetl-qbench")
@@ -203,13 +242,19 @@ def main() -> int:
     from edgetl.quantize.shift import centre_bounded_activations
 
     rows = {}
-    for label, graph in (("", fp32), ("centred: ", centre_bounded_activations(fp32)[0])):
-        quantized = ptq(graph, calib, scratch, "lite0-centred" if label else "lite0")
+    centred = centre_bounded_activations(fp32)[0]
+    graphs = {"": (fp32, "minmax"), "centred: ": (centred, "minmax"), "centred, mse-unbounded: ": (centred, DEFAULT)}
+    quantized_by_label = {}
+    for label, (graph, method) in graphs.items():
+        quantized = ptq(graph, calib, scratch, f"lite0-{len(label)}", method)
+        quantized_by_label[label] = quantized
         rows[f"{label}full"] = score(quantized, batch, reference)
         rows[f"{label}activations only"] = score(float_weights(quantized, graph), batch, reference)
         rows[f"{label}weights only"] = score(restore(quantized, graph, [u for u in list_units(quantized, graph)
                                                                         if u.kind == ACTIVATION]), batch, reference)
         rows[f"{label}depthwise inputs only"] = score(depthwise_inputs_only(quantized, graph), batch, reference)
+    sensitivity = point_sensitivity(quantized_by_label["centred, mse-unbounded: "],
+                                    quantized_by_label["centred: "], centred, batch, reference)
     # The per-channel bound is a Min after the Relu: TensorRT runs it in the conv's epilogue like the Clip it replaces.
     qdq_edit.EPILOGUE_OPS = qdq_edit.EPILOGUE_OPS | {"Min"}
     for cap in UPSCALES:
@@ -233,11 +278,18 @@ def main() -> int:
         "depthwise_inputs_only": score(depthwise_inputs_only(oracle_quantized, oracle), batch, reference)}
     lines = ["| variant | agreement | logit RMSE |", "|---|---|---|"]
     lines += [f"| {name} | {100 * r['agreement']:.2f} % | {r['logit_rmse']} |" for name, r in rows.items()]
+    sens_lines = ["| point (default graph) | share of the logit error variance | agreement without it |",
+                  "|---|---|---|"]
+    sens_lines += [f"| {p['kind']} {p['name']} | {100 * p['variance_share']:.1f} % | {100 * p['agreement']:.2f} % |"
+                   for p in sensitivity["top"]]
     results = {"model": "efficientnet_lite0 (ImageNet)", "format": "tensorrt (int8 activations), exact numerics",
                "images": int(len(batch)), "calibration_images": int(len(calib)), "rows": rows,
-               "table": "\n".join(lines), "seconds": round(time.perf_counter() - t0, 1)}
+               "point_sensitivity": sensitivity, "table": "\n".join(lines),
+               "sensitivity_table": "\n".join(sens_lines), "seconds": round(time.perf_counter() - t0, 1)}
     write_json(RESULTS, results)
     print(results["table"])
+    print()
+    print(results["sensitivity_table"])
     print(f"\nwritten {RESULTS}")
     return 0
 
