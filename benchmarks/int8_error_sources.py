@@ -52,7 +52,7 @@ def run(model: Any, batch: np.ndarray) -> np.ndarray:
 
     from edgetl.quantize.exact_form import integer_pads
 
-    model = integer_pads(model)[0]  # the same values, a quarter faster on the centred graph
+    model = integer_pads(model)[0]  # the same values, fewer passes on the centred graph
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3

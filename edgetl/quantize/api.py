@@ -439,7 +439,7 @@ def _runner(bundle: Bundle, all_outputs: bool = False, numerics: str = "device")
 
     def run(path: Path, batch: np.ndarray) -> np.ndarray:
         graph = None
-        if numerics == "exact":  # the same values, a quarter faster (`edgetl.quantize.exact_form`)
+        if numerics == "exact":  # the same values, fewer passes (`edgetl.quantize.exact_form`)
             from edgetl.quantize.exact_form import integer_pads
 
             graph = integer_pads(load_onnx(path))[0].SerializeToString()

@@ -4,9 +4,9 @@ Exact numerics (`edgetl.runtime.backends.onnxruntime.session_options`) run every
 each pair costs a full pass over its tensor. The centred TensorRT format (`edgetl.quantize.shift`) pads a
 centred activation with an explicit ``Pad``, and the quantizer wraps it as ``DQ -> Pad -> Q`` with the same
 scale on both sides: a float pass, a float pad and a re-quantization that gives back the codes it was given. Padding
-the codes themselves (``Pad`` on the int8 tensor, its value quantized once) computes the same numbers; on
-EfficientNet-Lite0 it makes the exact graph about a quarter faster, which QAT's frozen prefix and every
-exact-numerics score pay on each image.
+the codes themselves (``Pad`` on the int8 tensor, its value quantized once) computes the same numbers with one
+int8 pass instead, which QAT's frozen prefix and every exact-numerics score pay on each image (QAT's share after
+PTQ on the demo model: 16.1 s -> 14.9 s with this and one pass saved, `benchmarks/qat.py`).
 
 This is an evaluation form, not the artifact: the bundle keeps the graph the quantizer wrote, with the float
 ``Pad`` between a DQ and a Q, because a ``Pad`` on int8 codes has not been built with TensorRT here.
