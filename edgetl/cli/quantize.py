@@ -61,7 +61,7 @@ from edgetl.tables import format_table
 @click.option("--qat-lr", type=float, default=None,
               help="QAT learning rate, Adam (default: classifiers 1e-4, detectors 1e-5).")
 @click.option("--qat-images", type=int, default=None,
-              help="Most training images QAT uses, class-balanced and seeded (default: classifiers 1024, "
+              help="Most training images QAT uses, class-balanced and seeded (default: classifiers 768, "
                    "detectors 512; 0: all).")
 @click.option("--qat-layers", type=int, default=None,
               help="Train only the last N weighted layers (the graph before them runs once and is cached); "

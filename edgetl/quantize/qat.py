@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 #: disagreements are near-ties at the logits, which its last two layers, trained on cached inputs, correct in
 #: seconds per epoch; a detector has no single tensor before its heads, so every layer trains.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "classify": {"epochs": 10, "lr": 1e-4, "layers": 2, "images": 1024},
+    # 768 images: six one-off runs (two models, three seeds) flipped 38 validation images against 40 with 1024,
+    # in 18 % less time; the frozen layers' pass over the images is most of QAT's cost.
+    "classify": {"epochs": 10, "lr": 1e-4, "layers": 2, "images": 768},
     "detect": {"epochs": 2, "lr": 1e-5, "layers": None, "images": 512},
 }
 
