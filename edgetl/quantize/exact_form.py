@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.lazy import lazy_import
+from edgetl.quantize.qdq_edit import GraphIndex
 
 onnx = lazy_import("onnx", "train", purpose="reading QDQ graphs")
 numpy_helper = lazy_import("onnx.numpy_helper", "train", purpose="reading QDQ graphs")
@@ -30,13 +31,8 @@ def integer_pads(model: Any) -> tuple[Any, int]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    producer = {name: node for node in graph.node for name in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    initializers = {init.name: init for init in graph.initializer}
-    outputs = {o.name for o in graph.output}
+    index = GraphIndex(out)
+    producer, consumers, initializers, outputs = index.producer, index.consumers, index.initializers, index.outputs
 
     def constant(name: str) -> np.ndarray | None:
         if name in initializers:

@@ -179,10 +179,9 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, va
         frozen = {"numerics": numerics, "progress": progress, "what": "QAT: frozen layers, once per image"}
         train_inputs = graph_values(ptq_path, train_inputs, [cut[1]], **frozen)[cut[1]]
         # The same pass gives the PTQ model's own outputs on the validation images: its score below.
-        graph_outputs = [o.name for o in quantized.graph.output]
-        values = graph_values(ptq_path, val_inputs, [cut[1], *graph_outputs], **frozen)
+        values = graph_values(ptq_path, val_inputs, [cut[1], *outputs], **frozen)
         val_inputs = values[cut[1]]
-        ptq_outputs = values[graph_outputs[0]] if classify else {name: values[name] for name in graph_outputs}
+        ptq_outputs = values[outputs[0]] if classify else {name: values[name] for name in outputs}
 
     def evaluate(mod: Any) -> dict[str, Any]:
         values = module_outputs(mod, val_inputs, outputs, start=cut)

@@ -40,8 +40,9 @@ class Unit:
         return {"kind": self.kind, "name": self.name}
 
 
-class _Graph:
-    """Producer/consumer indexes of a graph (rebuilt after each edit)."""
+class GraphIndex:
+    """Producer/consumer indexes of a graph, built once (rebuild after an edit that adds or removes nodes); every
+    graph edit in `edgetl.quantize` reads a graph through it."""
 
     def __init__(self, model: Any) -> None:
         graph = model.graph
@@ -71,7 +72,7 @@ class _Graph:
         return None
 
 
-def _exact(tensor: str, quantized: _Graph, reference: _Graph) -> bool:
+def _exact(tensor: str, quantized: GraphIndex, reference: GraphIndex) -> bool:
     """Removing the pair on ``tensor`` gives the FP32 value: same producer op in both graphs (or a graph input).
 
     ONNX Runtime renames a quantized graph output's float tensor (``<output>_QuantizeLinear_Input``); it is
@@ -96,7 +97,7 @@ def list_units(quantized: Any, reference: Any, *, layers: list[str] | None = Non
         reference: the FP32 model it was made from.
         layers: only these layers, and no activations (a caller-restricted search).
     """
-    q, ref = _Graph(quantized), _Graph(reference)
+    q, ref = GraphIndex(quantized), GraphIndex(reference)
     units = []
     for node in quantized.graph.node:
         if node.op_type in LAYER_OPS and len(node.input) > 1 and q.weight_dq(node.input[1]) is not None \
@@ -114,7 +115,7 @@ def restore(quantized: Any, reference: Any, units: list[Unit] | set[Unit]) -> An
     """A copy of ``quantized`` with ``units`` back in floating point (see the module docstring)."""
     model = onnx.ModelProto()
     model.CopyFrom(quantized)
-    q, ref = _Graph(model), _Graph(reference)
+    q, ref = GraphIndex(model), GraphIndex(reference)
     needed: dict[str, Any] = {}
     for unit in units:
         if unit.kind == LAYER:
@@ -127,7 +128,7 @@ def restore(quantized: Any, reference: Any, units: list[Unit] | set[Unit]) -> An
     return model
 
 
-def _float_layer(node: Any, q: _Graph, ref: _Graph, needed: dict[str, Any]) -> None:
+def _float_layer(node: Any, q: GraphIndex, ref: GraphIndex, needed: dict[str, Any]) -> None:
     original = ref.nodes[node.name]
     for k in range(1, min(len(node.input), len(original.input))):
         name = original.input[k]
@@ -152,7 +153,7 @@ def _renamed(init: Any, name: str) -> Any:
     return copy
 
 
-def _float_activation(tensor: str, model: Any, q: _Graph) -> None:
+def _float_activation(tensor: str, model: Any, q: GraphIndex) -> None:
     for quantizer in [n for n in q.consumers.get(tensor, []) if n.op_type == "QuantizeLinear"]:
         for dq in [n for n in q.consumers.get(quantizer.output[0], []) if n.op_type == "DequantizeLinear"]:
             for consumer in q.consumers.get(dq.output[0], []):
@@ -168,7 +169,7 @@ def _float_activation(tensor: str, model: Any, q: _Graph) -> None:
 def _drop_dangling(model: Any) -> None:
     """Remove Q/DQ nodes nothing reads any more, then initializers nothing uses."""
     while True:
-        g = _Graph(model)
+        g = GraphIndex(model)
         keep = [n for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
                 or any(g.consumers.get(out) or out in g.outputs for out in n.output)]
         if len(keep) == len(model.graph.node):
@@ -184,7 +185,7 @@ def _drop_dangling(model: Any) -> None:
 def float_outputs(quantized: Any, reference: Any) -> Any:
     """Remove the Q/DQ pairs on graph outputs: the consumer wants float, and quantized logits turn near-ties
     into ties (8-bit steps of a [-6, 6] logit range are 0.05 apart)."""
-    q, ref = _Graph(quantized), _Graph(reference)
+    q, ref = GraphIndex(quantized), GraphIndex(reference)
     outputs = []
     for name in q.outputs:
         quantizer = q.quantizer_of(name)
@@ -207,7 +208,7 @@ def epilogue_pairs(quantized: Any, reference: Any) -> list[Unit]:
     the scale of its much wider range (a Conv output spanning [-20, 20] before a ReLU6 rounds in steps of 0.16
     instead of 6/127 = 0.047). These pairs are what TensorRT's placement guidance says not to insert.
     """
-    q, ref = _Graph(quantized), _Graph(reference)
+    q, ref = GraphIndex(quantized), GraphIndex(reference)
 
     def in_epilogue(tensor: str, seen: set[str]) -> bool:
         node = q.producer.get(tensor)

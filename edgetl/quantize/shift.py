@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.lazy import lazy_import
+from edgetl.quantize.qdq_edit import GraphIndex
 
 onnx = lazy_import("onnx", "train", purpose="INT8 quantization")
 
@@ -108,13 +109,9 @@ def centre_bounded_activations(model: Any, skip: Sequence[str] = (),
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs, opset = {o.name for o in graph.output}, _opset(out)
+    index = GraphIndex(out)
+    inits, producer, consumers = index.initializers, index.producer, index.consumers
+    outputs, opset = index.outputs, _opset(out)
     tensors: list[str] = []
     padded: list[str] = []
     centres: dict[str, float] = {}
