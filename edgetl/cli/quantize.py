@@ -9,7 +9,7 @@ import click
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
 from edgetl.cli.options import precision_option
 from edgetl.quantize.calibration import METHODS
-from edgetl.quantize.int8 import WEIGHT_SCALES
+from edgetl.quantize.int8 import WEIGHT_ROUNDINGS, WEIGHT_SCALES
 from edgetl.tables import format_table
 
 
@@ -33,6 +33,9 @@ from edgetl.tables import format_table
               help="Correct each layer's bias for the mean shift of its rounded weights.")
 @click.option("--weight-scales", type=click.Choice(WEIGHT_SCALES), default="max", show_default=True,
               help="Per-channel weight scales: largest magnitude, or least squared error.")
+@click.option("--weight-rounding", type=click.Choice(WEIGHT_ROUNDINGS), default="gptq", show_default=True,
+              help="gptq: each layer's codes chosen for the least output error on the calibration images; nearest: "
+                   "each weight to its nearest code.")
 @click.option("--centre-activations/--no-centre-activations", default=True, show_default=True,
               help="TensorRT format: centre each ReLU6 output read by convolutions on zero (an exact rewrite of the "
                    "FP32 graph), so symmetric int8 spends all its codes on it.")
@@ -75,14 +78,15 @@ from edgetl.tables import format_table
 @json_option
 @handle_errors
 def command(bundle, precision, calib_data, calib_size, method, percentile, per_channel, target, activation_type,
-            bias_correction, weight_scales, centre_activations, reduce_range, max_drop, min_agreement, val_data,
-            val_size, max_kept, exclude, seed, qat, qat_epochs, qat_lr, qat_images, qat_layers, data, strict,
-            as_json: bool) -> None:
+            bias_correction, weight_scales, weight_rounding, centre_activations, reduce_range, max_drop,
+            min_agreement, val_data, val_size, max_kept, exclude, seed, qat, qat_epochs, qat_lr, qat_images,
+            qat_layers, data, strict, as_json: bool) -> None:
     """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated; --qat: fine-tuned)."""
     from edgetl.quantize import quantize_bundle
 
     ptq_options = {"method": method, "percentile": percentile, "per_channel": per_channel,
                    "bias_correction": bias_correction, "weight_scales": weight_scales,
+                   "weight_rounding": weight_rounding,
                    "centre_activations": centre_activations,
                    "nodes_to_exclude": list(exclude)}
     if qat or (qat is None and _escalates(bundle, precision, max_drop, activation_type, target, data)):
@@ -97,7 +101,8 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
                              per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
                              activation_type=activation_type, target=target, reduce_range=reduce_range,
                              bias_correction=bias_correction, weight_scales=weight_scales,
-                             centre_activations=centre_activations, percentile=percentile,
+                             weight_rounding=weight_rounding, centre_activations=centre_activations,
+                             percentile=percentile,
                              min_agreement=min_agreement, val_size=val_size, nodes_to_exclude=list(exclude),
                              max_kept=max_kept, progress=not as_json, strict=strict)
     for note in result.warnings:

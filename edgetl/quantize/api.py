@@ -17,7 +17,7 @@ from edgetl.errors import BadInputError, GateFailedError
 from edgetl.export.onnx_graph import check_graph, load_onnx, save_onnx
 from edgetl.quantize.calibration import (
     DEFAULT_PERCENTILE,
-    MIN_BIAS_CORRECTION_IMAGES,
+    MIN_WEIGHT_STEP_IMAGES,
     select_calibration,
 )
 from edgetl.quantize.int8 import TARGETS, Int8Settings, check_support, qdq_summary, quantize_file, unknown_nodes
@@ -77,6 +77,7 @@ def quantize_bundle(
     reduce_range: bool = False,
     bias_correction: bool = True,
     weight_scales: str = "max",
+    weight_rounding: str = "gptq",
     centre_activations: bool = True,
     percentile: float = DEFAULT_PERCENTILE,
     min_agreement: float | None = None,
@@ -112,6 +113,8 @@ def quantize_bundle(
         bias_correction: correct each layer's bias for the mean shift its weight rounding causes (needs
             at least 32 calibration images; skipped with a warning below that).
         weight_scales: ``max`` or ``mse`` per-channel weight scales.
+        weight_rounding: ``gptq`` (codes chosen for each layer's least output error on the calibration images)
+            or ``nearest``.
         centre_activations: TensorRT format: centre ReLU6 outputs read by convolutions on zero, an exact rewrite of
             the FP32 graph that gives them all 255 symmetric int8 codes (`edgetl.quantize.shift`).
         percentile: percentile for ``method="percentile"``.
@@ -148,7 +151,8 @@ def quantize_bundle(
                        per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
                        activation_type=activation_type, reduce_range=reduce_range, percentile=percentile,
                        bias_correction=bias_correction, weight_scales=weight_scales,
-                       centre_activations=centre_activations, min_agreement=min_agreement, val_size=val_size,
+                       weight_rounding=weight_rounding, centre_activations=centre_activations,
+                       min_agreement=min_agreement, val_size=val_size,
                        extra_exclude=nodes_to_exclude or [], max_kept=max_kept, budget_layers=budget_layers,
                        progress=progress)
     result.seconds = time.perf_counter() - start
@@ -191,11 +195,12 @@ def _fp16(bundle: Bundle, model: Any) -> QuantizeResult:
 
 def _int8(bundle: Bundle, src: Path, sha: str, model: Any, *, calib_data, calib_size, method, per_channel, max_drop,
           val_data, seed, activation_type, reduce_range, percentile, bias_correction, weight_scales,
-          centre_activations, min_agreement, val_size, extra_exclude, max_kept, budget_layers,
+          weight_rounding, centre_activations, min_agreement, val_size, extra_exclude, max_kept, budget_layers,
           progress) -> QuantizeResult:
     settings = Int8Settings(method=method, per_channel=per_channel, activation_type=activation_type,
                             reduce_range=reduce_range, percentile=percentile, bias_correction=bias_correction,
-                            weight_scales=weight_scales, centre_activations=centre_activations)
+                            weight_scales=weight_scales, weight_rounding=weight_rounding,
+                            centre_activations=centre_activations)
     tmp = Path(tempfile.mkdtemp(prefix="edgetl-quant-"))
     try:
         return _int8_in(bundle, src, sha, model, settings, tmp, calib_data=calib_data, calib_size=calib_size,
@@ -251,10 +256,10 @@ def _int8_in(bundle: Bundle, src: Path, sha: str, model: Any, settings: Int8Sett
         warnings.append(f"{len(calib.failures)} of {len(calib.images.paths)} calibration images could not "
                         f"be decoded and were skipped")
     means = stats.input_means if bias_correction else None
-    if bias_correction and stats.images < MIN_BIAS_CORRECTION_IMAGES:
+    if bias_correction and stats.images < MIN_WEIGHT_STEP_IMAGES:
         means = None
         warnings.append(f"bias correction skipped: {stats.images} calibration images, it needs at least "
-                        f"{MIN_BIAS_CORRECTION_IMAGES} for a stable estimate of each layer's mean input")
+                        f"{MIN_WEIGHT_STEP_IMAGES} for a stable estimate of each layer's mean input")
     corrected = means is not None
     if means is None and shift is not None:
         means = shift.neutral_means(stats.input_means)  # what centring adds to weight rounding, and only that
@@ -268,8 +273,13 @@ def _int8_in(bundle: Bundle, src: Path, sha: str, model: Any, settings: Int8Sett
     quantized = float_outputs(load_onnx(full), model)
     if settings.tensorrt_compatible:
         quantized = tensorrt_placement(quantized, model)
+    moments = stats.patch_moments if settings.weight_rounding == "gptq" else None
+    if moments is not None and stats.images < MIN_WEIGHT_STEP_IMAGES:
+        moments = None
+        warnings.append(f"GPTQ weight rounding skipped (weights rounded to nearest): {stats.images} calibration "
+                        f"images, it needs at least {MIN_WEIGHT_STEP_IMAGES} not to fit the rounding to them")
     edits = refine_weights(quantized, model, mse=weight_scales == "mse", input_means=means,
-                           reduce_range=reduce_range)
+                           reduce_range=reduce_range, moments=moments)
     save_onnx(quantized, full)
     kept: list[str] = list(extra_exclude)
     kept_activations: list[str] = []
@@ -344,22 +354,26 @@ def _calibrate(bundle: Bundle, source: Any, model: Any, sha: str, *, method: str
     the seconds it took."""
     calib = select_calibration(source, labels=bundle.labels, model_sha256=sha, spec=bundle.preprocess,
                                method=method, size=calib_size, seed=seed, cache_dir=bundle.root / CALIB_DIR)
-    cache_hit = calib.cached
     t0 = time.perf_counter()
-    stats = _statistics(bundle, calib, model, progress=progress)
+    stats, cache_hit = _statistics(bundle, calib, model, progress=progress)
     seconds = time.perf_counter() - t0
     if not cache_hit:
         calib.save_meta({"seconds": round(seconds, 2)})
     return calib, stats, cache_hit, seconds
 
 
-def _statistics(bundle: Bundle, calib: Any, model: Any, *, progress: bool) -> Any:
-    """The calibration statistics: from the bundle's cache, or one streamed pass over the images."""
+def _statistics(bundle: Bundle, calib: Any, model: Any, *, progress: bool) -> tuple[Any, bool]:
+    """The calibration statistics, from the bundle's cache or one streamed pass over the images, and whether
+    they came from the cache."""
     from edgetl.quantize.statistics import CalibrationStatistics, measure
 
     if calib.cached:
         try:
-            return CalibrationStatistics.load(calib.cache_path)
+            stats = CalibrationStatistics.load(calib.cache_path)
+            if stats.patch_moments is not None:
+                return stats, True
+            log.info("calibration cache %s predates the input-patch moments GPTQ rounding needs; recomputing it",
+                     calib.cache_path)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("calibration cache %s is unreadable (%s); recomputing it", calib.cache_path, exc)
     log.info("calibration: %d images through the FP32 model, statistics streamed batch by batch",
@@ -370,7 +384,7 @@ def _statistics(bundle: Bundle, calib: Any, model: Any, *, progress: bool) -> An
     stats.images = calib.decoded  # padding of a fixed-batch graph's last batch is not an image
     calib.cache_path.parent.mkdir(parents=True, exist_ok=True)
     stats.save(calib.cache_path)
-    return stats
+    return stats, False
 
 
 def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *, source, max_drop, min_agreement,

@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 METHODS = ("mse-unbounded", "minmax", "entropy", "percentile", "mse")
 #: Fewer usable images than this is an error: ranges from a handful of images are not trustworthy.
 MIN_CALIB_IMAGES = 8
-#: Bias correction estimates each layer's mean input; below this many images the estimate is too noisy to
-#: correct with, and the step is skipped with a warning.
-MIN_BIAS_CORRECTION_IMAGES = 32
+#: Bias correction and GPTQ rounding estimate each layer's input statistics; below this many images the estimates
+#: are too noisy (the rounding would fit itself to those images), and both steps are skipped with a warning.
+MIN_WEIGHT_STEP_IMAGES = 32
 #: Images decoded and run per calibration batch: bounds memory (one batch of activations at a time).
 CALIB_BATCH = 8
 DEFAULT_PERCENTILE = 99.999

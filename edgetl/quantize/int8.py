@@ -40,6 +40,8 @@ TARGETS = {"tensorrt": "int8", "cpu": "uint8"}
 #: demo model's flips 4 -> 6), so it keeps min/max ranges.
 DEFAULT_METHODS = {"int8": "mse-unbounded", "uint8": "minmax"}
 WEIGHT_SCALES = ("max", "mse")
+#: How weights are rounded to their codes: ``gptq`` (error-compensating, `edgetl.quantize.rounding`) or ``nearest``.
+WEIGHT_ROUNDINGS = ("gptq", "nearest")
 #: Weighted layers: what "a layer" means for sensitivity analysis and kept-in-float lists.
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Ops with nothing to quantize (shape plumbing); their absence from the registry is not a concern.
@@ -66,6 +68,8 @@ class Int8Settings:
         bias_correction: subtract each layer's weight-rounding mean shift from its bias
             (`edgetl.quantize.weights`).
         weight_scales: ``max`` (largest magnitude per channel) or ``mse`` (least squared error per channel).
+        weight_rounding: ``gptq`` (each layer's codes chosen for the least output error on the calibration
+            images, `edgetl.quantize.rounding`) or ``nearest``.
         centre_activations: with int8 activations, centre each ReLU6 output read by convolutions on zero (an
             exact rewrite of the FP32 graph, `edgetl.quantize.shift`), so symmetric int8 spends all its codes on it.
     """
@@ -78,6 +82,7 @@ class Int8Settings:
     bias_correction: bool = True
     weight_scales: str = "max"
     centre_activations: bool = True
+    weight_rounding: str = "gptq"
 
     def __post_init__(self) -> None:
         if self.activation_type not in ACTIVATION_TYPES:
@@ -86,6 +91,8 @@ class Int8Settings:
             object.__setattr__(self, "method", DEFAULT_METHODS[self.activation_type])
         if self.weight_scales not in WEIGHT_SCALES:
             raise BadInputError(f"unknown weight scales {self.weight_scales!r}; expected max or mse")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise BadInputError(f"unknown weight rounding {self.weight_rounding!r}; expected gptq or nearest")
 
     @property
     def tensorrt_compatible(self) -> bool:
@@ -112,7 +119,7 @@ class Int8Settings:
                 "reduce_range": self.reduce_range, "format": "QDQ", "target": self.target,
                 "percentile": self.percentile if self.method == "percentile" else None,
                 "bias_correction": self.bias_correction, "weight_scales": self.weight_scales,
-                "centre_activations": self.centres_activations,
+                "weight_rounding": self.weight_rounding, "centre_activations": self.centres_activations,
                 "tensorrt_compatible": self.tensorrt_compatible, "gate_numerics": self.gate_numerics}
 
     def kwargs(self) -> dict[str, Any]:

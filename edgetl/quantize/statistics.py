@@ -9,7 +9,9 @@ graph with the tensors to calibrate added as outputs, folded into running statis
 - running min / max per tensor;
 - a histogram of |x| with a fixed number of bins whose range doubles (merging bin pairs) when a batch
   exceeds it, so it never needs the whole data set at once;
-- the per-position mean of each weighted layer's input, which bias correction needs (`edgetl.quantize.weights`).
+- the per-position mean of each weighted layer's input, which bias correction needs (`edgetl.quantize.weights`);
+- the mean and covariance of each weighted layer's input patches, which error-compensating weight rounding
+  needs (`edgetl.quantize.rounding`).
 
 Ranges then come from the statistics: ``minmax``, ``percentile`` of |x|, ``entropy`` (TensorRT's
 KL-divergence threshold search over the |x| histogram, 2048 bins into 128 quantized levels), ``mse`` (the
@@ -33,6 +35,7 @@ import numpy as np
 
 from edgetl.fileio import write_bytes
 from edgetl.lazy import lazy_import
+from edgetl.quantize.rounding import PatchMoments, input_patches
 
 onnx = lazy_import("onnx", "train", purpose="INT8 calibration")
 ort = lazy_import("onnxruntime", "train", purpose="INT8 calibration")
@@ -184,11 +187,14 @@ class CalibrationStatistics:
         input_means: the mean over the images of each weighted layer's input (by layer name), at every
             position (NCHW without N), for bias correction.
         images: images seen.
+        patch_moments: each weighted layer's input-patch moments (by layer name), for GPTQ rounding; ``None``
+            when they were not measured (a cache written before they were).
     """
 
     tensors: dict[str, TensorStats]
     input_means: dict[str, np.ndarray]
     images: int
+    patch_moments: dict[str, PatchMoments] | None = field(default_factory=dict)
 
     def ranges(self, method: str, percentile: float, activation_type: str = "int8",
                unbounded: Iterable[str] = ()) -> dict[str, tuple[float, float]]:
@@ -214,7 +220,11 @@ class CalibrationStatistics:
         layers = list(self.input_means)
         for i, name in enumerate(layers):
             arrays[f"m{i}"] = self.input_means[name]
-        meta = {"tensors": names, "layers": layers, "images": self.images}
+        meta: dict[str, Any] = {"tensors": names, "layers": layers, "images": self.images}
+        if self.patch_moments is not None:
+            meta["moments"] = list(self.patch_moments)
+            for i, moments in enumerate(self.patch_moments.values()):
+                arrays[f"p{i}"], arrays[f"c{i}"], arrays[f"n{i}"] = moments.to_arrays()
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
@@ -230,7 +240,10 @@ class CalibrationStatistics:
                 tensors[name] = TensorStats(float(row[0]), float(row[1]), float(row[2]), row[4:].astype(np.int64),
                                             int(row[3]))
             means = {name: data[f"m{i}"] for i, name in enumerate(meta["layers"])}
-        return cls(tensors, means, int(meta["images"]))
+            moments = None if "moments" not in meta else {
+                name: PatchMoments.from_arrays(data[f"p{i}"], data[f"c{i}"], data[f"n{i}"])
+                for i, name in enumerate(meta["moments"])}
+        return cls(tensors, means, int(meta["images"]), moments)
 
 
 def unbounded_tensors(model: Any) -> set[str]:
@@ -267,7 +280,7 @@ def weighted_layer_inputs(model: Any, layer_ops: Iterable[str]) -> dict[str, str
 
 
 def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tensors: list[str],
-            layer_inputs: dict[str, str]) -> CalibrationStatistics:
+            layer_inputs: dict[str, str], patch_layers: Iterable[str] = ()) -> CalibrationStatistics:
     """Run ``batches`` through the FP32 ``model`` with ``tensors`` as extra outputs, folding each batch into
     running statistics; memory stays at one batch's activations.
 
@@ -277,6 +290,7 @@ def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tenso
         input_name: the graph input.
         tensors: activations to calibrate (`tensors_to_calibrate`).
         layer_inputs: layer name -> input tensor whose mean bias correction needs.
+        patch_layers: layers (of ``layer_inputs``) whose input-patch moments to measure as well.
     """
 
     augmented = copy.deepcopy(model)
@@ -287,12 +301,17 @@ def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tenso
             augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # The statistics are numpy work between runs: idle ONNX Runtime threads spinning there would slow it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     stats = {name: TensorStats() for name in tensors}
     sums: dict[str, np.ndarray] = {}
+    nodes = {n.name: n for n in model.graph.node}
+    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    moments = {layer: PatchMoments() for layer in patch_layers if layer in layer_inputs}
     images = 0
-    for batch in batches:
+    for batches_seen, batch in enumerate(batches):
         outputs = dict(zip(names, session.run(names, {input_name: batch})))
         outputs[input_name] = batch
         for name in tensors:
@@ -300,18 +319,27 @@ def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tenso
         for layer, tensor in layer_inputs.items():
             total = outputs[tensor].astype(np.float64).sum(axis=0)
             sums[layer] = total if layer not in sums else sums[layer] + total
+        for layer in list(moments):
+            node = nodes[layer]
+            patches = input_patches(node, shapes[node.input[1]], outputs[layer_inputs[layer]], phase=batches_seen)
+            if patches is None:
+                del moments[layer]  # a layout the rounding does not cover: rounded to nearest
+            else:
+                moments[layer].update(patches)
         images += len(batch)
         del outputs
     if images == 0:
         raise ValueError("no calibration batches")
     means = {layer: (total / images).astype(np.float32) for layer, total in sums.items()}
-    return CalibrationStatistics(stats, means, images)
+    return CalibrationStatistics(stats, means, images, moments)
 
 
 def measure(model: Any, batches: Iterable[np.ndarray], *, input_name: str) -> CalibrationStatistics:
-    """`collect` over the tensors ONNX Runtime's quantizer needs ranges for, and every weighted layer's input."""
+    """`collect` over the tensors ONNX Runtime's quantizer needs ranges for, and every weighted layer's input
+    (its mean and its patch moments)."""
     from edgetl.quantize.int8 import LAYER_OPS
 
     quantizable = set(ort_registry.QDQRegistry) | set(ort_registry.QLinearOpsRegistry)
+    layer_inputs = weighted_layer_inputs(model, LAYER_OPS)
     return collect(model, batches, input_name=input_name, tensors=tensors_to_calibrate(model, quantizable),
-                   layer_inputs=weighted_layer_inputs(model, LAYER_OPS))
+                   layer_inputs=layer_inputs, patch_layers=layer_inputs)

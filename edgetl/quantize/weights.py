@@ -1,4 +1,5 @@
-"""Weight-side PTQ steps on a QDQ graph: MSE-optimal per-channel weight scales and bias correction.
+"""Weight-side PTQ steps on a QDQ graph: MSE-optimal per-channel weight scales, error-compensating rounding
+(GPTQ, `edgetl.quantize.rounding`) and bias correction.
 
 Both edit the quantized graph in place of re-running the quantizer: each weighted layer's int8 weight
 initializer, its scale and its int32 bias are rewritten from the FP32 initializers, keeping the bias scale
@@ -21,6 +22,7 @@ import numpy as np
 
 from edgetl.lazy import lazy_import
 from edgetl.quantize.int8 import LAYER_OPS
+from edgetl.quantize.rounding import PatchMoments, conv_geometry, gptq_codes
 
 numpy_helper = lazy_import("onnx.numpy_helper", "train", purpose="INT8 weight rounding")
 
@@ -164,16 +166,19 @@ def output_mean_shift(node: Any, delta_w: np.ndarray, input_mean: np.ndarray) ->
 
 @dataclass
 class WeightEditReport:
-    """What `refine_weights` changed: layers with MSE scales, layers bias-corrected, layers skipped."""
+    """What `refine_weights` changed: layers with MSE scales, layers rounded by GPTQ, layers bias-corrected,
+    layers skipped."""
 
     mse_layers: int = 0
+    gptq_layers: int = 0
     corrected_layers: int = 0
     uncorrected: list[str] | None = None
     mean_abs_shift: float = 0.0
     reduced_layers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mse_scale_layers": self.mse_layers, "seven_bit_layers": self.reduced_layers,
+        return {"mse_scale_layers": self.mse_layers, "gptq_rounded_layers": self.gptq_layers,
+                "seven_bit_layers": self.reduced_layers,
                 "bias_corrected_layers": self.corrected_layers,
                 "not_bias_corrected": self.uncorrected or [], "mean_abs_bias_shift": self.mean_abs_shift}
 
@@ -184,8 +189,9 @@ def is_depthwise(node: Any, weight: np.ndarray) -> bool:
 
 
 def refine_weights(quantized: Any, reference: Any, *, mse: bool, input_means: dict[str, np.ndarray] | None,
-                   reduce_range: bool = False) -> WeightEditReport:
-    """Rewrite the int8 weights (MSE scales) and int32 biases (bias correction) of ``quantized`` in place.
+                   reduce_range: bool = False, moments: dict[str, PatchMoments] | None = None) -> WeightEditReport:
+    """Rewrite the int8 weights (MSE scales, GPTQ rounding) and int32 biases (bias correction) of ``quantized``
+    in place.
 
     Args:
         quantized: the QDQ model (edited in place).
@@ -194,6 +200,8 @@ def refine_weights(quantized: Any, reference: Any, *, mse: bool, input_means: di
         input_means: layer name -> mean input (no batch axis); ``None`` skips bias correction.
         reduce_range: 7-bit weights (|q| <= 63) on the layers whose x86 kernels can saturate (all but
             depthwise convolutions).
+        moments: layer name -> its input-patch moments: those layers' weights are rounded by GPTQ instead of
+            to nearest (`edgetl.quantize.rounding`); ``None``: every layer to nearest.
     """
     inits = {i.name: i for i in quantized.graph.initializer}
 
@@ -215,7 +223,13 @@ def refine_weights(quantized: Any, reference: Any, *, mse: bool, input_means: di
         elif qmax != layer.qmax:
             scales = scales * (layer.qmax / qmax)
         put(layer.scale, scales)
-        q = quantize_weight(layer.float_weight, scales, layer.axis, qmax)
+        moment = (moments or {}).get(layer.node.name)
+        if moment is not None and scales.ndim == 1:
+            group = conv_geometry(layer.node)["group"] if layer.node.op_type == "Conv" else 1
+            q = gptq_codes(layer.float_weight, layer.axis, scales, qmax, moment.second_moment(), group=group)
+            report.gptq_layers += 1
+        else:
+            q = quantize_weight(layer.float_weight, scales, layer.axis, qmax)
         put(layer.weight, q)
         if layer.bias is None or layer.float_bias is None:
             continue

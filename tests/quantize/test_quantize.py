@@ -143,6 +143,8 @@ def test_cli_quantize_json_and_bad_method(bundle_copy: Path, digits_dir: Path) -
 def test_too_few_images_for_bias_correction_warns_and_skips(bundle_copy: Path, digits_dir: Path) -> None:
     result = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=12)
     assert any("bias correction skipped" in w for w in result.warnings)
+    assert any("GPTQ weight rounding skipped" in w for w in result.warnings)
+    assert result.info["weights"]["gptq_rounded_layers"] == 0
     assert result.info["weights"]["bias_correction_applied"] is False
     assert result.info["weight_bits"] == 8 and not result.info["reduce_range"]
     golden = result.info["golden"]["logits"]["numerics"]
@@ -154,7 +156,22 @@ def test_bias_correction_recorded_with_enough_images(bundle_copy: Path, digits_d
     result = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=40)
     weights = result.info["weights"]
     assert weights["bias_correction_applied"] and weights["bias_corrected_layers"] == 50
+    assert result.info["weight_rounding"] == "gptq" and weights["gptq_rounded_layers"] == 50
     assert result.info["calibration"]["cache"].endswith(".npz")
+    nearest = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=40, weight_rounding="nearest")
+    assert nearest.info["calibration"]["cache_hit"] and nearest.info["weights"]["gptq_rounded_layers"] == 0
+    # A cache written before the rounding's moments existed is measured again, not trusted.
+    from edgetl.quantize.statistics import CalibrationStatistics
+
+    cache = bundle_copy / result.info["calibration"]["cache"]
+    old = CalibrationStatistics.load(cache)
+    old.patch_moments = None
+    old.save(cache)
+    stale = open_bundle(bundle_copy, verify=False)
+    stale.add_artifact(cache, kind="calibration", precision="int8", created_by="quantize")
+    stale.save()
+    again = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=40)
+    assert not again.info["calibration"]["cache_hit"] and again.info["weights"]["gptq_rounded_layers"] == 50
 
 
 def test_bundle_quantized_by_an_older_edgetl_still_validates(bundle_copy: Path, digits_dir: Path) -> None:
