@@ -12,8 +12,11 @@ peak RSS from ``os.wait4``):
   ptq        : ``edgetl quantize B --target tensorrt`` (the defaults)
   qat        : ``edgetl quantize B --qat`` (PTQ, then QAT with the defaults: the last 2 layers, cached prefix)
   qat-all-layers : every layer trains (lr 1e-5, 1 epoch over 256 images: what the same minutes buy there)
-  ptq-7bit   : ``--reduce-range`` (7-bit weights on non-depthwise layers): PTQ that misses the gate on purpose
-  qat-7bit   : ``--qat --reduce-range``: QAT from that start, weights kept at 7 bits
+  ptq-nearest: ``--weight-rounding nearest``: the defaults with weights rounded to nearest instead of by GPTQ
+  ptq-7bit   : ``--reduce-range --weight-rounding nearest`` (7-bit weights on non-depthwise layers, rounded to
+               nearest): PTQ that misses the gate on purpose
+  qat-7bit   : ``--qat --reduce-range --weight-rounding nearest``: QAT from that start, weights kept at 7 bits
+  ptq-7bit-gptq : ``--reduce-range``: the same 7-bit weights, rounded by GPTQ (PTQ only)
   ptq-cpu / qat-cpu : the CPU format (uint8 activations, what the demo deploys), scored in this machine's
                numerics (ONNX Runtime's fused kernels), the numerics that format is gated in
 
@@ -49,8 +52,10 @@ VARIANTS = {
     "ptq": ["--target", "tensorrt"],
     "qat": ["--qat"],
     "qat-all-layers": ["--qat", "--qat-layers", "1000", "--qat-lr", "1e-5", "--qat-epochs", "1", "--qat-images", "256"],
-    "ptq-7bit": ["--target", "tensorrt", "--reduce-range"],
-    "qat-7bit": ["--qat", "--reduce-range"],
+    "ptq-nearest": ["--target", "tensorrt", "--weight-rounding", "nearest"],
+    "ptq-7bit": ["--target", "tensorrt", "--reduce-range", "--weight-rounding", "nearest"],
+    "qat-7bit": ["--qat", "--reduce-range", "--weight-rounding", "nearest"],
+    "ptq-7bit-gptq": ["--target", "tensorrt", "--reduce-range"],
     "ptq-cpu": ["--target", "cpu"],
     "qat-cpu": ["--qat", "--target", "cpu"],
 }
