@@ -7,10 +7,12 @@ are rounded), which tensors carry a Q/DQ pair (ONNX Runtime's quantizer decides,
 in float (ReLU6 kept as Clip, the detector's decode). Here the starting point is the PTQ graph itself
 (`edgetl.quantize.api`): every node runs as the matching torch op, every QuantizeLinear/DequantizeLinear pair
 on an activation becomes ``torch.fake_quantize_per_tensor_affine`` with the calibrated scale, and every
-quantized weight becomes a float parameter (the FP32 weight, BatchNorm already folded as exported) behind
-``torch.fake_quantize_per_channel_affine`` with the scale the exporter recomputes from it (symmetric,
-``max|w| / qmax``). Biases are int32 in the graph (scale = input scale x weight scale) and are rounded the
-same way in training.
+quantized weight becomes a float parameter behind ``torch.fake_quantize_per_channel_affine`` with the scale
+the exporter recomputes from it (symmetric, ``max|w| / qmax``). The parameter starts at the graph's own
+dequantized weight (BatchNorm already folded as exported), not at the FP32 weight: PTQ's codes come from GPTQ
+rounding, not from rounding the FP32 weight to nearest, and its biases are corrected for those codes, so step 0
+of training is the PTQ model itself. Biases are int32 in the graph (scale = input scale x weight scale) and are
+rounded the same way in training.
 
 `QdqModule.to_onnx` writes the trained parameters back into a copy of the graph: int8 weights, their scales,
 int32 biases. Activation scales stay those of the calibration (the convention of NVIDIA's TensorRT Model
@@ -86,7 +88,7 @@ class QdqModule:
 def _build_module_class() -> type:
     F = torch.nn.functional
 
-    from edgetl.quantize.weights import quantized_layers
+    from edgetl.quantize.weights import dequantize_weight, quantized_layers
 
     class _QdqGraph(torch.nn.Module):
         """Runs the nodes of a QDQ graph in order; see the module docstring."""
@@ -109,7 +111,8 @@ def _build_module_class() -> type:
             for i, layer in enumerate(quantized_layers(quantized, reference)):
                 dq = producer[layer.node.input[1]]
                 key = f"w{i}"
-                self.params[key] = torch.nn.Parameter(torch.from_numpy(layer.float_weight.copy()))
+                start_weight = dequantize_weight(inits[layer.weight], inits[layer.scale].astype(np.float32), layer.axis)
+                self.params[key] = torch.nn.Parameter(torch.from_numpy(start_weight.astype(np.float32)))
                 record = _Weight(layer.node.name, key, layer.weight, layer.scale, layer.zero_point, layer.axis,
                                  layer.qmax)
                 if layer.bias is not None:

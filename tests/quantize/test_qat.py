@@ -372,3 +372,28 @@ def test_a_graph_with_an_op_qat_cannot_run_is_refused_naming_it(tmp_path: Path) 
     quantized.graph.node.append(helper.make_node("Erf", [f"{logits}_pre"], [logits], name="erf"))
     with pytest.raises(BadInputError, match=r"cannot run these ops of the graph: \['Erf'\]"):
         QdqModule.create(quantized, onnx.load(str(src)))
+
+
+def test_training_starts_from_the_ptq_graphs_own_codes(tmp_path: Path) -> None:
+    """PTQ's codes are not the FP32 weights rounded to nearest (GPTQ moves some by one step, and bias correction
+    is computed for the codes it chose): the module's step 0 exports exactly the graph it was given."""
+    from edgetl.quantize.qat_graph import QdqModule
+    from edgetl.quantize.weights import quantized_layers
+
+    batch = np.random.default_rng(5).normal(0, 1, (8, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    quantized, reference = onnx.load(str(dst)), onnx.load(str(src))
+    inits = {i.name: i for i in quantized.graph.initializer}
+    moved = {}
+    for layer in quantized_layers(quantized, reference):
+        codes = numpy_helper.to_array(inits[layer.weight]).astype(np.int32)
+        step = np.where(np.abs(codes) < layer.qmax - 1, np.sign(codes + 0.5).astype(np.int32), 0)
+        codes = (codes + step * (np.arange(codes.size).reshape(codes.shape) % 3 == 0)).astype(np.int8)
+        inits[layer.weight].CopyFrom(numpy_helper.from_array(codes, layer.weight))
+        moved[layer.weight] = codes
+    module = QdqModule.create(quantized, reference)
+    exported = {i.name: numpy_helper.to_array(i) for i in module.to_onnx().graph.initializer}
+    for name, codes in moved.items():
+        np.testing.assert_array_equal(exported[name], codes)
+    for init in quantized.graph.initializer:
+        np.testing.assert_array_equal(exported[init.name], numpy_helper.to_array(init))
