@@ -1,11 +1,11 @@
 """Where the TensorRT format's INT8 error comes from on EfficientNet-Lite0, and two remedies, measured.
 
 The same model, crops and calibration as `benchmarks/quantization.py` (it builds them if missing). The TensorRT
-format (int8 symmetric activations, per-channel int8 weights, bias correction, TensorRT placement) is scored in
-exact numerics (ONNX Runtime, graph optimizations off) against FP32, top-1 agreement and logit RMSE, with parts of
-the quantization switched off, on the exported graph (``--no-centre-activations``) and on its centred rewrite
-(`edgetl.quantize.shift`), both with min/max ranges, and on the centred graph with ``mse-unbounded`` ranges (what
-`edgetl quantize --target tensorrt` writes):
+format (int8 symmetric activations, per-channel int8 weights, GPTQ rounding, bias correction, TensorRT placement)
+is scored in exact numerics (ONNX Runtime, graph optimizations off) against FP32, top-1 agreement and logit RMSE,
+with parts of the quantization switched off, on the exported graph (``--no-centre-activations``) and on its
+centred rewrite (`edgetl.quantize.shift`), both with min/max ranges, and on the centred graph with
+``mse-unbounded`` ranges (what `edgetl quantize --target tensorrt` writes):
 
   full              : everything quantized
   activations only  : every weight and bias back to FP32, every activation pair kept
@@ -68,8 +68,8 @@ def score(model: Any, batch: np.ndarray, reference: np.ndarray) -> dict[str, flo
 
 
 def ptq(model: Any, calib: np.ndarray, work: Path, name: str, method: str = "minmax") -> Any:
-    """edgetl's TensorRT-format PTQ steps on ``model`` (statistics, quantizer, placement, bias correction), with
-    ``method`` ranges."""
+    """edgetl's TensorRT-format PTQ steps on ``model`` (statistics, quantizer, placement, GPTQ rounding, bias
+    correction), with ``method`` ranges."""
     import onnx
 
     from edgetl.quantize.int8 import Int8Settings, quantize_file
@@ -83,7 +83,8 @@ def ptq(model: Any, calib: np.ndarray, work: Path, name: str, method: str = "min
     ranges = stats.ranges(method, 99.99, "int8", unbounded=unbounded_tensors(model))
     quantize_file(src, dst, Int8Settings(activation_type="int8", method=method), ranges=ranges)
     quantized = tensorrt_placement(float_outputs(onnx.load(str(dst)), model), model)
-    refine_weights(quantized, model, mse=False, input_means=stats.input_means, reduce_range=False)
+    refine_weights(quantized, model, mse=False, input_means=stats.input_means, reduce_range=False,
+                   moments=stats.patch_moments)
     return quantized
 
 
