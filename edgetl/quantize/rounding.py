@@ -24,6 +24,7 @@ DAMPING = 0.1
 
 
 def conv_geometry(node: Any) -> dict[str, Any]:
+    """A Conv node's attributes with ONNX's defaults filled in (also read by `edgetl.quantize.weights`)."""
     attrs = {a.name: a for a in node.attribute}
     return {
         "group": attrs["group"].i if "group" in attrs else 1,
@@ -47,7 +48,8 @@ def input_patches(node: Any, weight_shape: tuple[int, ...], x: np.ndarray, phase
     shifts the sampling grid). ``None`` for a layout this does not cover (the layer is then rounded to nearest).
     """
     if node.op_type in ("Gemm", "MatMul"):
-        return x.astype(np.float32).T[None] if x.ndim == 2 else None
+        trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+        return x.astype(np.float32).T[None] if x.ndim == 2 and not trans_a else None
     if node.op_type != "Conv" or x.ndim != 4 or len(weight_shape) != 4:
         return None
     geo = conv_geometry(node)

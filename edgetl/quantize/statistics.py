@@ -301,7 +301,8 @@ def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tenso
             augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # The statistics are numpy work between runs: idle ONNX Runtime threads spinning there would slow it.
+    # The statistics are numpy work between runs, where idle ONNX Runtime threads would spin beside it (one-off:
+    # Lite0's calibration with the moments, 36.8 s with spinning, 33.9 s without).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]

@@ -131,13 +131,11 @@ def output_mean_shift(node: Any, delta_w: np.ndarray, input_mean: np.ndarray) ->
     if node.op_type == "Conv":
         if input_mean.ndim != 3 or delta_w.ndim != 4:
             return None
-        if attrs.get("auto_pad") is not None and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+        geo = conv_geometry(node)
+        if geo["auto_pad"] not in (b"", b"NOTSET"):
             return None
-        group = attrs["group"].i if "group" in attrs else 1
+        group, strides, dilations, pads = geo["group"], geo["strides"], geo["dilations"], geo["pads"]
         kh, kw = delta_w.shape[2:]
-        strides = list(attrs["strides"].ints) if "strides" in attrs else [1, 1]
-        dilations = list(attrs["dilations"].ints) if "dilations" in attrs else [1, 1]
-        pads = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
         x = np.pad(input_mean, ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
         out_h = (x.shape[1] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
         out_w = (x.shape[2] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
@@ -184,8 +182,7 @@ class WeightEditReport:
 
 
 def is_depthwise(node: Any, weight: np.ndarray) -> bool:
-    group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    return node.op_type == "Conv" and group > 1 and weight.shape[1] == 1
+    return node.op_type == "Conv" and conv_geometry(node)["group"] > 1 and weight.shape[1] == 1
 
 
 def refine_weights(quantized: Any, reference: Any, *, mse: bool, input_means: dict[str, np.ndarray] | None,

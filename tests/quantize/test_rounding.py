@@ -52,6 +52,8 @@ def test_gemm_patches_are_the_rows() -> None:
     node = helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.testing.assert_array_equal(input_patches(node, (5, 4), x)[0], x.T)
+    transposed = helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transA=1, transB=1)
+    assert input_patches(transposed, (5, 3), x) is None  # rows are columns there: rounded to nearest
 
 
 def test_moments_merge_batches_without_cancelling_a_large_offset() -> None:
