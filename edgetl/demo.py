@@ -240,7 +240,8 @@ def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = lambda _m: None) -
         "agreement_fp32_int8": report.agreement["top1_agreement"],
         "latency_ms_b1": {"fp32": _row(bench, "fp32").get("p50_ms"), "int8": _row(bench, "int8").get("p50_ms")},
         "size_bytes": {"checkpoint": Path(trained.best_checkpoint).stat().st_size,
-                       "fp32": sizes.get("fp32"), "int8": sizes.get("int8", sizes.get("mixed"))},
+                       "fp32": sizes.get("fp32"), "int8": sizes.get("int8", sizes.get("mixed")),
+                       "archive": Path(archive).stat().st_size},
         "int8_layers": {"int8": graph.get("int8_layers"), "float": float_layers},
         "int8_scheme": scheme,
         "runtime_choice": {"artifact": chosen["artifact"], "why": chosen["why"]},
@@ -290,7 +291,8 @@ def format_summary(result: DemoResult) -> str:
         f"runtime auto choice: {s['runtime_choice']['artifact']} ({s['runtime_choice']['why']})",
         "steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.steps.items()) + f" (total {total:.1f}s)",
         f"bundle: {result.bundle_dir}",
-        f"packed: {result.archive}",
+        f"packed: {result.archive} ({s['size_bytes'].get('archive', 0) / 1e6:.1f} MB, without the calibration "
+        "statistics)",
         f"next:   edgetl predict {result.bundle_dir} IMAGE.png   |   edgetl info {result.bundle_dir}",
     ]
     return "\n".join(lines)

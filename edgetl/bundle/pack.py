@@ -28,10 +28,13 @@ directory is renamed into place.
 from __future__ import annotations
 
 import copy
+import io
+import json
 import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from edgetl.bundle.manifest import MANIFEST_NAME, Bundle, open_bundle
@@ -43,6 +46,11 @@ MAX_MEMBER_BYTES = 4 << 30
 MAX_TOTAL_BYTES = 16 << 30
 MAX_MEMBERS = 10_000
 
+#: Artifact kinds an archive leaves out unless asked for: the calibration statistics only re-quantization on a
+#: workstation reads (tens of MB, often more than the models), never the device; quantize measures them again
+#: when they are missing.
+WORKSTATION_KINDS: tuple[str, ...] = ("calibration",)
+
 
 def _normalize_mode(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
@@ -51,20 +59,43 @@ def _normalize_mode(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def pack(bundle_dir: str | Path, out_tar_gz: str | Path, *, verify: bool = True) -> Path:
+def left_out(bundle: Bundle, kinds: Iterable[str]) -> list[dict[str, object]]:
+    """The artifacts of ``kinds`` (path, kind, bytes) that `pack` leaves out of the archive."""
+    wanted = set(kinds)
+    return [{"path": a.path, "kind": a.kind, "bytes": a.bytes} for a in bundle.artifacts if a.kind in wanted]
+
+
+def pack(bundle_dir: str | Path, out_tar_gz: str | Path, *, verify: bool = True,
+         leave_out: Iterable[str] = WORKSTATION_KINDS) -> Path:
     """Write the bundle directory as a ``.tar.gz`` with ``manifest.json`` at the archive root.
+
+    The artifacts of the kinds in ``leave_out`` (by default the calibration statistics) stay behind: the archive's
+    manifest no longer lists them and records them under ``packed.left_out``, so the unpacked bundle verifies. The
+    bundle directory itself is not changed.
 
     Args:
         bundle_dir: the bundle to pack; its hashes are verified first (unless ``verify=False``).
         out_tar_gz: the archive to write (atomically).
         verify: check every artifact before packing, so a corrupt bundle is never shipped.
+        leave_out: artifact kinds not to ship (``()``: everything).
 
     Raises:
         BundleError: not a bundle, a corrupt artifact, or a symbolic link inside the bundle.
+        BadInputError: ``leave_out`` names a kind that does not exist.
     """
+    from edgetl.bundle.manifest import ARTIFACT_KINDS
+
+    kinds = tuple(leave_out)
+    unknown = sorted(set(kinds) - set(ARTIFACT_KINDS))
+    if unknown:
+        raise BadInputError(f"unknown artifact kind(s) to leave out: {', '.join(unknown)}",
+                            hint=f"choose from {', '.join(ARTIFACT_KINDS)}")
     bundle = open_bundle(bundle_dir, verify=verify)
     root = bundle.root.resolve()
     out = Path(out_tar_gz).resolve()
+    skipped = left_out(bundle, kinds)
+    skipped_paths = {root / str(a["path"]) for a in skipped}
+    manifest = root / MANIFEST_NAME
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -74,14 +105,34 @@ def pack(bundle_dir: str | Path, out_tar_gz: str | Path, *, verify: bool = True)
                 raise BundleError(f"{path}: symbolic links cannot be packed", hint="replace the link by the file")
             if path == out or (name.startswith(".") and name.endswith(".tmp")):
                 continue  # the archive itself, or a temp file of an interrupted atomic write
-            files.append(path)
+            if path != manifest and path not in skipped_paths:
+                files.append(path)
     with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
-        manifest = root / MANIFEST_NAME
-        tar.add(manifest, arcname=MANIFEST_NAME, filter=_normalize_mode)
+        if skipped:
+            _add_bytes(tar, MANIFEST_NAME, _archive_manifest(bundle, skipped), template=manifest)
+        else:
+            tar.add(manifest, arcname=MANIFEST_NAME, filter=_normalize_mode)
         for path in files:
-            if path != manifest:
-                tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False, filter=_normalize_mode)
+            tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False, filter=_normalize_mode)
     return Path(out_tar_gz)
+
+
+def _archive_manifest(bundle: Bundle, skipped: list[dict[str, object]]) -> bytes:
+    """The manifest as shipped: without the artifacts left behind, and saying which they were."""
+    manifest = copy.deepcopy(bundle.manifest)
+    paths = {a["path"] for a in skipped}
+    manifest["artifacts"] = [a for a in manifest.get("artifacts", []) if a.get("path") not in paths]
+    earlier = manifest.get("packed", {}).get("left_out", [])  # an unpacked archive packed again
+    manifest["packed"] = {"left_out": [*earlier, *skipped]}
+    return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes, *, template: Path) -> None:
+    """Add ``data`` as a regular file, with the time of ``template`` and the archive's normalised modes."""
+    info = _normalize_mode(tarfile.TarInfo(arcname))
+    info.size = len(data)
+    info.mtime = int(template.stat().st_mtime)
+    tar.addfile(info, io.BytesIO(data))
 
 
 #: Symbolic links followed while resolving one path before it counts as a loop (Linux's limit).

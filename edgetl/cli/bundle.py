@@ -21,20 +21,29 @@ def command() -> None:
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False),
               help="Archive to write (default: BUNDLE.tar.gz beside the bundle).")
+@click.option("--with-calibration", is_flag=True,
+              help="Ship the calibration statistics too (left out by default: only re-quantization on a "
+                   "workstation reads them, and quantize measures them again when missing).")
 @config_option
 @json_option
 @handle_errors
-def pack_cmd(bundle: str, out: str | None, as_json: bool) -> None:
-    """Verify BUNDLE and pack it into one .tar.gz."""
-    from edgetl.bundle.pack import pack
+def pack_cmd(bundle: str, out: str | None, with_calibration: bool, as_json: bool) -> None:
+    """Verify BUNDLE and pack what a device needs into one .tar.gz."""
+    from edgetl.bundle import open_bundle
+    from edgetl.bundle.pack import WORKSTATION_KINDS, left_out, pack
 
+    kinds = () if with_calibration else WORKSTATION_KINDS
     target = Path(out) if out else Path(str(Path(bundle).resolve()) + ".tar.gz")
-    path = pack(bundle, target)
+    path = pack(bundle, target, leave_out=kinds)
+    skipped = left_out(open_bundle(bundle, verify=False), kinds)
     size = path.stat().st_size
     if as_json:
-        emit_json({"bundle": bundle, "archive": str(path), "bytes": size})
-    else:
-        say(f"packed {bundle} -> {path} ({size / 1e6:.2f} MB)")
+        emit_json({"bundle": bundle, "archive": str(path), "bytes": size, "left_out": skipped})
+        return
+    say(f"packed {bundle} -> {path} ({size / 1e6:.2f} MB)")
+    if skipped:
+        saved = sum(int(a["bytes"] or 0) for a in skipped) / 1e6
+        say(f"left out: {len(skipped)} calibration file(s), {saved:.1f} MB (--with-calibration ships them)")
 
 
 @command.command("unpack")

@@ -32,6 +32,43 @@ def test_pack_unpack_roundtrip_verifies_every_artifact(colour_bundle: Path, tmp_
     assert again.root.is_dir() and _leftovers(tmp_path / "device") == []
 
 
+def _with_calibration(colour_bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the colour bundle with a calibration statistics file recorded, as quantize leaves it."""
+    bundle_dir = Path(shutil.copytree(colour_bundle, tmp_path / "colours"))
+    (bundle_dir / "calibration").mkdir()
+    (bundle_dir / "calibration" / "stats-0.npz").write_bytes(b"\0" * 50_000)
+    bundle = open_bundle(bundle_dir)
+    bundle.add_artifact("calibration/stats-0.npz", kind="calibration", precision="int8", created_by="quantize")
+    bundle.save()
+    return bundle_dir
+
+
+def test_pack_leaves_calibration_behind_and_the_archive_verifies(colour_bundle: Path, tmp_path: Path) -> None:
+    bundle_dir = _with_calibration(colour_bundle, tmp_path)
+    archive = pack(bundle_dir, tmp_path / "lean.tar.gz")
+    with tarfile.open(archive) as tar:
+        assert not any(n.startswith("calibration/") for n in tar.getnames())
+    out = unpack(archive, tmp_path / "device" / "colours")  # verifies every listed artifact
+    assert not (out.root / "calibration").exists()
+    assert [a.kind for a in out.artifacts if a.kind == "calibration"] == []
+    assert out.manifest["packed"]["left_out"] == [{"path": "calibration/stats-0.npz", "kind": "calibration",
+                                                   "bytes": 50_000}]
+    assert (bundle_dir / "calibration" / "stats-0.npz").is_file()  # the source bundle is untouched
+    assert len(open_bundle(bundle_dir).find(kind="calibration")) == 1
+    # Packed again from the device copy, the record of what stayed behind is kept.
+    again = unpack(pack(out.root, tmp_path / "again.tar.gz"), tmp_path / "device2")
+    assert again.manifest["packed"]["left_out"] == out.manifest["packed"]["left_out"]
+
+
+def test_pack_with_everything_ships_calibration(colour_bundle: Path, tmp_path: Path) -> None:
+    bundle_dir = _with_calibration(colour_bundle, tmp_path)
+    out = unpack(pack(bundle_dir, tmp_path / "full.tar.gz", leave_out=()), tmp_path / "workstation")
+    assert (out.root / "calibration" / "stats-0.npz").is_file() and "packed" not in out.manifest
+    with pytest.raises(BadInputError, match="unknown artifact kind"):
+        pack(bundle_dir, tmp_path / "x.tar.gz", leave_out=("calibrations",))
+    assert not (tmp_path / "x.tar.gz").exists()
+
+
 def _hostile(path: Path, colour_bundle: Path, extra: tarfile.TarInfo, data: bytes = b"") -> Path:
     """A real packed bundle plus one hostile member appended."""
     with tarfile.open(path, "w:gz") as tar:

@@ -66,6 +66,10 @@ def test_quick_demo_end_to_end_through_the_cli(tmp_path: Path) -> None:
     assert s["val_images"] == 100 and s["top1"]["fp32"] > 0.5  # 10 classes: chance is 0.1
     assert 0.0 <= s["agreement_fp32_int8"] <= 1.0
     assert s["size_bytes"]["int8"] < s["size_bytes"]["fp32"]
+    # The archive ships the models and golden samples, not the calibration statistics kept in the bundle.
+    assert s["size_bytes"]["archive"] == Path(document["archive"]).stat().st_size
+    assert s["size_bytes"]["archive"] < s["size_bytes"]["fp32"] + s["size_bytes"]["int8"] + (2 << 20)
+    assert bundle.find(kind="calibration")
     assert s["latency_ms_b1"]["fp32"] and s["latency_ms_b1"]["int8"]
     assert not any(r["backend"] == "torch" or r["batch"] != 1 for r in s["bench"]["rows"])
     text = format_summary(DemoResult(out, Path(document["bundle"]), Path(document["archive"]), s,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from edgetl.bundle import open_bundle
 from edgetl.cli.main import cli
 
 
@@ -89,6 +92,21 @@ def test_info_human_and_json(runner: CliRunner, colour_bundle: Path) -> None:
     assert human.exit_code == 0
     for text in ("classify", "model.int8.onnx", "validation PASSED", "NOT verified"):
         assert text in human.output
+
+
+def test_bundle_pack_cli_says_what_it_left_out(runner: CliRunner, colour_bundle: Path, tmp_path: Path) -> None:
+    bundle_dir = Path(shutil.copytree(colour_bundle, tmp_path / "colours"))
+    (bundle_dir / "calibration").mkdir()
+    (bundle_dir / "calibration" / "stats-0.npz").write_bytes(os.urandom(2_000_000))
+    bundle = open_bundle(bundle_dir)
+    bundle.add_artifact("calibration/stats-0.npz", kind="calibration", precision="int8", created_by="quantize")
+    bundle.save()
+    lean = runner.invoke(cli, ["bundle", "pack", str(bundle_dir), "-o", str(tmp_path / "lean.tar.gz")])
+    assert lean.exit_code == 0 and "left out: 1 calibration file(s), 2.0 MB" in lean.output
+    doc = runner.invoke(cli, ["bundle", "pack", str(bundle_dir), "-o", str(tmp_path / "full.tar.gz"),
+                              "--with-calibration", "--json"])
+    assert doc.exit_code == 0 and json.loads(doc.stdout)["left_out"] == []
+    assert (tmp_path / "full.tar.gz").stat().st_size > (tmp_path / "lean.tar.gz").stat().st_size
 
 
 def test_bundle_pack_unpack_cli(runner: CliRunner, colour_bundle: Path, tmp_path: Path) -> None:
