@@ -88,14 +88,21 @@ _json_runs: list[_JsonRun] = []
 
 class _TerminalLog(logging.Handler):
     """edgetl's log records as plain lines on stderr while a verb runs: announcements of long steps
-    ("measuring the sensitivity of 144 points", "about 3 min") and warnings, written around progress bars."""
+    ("measuring the sensitivity of 144 points", "about 3 min") and warnings, written around progress bars.
+
+    The library logs the warnings it also returns (`QuantizeResult.warnings`, `ExportResult.warnings`), so this
+    handler is the one place a verb prints them: a verb that printed them again showed each one twice."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
 
-            prefix = "warning: " if record.levelno >= logging.WARNING else ""
-            tqdm.write(prefix + self.format(record), file=sys.stderr)
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                text = "warning: " + text
+                if sys.stderr.isatty():  # red for what the stage calls an error, such as a failed golden check
+                    text = click.style(text, fg="red" if record.levelno >= logging.ERROR else "yellow")
+            tqdm.write(text, file=sys.stderr)
         except Exception:
             self.handleError(record)
 

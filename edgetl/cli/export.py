@@ -34,8 +34,6 @@ def command(checkpoint, out_dir, opset, dynamic_batch, batch_size, simplify, par
     result = export_checkpoint(checkpoint, out_dir, opset=opset, dynamic_batch=dynamic_batch, batch_size=batch_size,
                                simplify=simplify, parity_data=parity_data, golden=golden, name=name,
                                overwrite=overwrite, nms=nms)
-    for note in result.warnings:
-        say(f"warning: {note}", fg="yellow")
     parity = result.parity
     agree = f", top-1 agreement {parity['top1_agreement']:.3f}" if "top1_agreement" in parity else ""
     say(f"exported {result.onnx_path} (opset {opset}, {result.graph.get('nodes')} nodes, "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
 from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
@@ -49,7 +47,9 @@ from edgetl.tables import format_table
               help="Budget mode also requires this agreement with FP32 (top-1; detectors: matched boxes).")
 @click.option("--val-data", type=click.Path(), default=None,
               help="Labelled images for the budget (default: the validation split).")
-@click.option("--val-size", type=int, default=200, show_default=True, help="Images in the budget's sample.")
+@click.option("--val-size", type=int, default=None,
+              help="Validation images the budget and QAT score candidates on, class-balanced and seeded (default: "
+                   "every image of the validation split, the images `edgetl validate` gates on).")
 @click.option("--max-kept", type=int, default=None,
               help="Most quantization points (layer weights, activations) the budget may keep in float "
                    "(default: no limit).")
@@ -105,8 +105,6 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
                              percentile=percentile,
                              min_agreement=min_agreement, val_size=val_size, nodes_to_exclude=list(exclude),
                              max_kept=max_kept, progress=not as_json, strict=strict)
-    for note in result.warnings:
-        say(f"warning: {note}", fg="red" if note.startswith("GOLDEN CHECK FAILED") else "yellow")
     info = result.info
     if precision == "int8":
         cal = info["calibration"]
@@ -177,8 +175,6 @@ def _qat(bundle, *, precision, target, activation_type, calib_data, reduce_range
 
     settings = QatSettings.for_task(open_bundle(bundle).task, epochs=epochs, lr=lr, seed=seed, layers=layers,
                                     images=images)
-    if images == 0:
-        settings = dataclasses.replace(settings, images=None)
     steps = None
     if max_drop is not None:
         result, steps = escalate(bundle, max_drop=max_drop, min_agreement=min_agreement, data=data,
@@ -190,8 +186,6 @@ def _qat(bundle, *, precision, target, activation_type, calib_data, reduce_range
         result = qat_bundle(bundle, data=data, settings=settings, calib_data=calib_data, calib_size=calib_size,
                             val_data=val_data, val_size=val_size, seed=seed, reduce_range=reduce_range,
                             target=target, progress=not as_json, strict=strict, ptq_options=ptq_options)
-    for note in result.warnings:
-        say(f"warning: {note}", fg="red" if note.startswith("GOLDEN CHECK FAILED") else "yellow")
     record = result.info.get("qat") or result.info.get("qat_attempt")
     if record:
         say(f"QAT: {record['images']} images, {len(record['history']) - 1} epoch(s) in {record['seconds']:.1f}s"

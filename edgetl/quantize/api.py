@@ -81,7 +81,7 @@ def quantize_bundle(
     centre_activations: bool = True,
     percentile: float = DEFAULT_PERCENTILE,
     min_agreement: float | None = None,
-    val_size: int = 200,
+    val_size: int | None = None,
     nodes_to_exclude: list[str] | None = None,
     max_kept: int | None = None,
     budget_layers: list[str] | None = None,
@@ -120,7 +120,8 @@ def quantize_bundle(
         percentile: percentile for ``method="percentile"``.
         min_agreement: budget mode also requires this agreement with FP32 (top-1 agreement; detectors: the
             fraction of FP32 detections the candidate matches).
-        val_size: images in the budget's validation sample.
+        val_size: images in the budget's validation sample (``None``: the whole validation split, the images
+            `edgetl.validate` gates on).
         nodes_to_exclude: layers to keep in float by name, in addition to the budget's choice.
         max_kept: most quantization points (layers' weights, activations) the budget search may keep in float
             (default: all of them; the search stops at the fewest that meet the budget).
@@ -163,7 +164,7 @@ def quantize_bundle(
                                   f"({'; '.join(check['failures'])}); `bundle check`, the daemon's swap check and "
                                   f"`compile` will reject it too")
     for note in result.warnings:
-        log.warning(note)
+        (log.error if note.startswith("GOLDEN CHECK FAILED") else log.warning)(note)
     if strict and check is not None and not check["passed"]:
         raise GateFailedError(result.warnings[0], hint="quantize with other settings (budget mode: --max-drop), or "
                                                        "deploy another precision")
@@ -399,7 +400,7 @@ def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *
                   scorer=scorer)
 
 
-def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int, seed: int, numerics: str,
+def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int | None, seed: int, numerics: str,
                       images: ImageSet | None = None):
     """The validation images budget mode and QAT score candidates on, with the FP32 outputs.
 
@@ -415,7 +416,8 @@ def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int, 
 
     if images is None:
         images = find_images(source, split="val", labels=bundle.labels)
-    images = images.subset(balanced_indices(images.labels, val_size, seed + 1))
+    if val_size is not None:
+        images = images.subset(balanced_indices(images.labels, val_size, seed + 1))
     decoded = decode(images, bundle.preprocess, what="validation images")
     if len(decoded.batch) == 0:
         raise BadInputError(f"no decodable validation images in {source} for the accuracy budget")

@@ -83,8 +83,12 @@ class QatSettings:
 
     @classmethod
     def for_task(cls, task: str, **given: Any) -> QatSettings:
-        """The task's defaults (`TASK_DEFAULTS`), with the values in ``given`` that are not ``None``."""
-        return cls(**{**TASK_DEFAULTS.get(task, {}), **{k: v for k, v in given.items() if v is not None}})
+        """The task's defaults (`TASK_DEFAULTS`), with the values in ``given`` that are not ``None``; ``images=0``
+        asks for every training image (``--qat-images 0``)."""
+        chosen = {**TASK_DEFAULTS.get(task, {}), **{k: v for k, v in given.items() if v is not None}}
+        if chosen.get("images") == 0:
+            chosen["images"] = None
+        return cls(**chosen)
 
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "images": self.images,
@@ -98,7 +102,7 @@ class QatOutcome:
     """What the fine-tuning did.
 
     Attributes:
-        kept: ``qat`` (the QAT model was written) or ``ptq`` (QAT ended worse; the PTQ model stays).
+        kept: ``qat`` (the QAT model was written) or ``ptq`` (QAT did not beat PTQ; the PTQ model stays).
         ptq, qat: the PTQ and QAT models' metrics on the validation images, in exact numerics (ONNX Runtime).
         history: per epoch (0: the start, i.e. the PTQ point): loss, agreement, seconds.
         best_epoch: the epoch exported.

@@ -55,7 +55,7 @@ def qat_bundle(
     calib_data: str | Path | None = None,
     calib_size: int = 300,
     val_data: str | Path | None = None,
-    val_size: int = 300,
+    val_size: int | None = None,
     seed: int = 0,
     reduce_range: bool = False,
     target: str = "tensorrt",
@@ -73,7 +73,7 @@ def qat_bundle(
         settings: epochs, learning rate, batch size, images, layers (default: `QatSettings.for_task`).
         calib_data, calib_size: PTQ calibration (default: ``data``).
         val_data, val_size: the validation images each epoch and the final comparison are scored on
-            (default: the validation split of ``data``).
+            (default: every image of the validation split of ``data``, the images `edgetl validate` gates on).
         seed: seeds the draws and the training.
         reduce_range: start from 7-bit weights on non-depthwise layers (`quantize_bundle`); QAT keeps the
             start's weight bits.
@@ -112,7 +112,7 @@ def qat_bundle(
     result = _write(open_bundle(bundle_dir), ptq, outcome, qat_path, settings, numerics=numerics)
     result.seconds = time.perf_counter() - start
     for note in result.warnings:
-        log.warning(note)
+        (log.error if note.startswith("GOLDEN CHECK FAILED") else log.warning)(note)
     check = result.info.get("golden_check")
     if strict and check is not None and not check["passed"]:
         raise GateFailedError(f"the INT8 model at {result.path} fails the bundle's golden check: "
@@ -134,7 +134,7 @@ def _ptq_reference(bundle: Any, info: Mapping[str, Any], tmp: Path) -> Path:
     return centred
 
 
-def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, val_data: Any, val_size: int,
+def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, val_data: Any, val_size: int | None,
                seed: int, progress: bool, numerics: str) -> tuple[QatOutcome, Path | None]:
     """QAT of the bundle's PTQ graph against ``src``, the FP32 graph that PTQ quantized."""
     from edgetl.data.imagesets import balanced_indices, decode
@@ -210,9 +210,14 @@ def _write(bundle: Any, ptq: QuantizeResult, outcome: QatOutcome, path: Path | N
     qat_info = {**settings.to_dict(), **outcome.to_dict()}
     out = bundle.root / FILES["int8"]
     if path is None:
-        note = (f"QAT ended worse than PTQ on the validation images (agreement {outcome.qat['agreement']:.4f} vs "
-                f"{outcome.ptq['agreement']:.4f}, drop {outcome.qat['drop']:.2f} vs {outcome.ptq['drop']:.2f} "
-                f"points); the PTQ model is kept in {out}")
+        q, p = outcome.qat, outcome.ptq
+        if abs(q["agreement"] - p["agreement"]) <= 1e-9 and abs(max(q["drop"], 0) - max(p["drop"], 0)) <= 1e-9:
+            why = (f"the same agreement ({q['agreement']:.4f}) and drop, with a larger output error "
+                   f"({q['sensitivity']:.4g} vs {p['sensitivity']:.4g})")
+        else:
+            why = (f"agreement {q['agreement']:.4f} vs {p['agreement']:.4f}, drop {q['drop']:.2f} vs "
+                   f"{p['drop']:.2f} points")
+        note = f"QAT did not beat PTQ on the validation images ({why}); the PTQ model is kept in {out}"
         info = {**ptq.info, "qat_attempt": qat_info}
         _record(bundle, "int8", info)
         bundle.save()
@@ -248,7 +253,7 @@ def escalate(
     settings: QatSettings | None = None,
     calib_size: int = 300,
     val_data: str | Path | None = None,
-    val_size: int = 300,
+    val_size: int | None = None,
     seed: int = 0,
     reduce_range: bool = False,
     target: str = "tensorrt",

@@ -258,7 +258,7 @@ def test_qat_that_ends_worse_keeps_ptq(bundle_copy: Path, digits_dir: Path, monk
     monkeypatch.setattr(qat, "worse", lambda candidate, baseline: True)
     result = qat_bundle(bundle_copy, data=digits_dir, settings=qat.QatSettings(epochs=1, images=20),
                         calib_size=32, val_size=10)
-    assert any("QAT ended worse than PTQ" in w and "PTQ model is kept" in w for w in result.warnings)
+    assert any("QAT did not beat PTQ" in w and "PTQ model is kept" in w for w in result.warnings)
     art = open_bundle(bundle_copy).find(kind="onnx", precision="int8")[0]
     assert "scheme" not in art.info and result.info["qat_attempt"]["kept"] == "ptq"
 
@@ -320,6 +320,17 @@ def test_cli_qat_bad_inputs(bundle_copy: Path, digits_dir: Path, tmp_path: Path)
     assert result.exit_code == 2 and "one of the two INT8 formats" in result.output
     result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--qat-epochs", "0", "--data", str(digits_dir)])
     assert result.exit_code == 2 and "--qat-epochs must be at least 1" in result.output
+
+
+def test_qat_settings_zero_images_means_all_and_negative_is_refused() -> None:
+    """``--qat-images 0`` asks for every training image (the help says so); a negative count is an input error."""
+    from edgetl.quantize.qat import TASK_DEFAULTS, QatSettings
+
+    assert QatSettings.for_task("classify", images=0).images is None
+    assert QatSettings.for_task("classify").images == TASK_DEFAULTS["classify"]["images"]
+    assert QatSettings.for_task("detect", images=100).images == 100
+    with pytest.raises(BadInputError, match="image count must be at least 1"):
+        QatSettings.for_task("classify", images=-1)
 
 
 def test_budget_mode_escalates_to_qat_on_its_own(bundle_copy: Path, digits_dir: Path,

@@ -134,6 +134,10 @@ def test_cli_quantize_json_and_bad_method(bundle_copy: Path, digits_dir: Path) -
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["precision"] == "int8" and doc["info"]["activation_type"] == "uint8"
+    # 12 images are too few for bias correction: the warning is on stderr once (the library logs it, the verb
+    # does not print it again), and in the document.
+    assert sum("bias correction skipped" in w for w in doc["warnings"]) == 1
+    assert sum("bias correction skipped" in line for line in result.stderr.splitlines()) == 1
     assert np.isfinite(doc["info"]["golden"]["logits"]["max_abs_diff"])
     bad = runner.invoke(cli, ["quantize", str(bundle_copy), "--calib-size", "2", "--calib-data", str(digits_dir)])
     assert bad.exit_code == 2 and "too small" in bad.output
