@@ -109,6 +109,7 @@ class QatOutcome:
         interrupted: training stopped by Ctrl-C.
         seconds: wall time after PTQ: decoding, FP32 targets, frozen prefix, training, export and scoring.
         images: training images used.
+        gate: ``(max drop, min agreement)`` the epoch and the kept model were chosen for.
     """
 
     kept: str
@@ -119,11 +120,13 @@ class QatOutcome:
     interrupted: bool = False
     seconds: float = 0.0
     images: int = 0
+    gate: tuple[float, float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        gate = None if self.gate is None else {"max_drop": self.gate[0], "min_agreement": self.gate[1]}
         return {"kept": self.kept, "ptq": self.ptq, "qat": self.qat, "history": self.history,
                 "best_epoch": self.best_epoch, "interrupted": self.interrupted, "seconds": round(self.seconds, 2),
-                "images": self.images}
+                "images": self.images, "gate": gate}
 
 
 #: In an unlabelled folder, every fifth image (sorted by path) is held out to choose QAT's epoch on.
@@ -179,7 +182,7 @@ def check_labels(source: str | Path, labels: list[str], task: str) -> None:
 
 def train_qat(module: Any, inputs: np.ndarray, targets: dict[str, np.ndarray], evaluate: Any,
               settings: QatSettings, *, classify: bool, progress: bool = False,
-              start: tuple[int, str] | None = None) -> tuple[dict, list, int, bool]:
+              start: tuple[int, str] | None = None, gate: Gate | None = None) -> tuple[dict, list, int, bool]:
     """Fine-tune ``module`` (a `qat_graph` module) to reproduce ``targets`` (FP32 outputs by tensor name).
 
     Args:
@@ -188,6 +191,8 @@ def train_qat(module: Any, inputs: np.ndarray, targets: dict[str, np.ndarray], e
         evaluate: ``evaluate(module) -> metrics`` on the validation images (``agreement``, ``sensitivity``...).
         classify: KL of the softmax of the one target (logits); else normalised squared error of each target.
         start: ``(node index, tensor)``: train the graph after this cut point only.
+        gate: the best epoch is the first one within it (then by drop and agreement, `_key`); ``None``: by drop
+            and agreement alone.
 
     Returns:
         (best state dict, history, best epoch, interrupted).
@@ -200,7 +205,7 @@ def train_qat(module: Any, inputs: np.ndarray, targets: dict[str, np.ndarray], e
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     initial = evaluate(module)
     history = [{"epoch": 0, "loss": None, **_brief(initial), "seconds": 0.0}]
-    best, best_key, best_epoch = copy.deepcopy(module.state_dict()), _key(initial), 0
+    best, best_key, best_epoch = copy.deepcopy(module.state_dict()), _key(initial, gate), 0
     log.info("QAT: %d epoch(s) over %d images, batch %d, lr %g; start (PTQ point): agreement %.4f",
              settings.epochs, len(inputs), settings.batch_size, settings.lr, initial["agreement"])
     interrupted = False
@@ -230,8 +235,8 @@ def train_qat(module: Any, inputs: np.ndarray, targets: dict[str, np.ndarray], e
             log.info("QAT epoch %d/%d: loss %.4g, validation agreement %.4f%s (%.1f s)", epoch, settings.epochs,
                      total / len(inputs), metrics["agreement"],
                      f", top-1 {metrics['top1']:.4f}" if "top1" in metrics else "", time.perf_counter() - t0)
-            if _key(metrics) > best_key:
-                best, best_key, best_epoch = copy.deepcopy(module.state_dict()), _key(metrics), epoch
+            if _key(metrics, gate) > best_key:
+                best, best_key, best_epoch = copy.deepcopy(module.state_dict()), _key(metrics, gate), epoch
     except KeyboardInterrupt:
         interrupted = True
         log.warning("QAT interrupted: keeping the best state reached (epoch %d)", best_epoch)
@@ -248,9 +253,22 @@ def _loss(outputs: dict[str, Any], targets: dict[str, Any], scale: dict[str, flo
     return sum(functional.mse_loss(outputs[n] / scale[n], targets[n] / scale[n]) for n in targets)
 
 
-def _key(metrics: dict[str, Any]) -> tuple[float, float, float]:
-    """Higher is better: agreement with FP32, then the smaller drop, then the smaller sensitivity."""
-    return (round(metrics["agreement"], 9), -round(metrics["drop"], 9), -metrics["sensitivity"])
+#: ``(max drop in points, min agreement or None)``: the gate a QAT model is chosen for (`edgetl.metrics.gate`).
+Gate = tuple[float, "float | None"]
+
+
+def _passes(metrics: dict[str, Any], gate: Gate | None) -> bool:
+    from edgetl.quantize.budget import within
+
+    return gate is not None and within(metrics, gate[0], gate[1])
+
+
+def _key(metrics: dict[str, Any], gate: Gate | None = None) -> tuple[bool, float, float, float]:
+    """Higher is better: within ``gate`` first; then the smaller drop, then agreement with FP32, then the smaller
+    sensitivity. A negative drop counts as none (see `worse`), so among models that lose no accuracy the one
+    that agrees most with FP32 wins."""
+    return (_passes(metrics, gate), -round(max(metrics["drop"], 0.0), 9), round(metrics["agreement"], 9),
+            -metrics["sensitivity"])
 
 
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -258,12 +276,16 @@ def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in keys if k in metrics}
 
 
-def worse(candidate: dict[str, Any], baseline: dict[str, Any]) -> bool:
-    """Whether QAT's model is worse than PTQ's: lower agreement, a larger drop, or equal and a larger error.
+def worse(candidate: dict[str, Any], baseline: dict[str, Any], gate: Gate | None = None) -> bool:
+    """Whether QAT's model is worse than PTQ's: outside ``gate`` while PTQ is within it; otherwise (both within,
+    or both outside) lower agreement, a larger drop, or equal and a larger error. A QAT model within the gate
+    replaces a PTQ model outside it even when one of its numbers is lower: the gate is what `validate` applies.
 
     A negative drop (INT8 scoring above FP32) is counted as no drop: on a few hundred images it is a handful of
     near-ties falling the lucky way, not a quality to keep at the cost of agreement.
     """
+    if _passes(candidate, gate) != _passes(baseline, gate):
+        return _passes(baseline, gate)
     drop, base = max(candidate["drop"], 0.0), max(baseline["drop"], 0.0)
     if candidate["agreement"] < baseline["agreement"] - 1e-9 or drop > base + 1e-9:
         return True

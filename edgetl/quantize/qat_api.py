@@ -22,6 +22,7 @@ from typing import Any
 
 from edgetl.errors import BadInputError, GateFailedError
 from edgetl.lazy import lazy_import
+from edgetl.metrics.gate import default_gate
 from edgetl.quantize.api import FILES, QuantizeResult, _golden_check, _record, quantize_bundle, validation_sample
 from edgetl.quantize.int8 import TARGETS, Int8Settings
 from edgetl.quantize.qat import QatOutcome, QatSettings
@@ -62,6 +63,7 @@ def qat_bundle(
     progress: bool = False,
     strict: bool = False,
     ptq_options: Mapping[str, Any] | None = None,
+    gate: tuple[float, float | None] | None = None,
 ) -> QuantizeResult:
     """Quantization-aware fine-tuning of the bundle's model to an INT8 QDQ graph in ``target``'s format.
 
@@ -82,6 +84,9 @@ def qat_bundle(
         progress: progress bars on stderr.
         strict: a model that fails its own golden check raises `GateFailedError`.
         ptq_options: more `quantize_bundle` settings for the PTQ start (``method``, ``bias_correction``...).
+        gate: ``(max drop in points, min agreement or None)`` the model is chosen for: the best epoch is one within
+            it when any is, and a QAT model within it replaces a PTQ model outside it (default: the task's
+            `edgetl.metrics.gate.default_gate`, what ``validate`` applies; budget mode passes its budget).
 
     Raises:
         BadInputError: no dataset, classes that differ from the bundle's, a graph QAT cannot run.
@@ -108,7 +113,8 @@ def qat_bundle(
         bundle = open_bundle(bundle_dir)
         src = _ptq_reference(bundle, ptq.info, Path(tmp))
         outcome, qat_path = _fine_tune(bundle, source, settings, src, val_data=val_data or source,
-                                       val_size=val_size, seed=seed, progress=progress, numerics=numerics)
+                                       val_size=val_size, seed=seed, progress=progress, numerics=numerics,
+                                       gate=gate or default_gate(bundle.task))
     result = _write(open_bundle(bundle_dir), ptq, outcome, qat_path, settings, numerics=numerics)
     result.seconds = time.perf_counter() - start
     for note in result.warnings:
@@ -135,7 +141,8 @@ def _ptq_reference(bundle: Any, info: Mapping[str, Any], tmp: Path) -> Path:
 
 
 def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, val_data: Any, val_size: int | None,
-               seed: int, progress: bool, numerics: str) -> tuple[QatOutcome, Path | None]:
+               seed: int, progress: bool, numerics: str,
+               gate: tuple[float, float | None]) -> tuple[QatOutcome, Path | None]:
     """QAT of the bundle's PTQ graph against ``src``, the FP32 graph that PTQ quantized."""
     from edgetl.data.imagesets import balanced_indices, decode
     from edgetl.quantize.qat import (
@@ -188,14 +195,14 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, va
         return scorer(values[outputs[0]] if classify else values, sample)
 
     _, history, best_epoch, interrupted = train_qat(module, train_inputs, targets, evaluate, settings,
-                                                    classify=classify, progress=progress, start=cut)
+                                                    classify=classify, progress=progress, start=cut, gate=gate)
     path = export_module(module)
     ptq_metrics = scorer(run(ptq_path, sample.batch) if ptq_outputs is None else ptq_outputs, sample)
     qat_metrics = scorer(run(path, sample.batch), sample)
-    kept = "ptq" if worse(qat_metrics, ptq_metrics) else "qat"
+    kept = "ptq" if worse(qat_metrics, ptq_metrics, gate) else "qat"
     seconds = time.perf_counter() - t0
     outcome = QatOutcome(kept, _plain(ptq_metrics), _plain(qat_metrics), history, best_epoch, interrupted, seconds,
-                         len(decoded.batch))
+                         len(decoded.batch), gate)
     if kept == "ptq":
         shutil.rmtree(path.parent, ignore_errors=True)
         return outcome, None
@@ -305,7 +312,7 @@ def escalate(
     t1 = time.perf_counter()
     result = qat_bundle(bundle_dir, data=source, settings=settings, calib_data=calib_data, calib_size=calib_size,
                         val_data=val_data or source, val_size=val_size, seed=seed, reduce_range=reduce_range,
-                        target=target, progress=progress, ptq_options=ptq_options)
+                        target=target, progress=progress, ptq_options=ptq_options, gate=(max_drop, min_agreement))
     record = result.info.get("qat") or result.info["qat_attempt"]
     qat = record["qat"]  # the QAT model's metrics, whether or not it was written
     ok = "qat" in result.info and within(qat, max_drop, min_agreement)

@@ -24,6 +24,7 @@ from edgetl.errors import BadInputError
 from edgetl.fileio import write_json, write_text
 from edgetl.lazy import lazy_import
 from edgetl.metrics.classification import classification_agreement, latency_stats, topk_accuracy
+from edgetl.metrics.gate import GATE_MAX_MAP_DROP, GATE_MAX_TOP1_DROP, GATE_MIN_AGREEMENT
 from edgetl.runtime import artifacts
 
 trt_backend = lazy_import("edgetl.runtime.backends.tensorrt", "tensorrt", purpose="TensorRT engines")
@@ -71,11 +72,6 @@ class ValidationReport:
                 "images": self.images, "numerics": self.numerics, "created_at": self.created_at}
 
 
-#: The default validation gate (CLI, daemon swap and the demo read these): classifiers may lose at most half a
-#: top-1 point and must agree with FP32 on 99 % of the images; detectors may lose one mAP@0.5:0.95 point.
-GATE_MAX_TOP1_DROP = 0.5
-GATE_MIN_AGREEMENT = 0.99
-GATE_MAX_MAP_DROP = 1.0
 
 
 def validate_bundle(
