@@ -16,6 +16,8 @@ peak RSS from ``os.wait4``):
   ptq-7bit   : ``--reduce-range --weight-rounding nearest`` (7-bit weights on non-depthwise layers, rounded to
                nearest): PTQ that misses the gate on purpose
   qat-7bit   : ``--qat --reduce-range --weight-rounding nearest``: QAT from that start, weights kept at 7 bits
+  qat-7bit-all-layers : the same start, every layer trained (lr 1e-5, 5 epochs over every training image): the
+               errors of 7-bit weights are spread over the whole network, not only its last two layers
   ptq-7bit-gptq : ``--reduce-range``: the same 7-bit weights, rounded by GPTQ (PTQ only)
   ptq-cpu / qat-cpu : the CPU format (uint8 activations, what the demo deploys), scored in this machine's
                numerics (ONNX Runtime's fused kernels), the numerics that format is gated in
@@ -55,6 +57,8 @@ VARIANTS = {
     "ptq-nearest": ["--target", "tensorrt", "--weight-rounding", "nearest"],
     "ptq-7bit": ["--target", "tensorrt", "--reduce-range", "--weight-rounding", "nearest"],
     "qat-7bit": ["--qat", "--reduce-range", "--weight-rounding", "nearest"],
+    "qat-7bit-all-layers": ["--qat", "--reduce-range", "--weight-rounding", "nearest", "--qat-layers", "1000",
+                            "--qat-lr", "1e-5", "--qat-epochs", "5", "--qat-images", "0"],
     "ptq-7bit-gptq": ["--target", "tensorrt", "--reduce-range"],
     "ptq-cpu": ["--target", "cpu"],
     "qat-cpu": ["--qat", "--target", "cpu"],
