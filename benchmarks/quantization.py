@@ -66,6 +66,7 @@ VARIANTS = {  # name: quantize_bundle keyword arguments
     "trt": {"target": "tensorrt"},
     "trt-nearest": {"target": "tensorrt", "weight_rounding": "nearest"},
     "cpu-nearest": {"target": "cpu", "weight_rounding": "nearest"},
+    "cpu-minmax": {"target": "cpu", "method": "minmax"},
     "trt-minmax": {"target": "tensorrt", "method": "minmax"},
     "trt-uncentred": {"target": "tensorrt", "centre_activations": False},
     "cpu": {"target": "cpu"},

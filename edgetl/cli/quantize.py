@@ -19,7 +19,7 @@ from edgetl.tables import format_table
 @click.option("--calib-size", type=int, default=300, show_default=True, help="Images, seeded and class-balanced.")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="Calibration method (ranges from streamed statistics; see docs/quantize.md). "
-                   "[default: mse-unbounded for --target tensorrt, minmax for --target cpu]")
+                   "[default: mse-unbounded]")
 @click.option("--percentile", type=float, default=99.999, show_default=True, help="For --method percentile.")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales.")
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,

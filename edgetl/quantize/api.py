@@ -97,7 +97,7 @@ def quantize_bundle(
             the dataset recorded at export.
         calib_size: images drawn, seeded and class-balanced.
         method: calibration method, one of `edgetl.quantize.calibration.METHODS`; default: ``mse-unbounded``
-            for the TensorRT format, ``minmax`` for the CPU format (`edgetl.quantize.int8.DEFAULT_METHODS`).
+            for both formats (`edgetl.quantize.int8.DEFAULT_METHODS`).
         per_channel: per-channel weight scales.
         max_drop: accuracy budget in points (classifiers: top-1; detectors: mAP@0.5:0.95, scored against the
             dataset's boxes); enables the sensitivity search.

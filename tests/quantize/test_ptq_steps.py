@@ -262,7 +262,7 @@ def test_reduce_range_is_seven_bit_on_non_depthwise_layers_only(net) -> None:
 def test_default_settings_are_eight_bit_with_bias_correction() -> None:
     settings = Int8Settings()
     assert not settings.reduce_range and settings.bias_correction and settings.method == "mse-unbounded"
-    assert Int8Settings(activation_type="uint8").method == "minmax"  # each format's measured best
+    assert Int8Settings(activation_type="uint8").method == "mse-unbounded"  # each format's measured best
     assert Int8Settings(method="entropy").method == "entropy"
     assert settings.gate_numerics == "exact" and Int8Settings(activation_type="uint8").gate_numerics == "device"
     assert settings.to_dict()["weight_bits"] == 8
