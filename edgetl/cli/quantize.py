@@ -196,7 +196,7 @@ def _qat(bundle, *, precision, target, activation_type, calib_data, reduce_range
         say(format_table(["model (exact numerics)", "agreement", "drop pts"],
                          [["PTQ", record["ptq"]["agreement"], record["ptq"]["drop"]],
                           ["QAT", record["qat"]["agreement"], record["qat"]["drop"]]]))
-        say(f"kept: {'QAT' if record['kept'] == 'qat' else 'PTQ (QAT was worse)'}")
+        say(f"kept: {'QAT' if record['kept'] == 'qat' else 'PTQ (QAT did not beat it)'}")
     if steps:
         say(format_table(["step", "within budget", "drop pts", "agreement", "seconds", "float layers"],
                          [[s["step"], s["within_budget"], s["drop"], s["agreement"], s["seconds"], s["float_layers"]]

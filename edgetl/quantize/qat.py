@@ -29,6 +29,7 @@ import numpy as np
 
 from edgetl.errors import BadInputError
 from edgetl.lazy import lazy_import
+from edgetl.quantize.budget import within
 from edgetl.quantize.qat_graph import WEIGHTED_OPS
 
 torch = lazy_import("torch", "train", purpose="quantization-aware fine-tuning")
@@ -254,12 +255,10 @@ def _loss(outputs: dict[str, Any], targets: dict[str, Any], scale: dict[str, flo
 
 
 #: ``(max drop in points, min agreement or None)``: the gate a QAT model is chosen for (`edgetl.metrics.gate`).
-Gate = tuple[float, "float | None"]
+Gate = tuple[float, float | None]
 
 
 def _passes(metrics: dict[str, Any], gate: Gate | None) -> bool:
-    from edgetl.quantize.budget import within
-
     return gate is not None and within(metrics, gate[0], gate[1])
 
 
