@@ -47,7 +47,7 @@ from edgetl.tables import format_table
               help="Budget mode also requires this agreement with FP32 (top-1; detectors: matched boxes).")
 @click.option("--val-data", type=click.Path(), default=None,
               help="Labelled images for the budget (default: the validation split).")
-@click.option("--val-size", type=int, default=None,
+@click.option("--val-size", type=click.IntRange(min=1), default=None,
               help="Validation images the budget and QAT score candidates on, class-balanced and seeded (default: "
                    "every image of the validation split, the images `edgetl validate` gates on).")
 @click.option("--max-kept", type=int, default=None,

@@ -417,6 +417,8 @@ def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int |
     if images is None:
         images = find_images(source, split="val", labels=bundle.labels)
     if val_size is not None:
+        if val_size < 1:
+            raise BadInputError(f"val_size must be at least 1, got {val_size}", hint="or None for the whole split")
         images = images.subset(balanced_indices(images.labels, val_size, seed + 1))
     decoded = decode(images, bundle.preprocess, what="validation images")
     if len(decoded.batch) == 0:

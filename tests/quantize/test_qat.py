@@ -353,6 +353,8 @@ def test_cli_qat_bad_inputs(bundle_copy: Path, digits_dir: Path, tmp_path: Path)
     assert result.exit_code == 2 and "one of the two INT8 formats" in result.output
     result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--qat-epochs", "0", "--data", str(digits_dir)])
     assert result.exit_code == 2 and "--qat-epochs must be at least 1" in result.output
+    result = runner.invoke(cli, ["quantize", str(bundle_copy), "--qat", "--val-size", "0", "--data", str(digits_dir)])
+    assert result.exit_code == 2 and "--val-size" in result.output
 
 
 def test_qat_settings_zero_images_means_all_and_negative_is_refused() -> None:
