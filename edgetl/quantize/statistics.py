@@ -74,20 +74,24 @@ class TensorStats:
     zeros: int = 0
 
     def update(self, values: np.ndarray) -> None:
-        flat = np.abs(values.reshape(-1).astype(np.float32, copy=False))
+        # Most of calibration's time is spent here, on every element of every tensor of every batch: one float32
+        # copy (|x|) is scaled and clipped in place, and |x|'s maximum comes from the signed extremes.
+        flat = values.reshape(-1).astype(np.float32, copy=False)
         if flat.size == 0:
             return
-        self.lo = min(self.lo, float(values.min()))
-        self.hi = max(self.hi, float(values.max()))
-        amax = float(flat.max())
+        lo, hi = float(flat.min()), float(flat.max())
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        amax = max(-lo, hi)
         if self.edge == 0.0:
             self.edge = amax if amax > 0 else 1e-8
         while amax > self.edge:  # double the range: bin pairs merge, nothing counted is lost
             self.hist = np.concatenate([self.hist.reshape(-1, 2).sum(axis=1), np.zeros(BINS // 2, np.int64)])
             self.edge *= 2.0
-        index = np.minimum((flat * (BINS / self.edge)).astype(np.int64), BINS - 1)
-        self.hist += np.bincount(index, minlength=BINS)
-        self.zeros += int(flat.size - np.count_nonzero(flat))
+        scaled = np.abs(flat)
+        self.zeros += int(scaled.size - np.count_nonzero(scaled))
+        np.multiply(scaled, np.float32(BINS / self.edge), out=scaled)
+        np.minimum(scaled, np.float32(BINS - 1), out=scaled)  # |x| >= 0: clipping before truncation is the same
+        self.hist += np.bincount(scaled.astype(np.intp), minlength=BINS)
 
     def threshold(self, method: str, percentile: float, levels: int = SIGNED_STEPS) -> float:
         """The |x| clipping threshold of ``method`` (``minmax``: the largest magnitude); ``levels`` is the number

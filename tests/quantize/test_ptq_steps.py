@@ -75,6 +75,25 @@ def test_streamed_statistics_equal_one_pass() -> None:
     assert (streamed.lo, streamed.hi) == (once.lo, once.hi) and streamed.edge >= np.abs(large).max()
 
 
+def test_histogram_counts_every_magnitude_in_its_bin() -> None:
+    """The streamed |x| histogram against numpy's, with exact zeros, a value on the top edge and float16 input."""
+    rng = np.random.default_rng(4)
+    values = np.concatenate([np.zeros(500), np.clip(rng.standard_t(3, 20_000), -7, 7), [-7.5, 7.5]]).astype(np.float32)
+    stats = TensorStats()
+    stats.update(values.reshape(2, -1))
+    assert stats.edge == 7.5 and stats.zeros == 500
+    # Bin i holds |x| * (BINS / edge) in [i, i + 1) computed in float32, the top edge in the last bin ...
+    in_float32 = np.minimum((np.abs(values) * np.float32(BINS / 7.5)).astype(np.int64), BINS - 1)
+    assert np.array_equal(stats.hist, np.bincount(in_float32, minlength=BINS))
+    # ... which is numpy's histogram but for a value within float32 rounding of a bin edge.
+    reference, _ = np.histogram(np.abs(values), bins=BINS, range=(0.0, 7.5))
+    assert stats.hist.sum() == reference.sum() and np.abs(np.cumsum(stats.hist - reference)).max() <= 1
+    assert (stats.lo, stats.hi) == (-7.5, 7.5)
+    half = TensorStats()
+    half.update(values.astype(np.float16))
+    assert half.hist.sum() == values.size and half.zeros == 500
+
+
 def test_entropy_clips_a_heavy_tail_and_ignores_exact_zeros() -> None:
     rng = np.random.default_rng(2)
     values = np.concatenate([rng.normal(0, 1, 200_000), [60.0, -55.0]]).astype(np.float32)
