@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("int8", "fp16")
+#: How a warning about a model that fails its own golden check starts (the CLI and logs key on it).
+GOLDEN_FAILED = "GOLDEN CHECK FAILED"
 FILES = {"int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 CALIB_DIR = "calibration"
 
@@ -159,12 +161,11 @@ def quantize_bundle(
     result.seconds = time.perf_counter() - start
     check = result.info.get("golden_check")
     if check is not None and not check["passed"]:
-        result.warnings.insert(0, f"GOLDEN CHECK FAILED: the {precision} model written to {result.path} does not "
+        result.warnings.insert(0, f"{GOLDEN_FAILED}: the {precision} model written to {result.path} does not "
                                   f"match the FP32 golden outputs within the bundle's tolerance "
                                   f"({'; '.join(check['failures'])}); `bundle check`, the daemon's swap check and "
                                   f"`compile` will reject it too")
-    for note in result.warnings:
-        (log.error if note.startswith("GOLDEN CHECK FAILED") else log.warning)(note)
+    log_warnings(result.warnings)
     if strict and check is not None and not check["passed"]:
         raise GateFailedError(result.warnings[0], hint="quantize with other settings (budget mode: --max-drop), or "
                                                        "deploy another precision")
@@ -398,6 +399,13 @@ def _budget(bundle: Bundle, src: Path, full: Path, quantized: Any, model: Any, *
     return search(model, quantized, units, sample, run, max_drop=max_drop, min_agreement=min_agreement,
                   full_metrics=full_metrics, weights=_layer_params(model), max_kept=max_kept, progress=progress,
                   scorer=scorer)
+
+
+def log_warnings(warnings: list[str]) -> None:
+    """Log what a quantize result warns about (the CLI prints the log): a failed golden check as an error, since
+    `bundle check`, the daemon and `compile` will refuse that model."""
+    for note in warnings:
+        (log.error if note.startswith(GOLDEN_FAILED) else log.warning)(note)
 
 
 def validation_sample(bundle: Bundle, src: Path, source: Any, *, val_size: int | None, seed: int, numerics: str,

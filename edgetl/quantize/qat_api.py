@@ -23,7 +23,16 @@ from typing import Any
 from edgetl.errors import BadInputError, GateFailedError
 from edgetl.lazy import lazy_import
 from edgetl.metrics.gate import default_gate
-from edgetl.quantize.api import FILES, QuantizeResult, _golden_check, _record, quantize_bundle, validation_sample
+from edgetl.quantize.api import (
+    FILES,
+    GOLDEN_FAILED,
+    QuantizeResult,
+    _golden_check,
+    _record,
+    log_warnings,
+    quantize_bundle,
+    validation_sample,
+)
 from edgetl.quantize.int8 import TARGETS, Int8Settings
 from edgetl.quantize.qat import QatOutcome, QatSettings
 
@@ -117,8 +126,7 @@ def qat_bundle(
                                        gate=gate or default_gate(bundle.task))
     result = _write(open_bundle(bundle_dir), ptq, outcome, qat_path, settings, numerics=numerics)
     result.seconds = time.perf_counter() - start
-    for note in result.warnings:
-        (log.error if note.startswith("GOLDEN CHECK FAILED") else log.warning)(note)
+    log_warnings(result.warnings)
     check = result.info.get("golden_check")
     if strict and check is not None and not check["passed"]:
         raise GateFailedError(f"the INT8 model at {result.path} fails the bundle's golden check: "
@@ -242,10 +250,10 @@ def _write(bundle: Any, ptq: QuantizeResult, outcome: QatOutcome, path: Path | N
     bundle.add_artifact(out, kind="onnx", precision="int8", created_by="quantize", info=info)
     _record(bundle, "int8", info)
     bundle.save()
-    warnings = [w for w in ptq.warnings if not w.startswith("GOLDEN CHECK FAILED")]
+    warnings = [w for w in ptq.warnings if not w.startswith(GOLDEN_FAILED)]
     check = info["golden_check"]
     if check is not None and not check["passed"]:
-        warnings.insert(0, f"GOLDEN CHECK FAILED: the QAT model written to {out} does not match the FP32 golden "
+        warnings.insert(0, f"{GOLDEN_FAILED}: the QAT model written to {out} does not match the FP32 golden "
                            f"outputs within the bundle's tolerance ({'; '.join(check['failures'])})")
     return QuantizeResult(bundle.root, out, "int8", info, warnings=warnings)
 
