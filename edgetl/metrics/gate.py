@@ -13,7 +13,10 @@ GATE_MIN_AGREEMENT = 0.99
 #: Detectors may lose one mAP@0.5:0.95 point.
 GATE_MAX_MAP_DROP = 1.0
 
+#: ``(max drop in points, min agreement or None)``.
+Gate = tuple[float, float | None]
 
-def default_gate(task: str) -> tuple[float, float | None]:
+
+def default_gate(task: str) -> Gate:
     """``(max drop in points, min agreement or None)`` of ``task``'s default gate."""
     return (GATE_MAX_MAP_DROP, None) if task == "detect" else (GATE_MAX_TOP1_DROP, GATE_MIN_AGREEMENT)

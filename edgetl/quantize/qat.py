@@ -29,6 +29,7 @@ import numpy as np
 
 from edgetl.errors import BadInputError
 from edgetl.lazy import lazy_import
+from edgetl.metrics.gate import Gate
 from edgetl.quantize.budget import within
 from edgetl.quantize.qat_graph import WEIGHTED_OPS
 
@@ -121,7 +122,7 @@ class QatOutcome:
     interrupted: bool = False
     seconds: float = 0.0
     images: int = 0
-    gate: tuple[float, float | None] | None = None
+    gate: Gate | None = None
 
     def to_dict(self) -> dict[str, Any]:
         gate = None if self.gate is None else {"max_drop": self.gate[0], "min_agreement": self.gate[1]}
@@ -254,10 +255,6 @@ def _loss(outputs: dict[str, Any], targets: dict[str, Any], scale: dict[str, flo
     return sum(functional.mse_loss(outputs[n] / scale[n], targets[n] / scale[n]) for n in targets)
 
 
-#: ``(max drop in points, min agreement or None)``: the gate a QAT model is chosen for (`edgetl.metrics.gate`).
-Gate = tuple[float, float | None]
-
-
 def _passes(metrics: dict[str, Any], gate: Gate | None) -> bool:
     return gate is not None and within(metrics, gate[0], gate[1])
 
@@ -288,8 +285,26 @@ def worse(candidate: dict[str, Any], baseline: dict[str, Any], gate: Gate | None
     drop, base = max(candidate["drop"], 0.0), max(baseline["drop"], 0.0)
     if candidate["agreement"] < baseline["agreement"] - 1e-9 or drop > base + 1e-9:
         return True
-    same = abs(candidate["agreement"] - baseline["agreement"]) <= 1e-9 and abs(drop - base) <= 1e-9
-    return same and candidate["sensitivity"] > baseline["sensitivity"]
+    return _tied(candidate, baseline) and candidate["sensitivity"] > baseline["sensitivity"]
+
+
+def _tied(candidate: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    """The same agreement and the same drop (a negative drop counting as none, see `worse`)."""
+    return abs(candidate["agreement"] - baseline["agreement"]) <= 1e-9 \
+        and abs(max(candidate["drop"], 0.0) - max(baseline["drop"], 0.0)) <= 1e-9
+
+
+def why_worse(candidate: dict[str, Any], baseline: dict[str, Any], gate: Gate | None = None) -> str:
+    """Why `worse` found QAT's model worse than PTQ's, for the warning that PTQ is kept."""
+    if gate is not None and _passes(baseline, gate) and not _passes(candidate, gate):
+        bound = f"drop <= {gate[0]:g} points" + ("" if gate[1] is None else f", agreement >= {gate[1]:g}")
+        return (f"PTQ is within the gate ({bound}) and QAT is not: agreement {candidate['agreement']:.4f} vs "
+                f"{baseline['agreement']:.4f}, drop {candidate['drop']:.2f} vs {baseline['drop']:.2f} points")
+    if _tied(candidate, baseline):
+        return (f"the same agreement ({candidate['agreement']:.4f}) and drop, with a larger output error "
+                f"({candidate['sensitivity']:.4g} vs {baseline['sensitivity']:.4g})")
+    return (f"agreement {candidate['agreement']:.4f} vs {baseline['agreement']:.4f}, drop {candidate['drop']:.2f} "
+            f"vs {baseline['drop']:.2f} points")
 
 
 def loss_tensors(quantized: Any, reference: Any, task: str) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from edgetl.errors import BadInputError, GateFailedError
 from edgetl.lazy import lazy_import
-from edgetl.metrics.gate import default_gate
+from edgetl.metrics.gate import Gate, default_gate
 from edgetl.quantize.api import (
     FILES,
     GOLDEN_FAILED,
@@ -34,7 +34,7 @@ from edgetl.quantize.api import (
     validation_sample,
 )
 from edgetl.quantize.int8 import TARGETS, Int8Settings
-from edgetl.quantize.qat import QatOutcome, QatSettings
+from edgetl.quantize.qat import QatOutcome, QatSettings, why_worse
 
 onnx = lazy_import("onnx", "train", purpose="quantization-aware fine-tuning")
 
@@ -72,7 +72,7 @@ def qat_bundle(
     progress: bool = False,
     strict: bool = False,
     ptq_options: Mapping[str, Any] | None = None,
-    gate: tuple[float, float | None] | None = None,
+    gate: Gate | None = None,
 ) -> QuantizeResult:
     """Quantization-aware fine-tuning of the bundle's model to an INT8 QDQ graph in ``target``'s format.
 
@@ -150,7 +150,7 @@ def _ptq_reference(bundle: Any, info: Mapping[str, Any], tmp: Path) -> Path:
 
 def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, val_data: Any, val_size: int | None,
                seed: int, progress: bool, numerics: str,
-               gate: tuple[float, float | None]) -> tuple[QatOutcome, Path | None]:
+               gate: Gate) -> tuple[QatOutcome, Path | None]:
     """QAT of the bundle's PTQ graph against ``src``, the FP32 graph that PTQ quantized."""
     from edgetl.data.imagesets import balanced_indices, decode
     from edgetl.quantize.qat import (
@@ -225,13 +225,7 @@ def _write(bundle: Any, ptq: QuantizeResult, outcome: QatOutcome, path: Path | N
     qat_info = {**settings.to_dict(), **outcome.to_dict()}
     out = bundle.root / FILES["int8"]
     if path is None:
-        q, p = outcome.qat, outcome.ptq
-        if abs(q["agreement"] - p["agreement"]) <= 1e-9 and abs(max(q["drop"], 0) - max(p["drop"], 0)) <= 1e-9:
-            why = (f"the same agreement ({q['agreement']:.4f}) and drop, with a larger output error "
-                   f"({q['sensitivity']:.4g} vs {p['sensitivity']:.4g})")
-        else:
-            why = (f"agreement {q['agreement']:.4f} vs {p['agreement']:.4f}, drop {q['drop']:.2f} vs "
-                   f"{p['drop']:.2f} points")
+        why = why_worse(outcome.qat, outcome.ptq, outcome.gate)
         note = f"QAT did not beat PTQ on the validation images ({why}); the PTQ model is kept in {out}"
         info = {**ptq.info, "qat_attempt": qat_info}
         _record(bundle, "int8", info)

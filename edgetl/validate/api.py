@@ -72,8 +72,6 @@ class ValidationReport:
                 "images": self.images, "numerics": self.numerics, "created_at": self.created_at}
 
 
-
-
 def validate_bundle(
     bundle_dir: str | Path,
     *,

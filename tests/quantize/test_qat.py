@@ -196,7 +196,7 @@ def test_best_epoch_is_one_within_the_gate(tmp_path: Path, gate, expected: int) 
 
 
 def test_a_qat_model_within_the_gate_replaces_ptq_outside_it() -> None:
-    from edgetl.quantize.qat import worse
+    from edgetl.quantize.qat import why_worse, worse
 
     ptq = {"agreement": 0.9867, "drop": 0.0, "sensitivity": 0.01}  # fails agreement >= 0.99
     qat = {"agreement": 0.9967, "drop": 0.33, "sensitivity": 0.008}  # within a 0.5-point gate
@@ -204,6 +204,11 @@ def test_a_qat_model_within_the_gate_replaces_ptq_outside_it() -> None:
     assert not worse(qat, ptq, (0.5, 0.99))
     assert worse(qat, ptq, (0.2, 0.99))  # both outside a 0.2-point gate: the usual rule
     assert worse(ptq, qat, (0.5, 0.99))  # and never the other way round
+    # The warning that keeps PTQ says which rule decided.
+    assert why_worse(ptq, qat, (0.5, 0.99)).startswith("PTQ is within the gate (drop <= 0.5 points, agreement >= "
+                                                        "0.99) and QAT is not")
+    assert why_worse(qat, ptq, (0.2, 0.99)).startswith("agreement 0.9967 vs 0.9867, drop 0.33 vs 0.00")
+    assert why_worse({**ptq, "sensitivity": 0.02}, ptq).startswith("the same agreement (0.9867) and drop")
 
 
 def test_unsupported_op_is_named(tmp_path: Path) -> None:
