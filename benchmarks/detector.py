@@ -49,7 +49,8 @@ def _infer_fn(backend: Any):
 
 
 def _map_of(bundle_dir: Path, candidate: str, data: Path, threads: int) -> dict[str, Any]:
-    """mAP of the FP32 reference and a candidate ONNX graph on the val split, same images and code."""
+    """mAP of the FP32 reference and a candidate ONNX graph on the val split, same images and code; the candidate
+    (the TensorRT format) in exact numerics, the numerics it is gated in and the ones QAT's rows are scored in."""
     from edgetl.bundle.manifest import open_bundle
     from edgetl.detect.evaluate import eval_postprocess
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -58,7 +59,7 @@ def _map_of(bundle_dir: Path, candidate: str, data: Path, threads: int) -> dict[
     bundle = open_bundle(bundle_dir)
     post = eval_postprocess(bundle.manifest["postprocess"])
     with OnnxRuntimeBackend(bundle_dir / "model.onnx", device="cpu", threads=threads) as ref, \
-            OnnxRuntimeBackend(bundle_dir / candidate, device="cpu", threads=threads) as cand:
+            OnnxRuntimeBackend(bundle_dir / candidate, device="cpu", threads=threads, numerics="exact") as cand:
         return validate_detection(_infer_fn(ref), _infer_fn(cand), str(data), bundle.preprocess, post, bundle.labels)
 
 
