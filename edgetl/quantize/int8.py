@@ -29,8 +29,6 @@ import numpy as np
 from edgetl.errors import BadInputError
 from edgetl.lazy import lazy_import
 
-log = logging.getLogger(__name__)
-
 ACTIVATION_TYPES = ("int8", "uint8")
 #: Deployment targets and the activation type each runs best.
 TARGETS = {"tensorrt": "int8", "cpu": "uint8"}
@@ -207,14 +205,12 @@ def support_report(model: Any) -> dict[str, Any]:
 
 
 def check_support(model: Any) -> dict[str, Any]:
-    """Warn about ops without INT8 kernels; refuse a graph with no layer to quantize."""
+    """Refuse a graph with no layer to quantize; the report counts the ops without INT8 kernels (the caller's
+    warnings name them: `edgetl.quantize.api`)."""
     report = support_report(model)
     if not report["layers"]:
         raise BadInputError("the model has no Conv/Gemm/MatMul layer that INT8 quantization applies to",
                             hint="use --precision fp16 for this model")
-    if report["float_only_nodes"]:
-        what = ", ".join(f"{op} x{n}" for op, n in report["float_only_ops"].items())
-        log.warning("%d node(s) have no INT8 kernel and stay in float (%s)", report["float_only_nodes"], what)
     if any(not name for name in report["layers"]):
         raise BadInputError("the graph has unnamed layers; re-export it with `edgetl export`")
     return report

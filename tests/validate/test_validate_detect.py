@@ -89,6 +89,10 @@ def test_quantize_budget_on_detector_scores_map(det_copy: Path):
     assert step0["unit"] is None and {"map", "map50", "reference_map", "drop", "agreement"} <= set(step0)
     assert step0["drop"] == pytest.approx(100.0 * (step0["reference_map"] - step0["map"]))
     assert isinstance(budget["kept_layers"], list) and budget["within_budget"] == (res.exit_code == 0)
+    # The decode tail's ops have no INT8 kernel: said once on stderr (the quantizer's warning, not also a log line
+    # of its own), and in the document.
+    assert sum("no INT8 kernel" in line for line in res.stderr.splitlines()) == 1
+    assert sum("no INT8 kernel" in w for w in json.loads(res.stdout)["warnings"]) == 1
 
 
 @pytest.mark.slow
