@@ -1,9 +1,11 @@
 """INT8 quantization benchmark: accuracy in each numerics, speed and quantize cost, before and after, one run.
 
-Model: the ImageNet-pretrained EfficientNet-Lite0 itself, on real photos shipped with scikit-image. The photos
-are split in two disjoint halves: random crops of one half calibrate (300), random crops of the other are
-evaluated (400), so no evaluated pixel was seen in calibration. The score is top-1 agreement with FP32 (the
-photos have no ImageNet labels), in two numerics:
+Model: the ImageNet-pretrained EfficientNet-Lite0 itself (``--model`` names another registered classifier, e.g.
+``mobilenetv3_large_100``, whose ImageNet weights come from its offline source or ``--weights FILE``; edgetl never
+downloads them, so without them the run stops and says where to put them), on real photos shipped with
+scikit-image. The photos are split in two disjoint halves: random crops of one half calibrate (300), random crops
+of the other are evaluated (400), so no evaluated pixel was seen in calibration. The score is top-1 agreement with
+FP32 (the photos have no ImageNet labels), in two numerics:
 
 - ``exact``: ONNX Runtime with graph optimizations off, every DequantizeLinear feeding a float op: the QDQ
   graph's integer-exact result, what TensorRT and VNNI/AMX CPUs compute;
@@ -37,8 +39,9 @@ in the same run. Quantize cost: the first quantize (streamed calibration on 300 
 in a child process, its wall time and own peak RSS (VmHWM) recorded.
 
     python benchmarks/quantization.py [--out /tmp/edgetl-qbench] [--iters 40] [--modelopt-python PY]
+    python benchmarks/quantization.py --model mobilenetv3_large_100 [--weights FILE]
 
-Writes benchmarks/results/quantization.json.
+Writes benchmarks/results/quantization.json (``quantization-MODEL.json`` for another ``--model``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.fileio import write_json
+from edgetl.models.registry import DEFAULT_MODEL
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
           "colorwheel", "camera", "moon", "page", "text", "horse", "clock", "coins", "brick", "grass", "gravel",
@@ -111,7 +115,7 @@ def photo_crops(work: Path) -> tuple[Path, Path]:
     return calib, evaluation
 
 
-def fp32_bundle(work: Path, calib: Path) -> Path:
+def fp32_bundle(work: Path, calib: Path, name: str = DEFAULT_MODEL, weights: str = "pretrained") -> Path:
     from edgetl.export import export_checkpoint
     from edgetl.models import create, get_model_info
     from edgetl.train.checkpoint import CheckpointMeta, save_checkpoint
@@ -120,9 +124,9 @@ def fp32_bundle(work: Path, calib: Path) -> Path:
     if (bundle / "manifest.json").is_file():
         return bundle
     ckpt = work / "imagenet.pt"
-    model = create("efficientnet_lite0").eval()
-    meta = CheckpointMeta(task="classify", model="efficientnet_lite0", labels=[f"in1k_{i}" for i in range(1000)],
-                          preprocess=get_model_info("efficientnet_lite0").preprocess_spec())
+    model = create(name, weights=weights).eval()
+    meta = CheckpointMeta(task="classify", model=name, labels=[f"in1k_{i}" for i in range(1000)],
+                          preprocess=get_model_info(name).preprocess_spec())
     save_checkpoint(ckpt, model.state_dict(), meta)
     export_checkpoint(ckpt, bundle, parity_data=calib, overwrite=True)
     return bundle
@@ -294,20 +298,31 @@ def timings(paths: dict, one: np.ndarray, iters: int, rounds: int = 5) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="/tmp/edgetl-qbench")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="a registered ImageNet classifier")
+    parser.add_argument("--weights", default="pretrained",
+                        help="its ImageNet weights: 'pretrained' (the offline source) or a state dict file")
+    parser.add_argument("--out", default=None, help="working directory (default /tmp/edgetl-qbench[-MODEL])")
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--modelopt-python", default=os.environ.get("EDGETL_MODELOPT_PYTHON"),
                         help="a Python with nvidia-modelopt[onnx] installed: adds Model Optimizer's PTQ as a reference")
     args = parser.parse_args()
     from edgetl.bundle import open_bundle
     from edgetl.data.imagesets import decode, find_images
+    from edgetl.errors import EdgetlError
+    from edgetl.models import get_model_info
     from edgetl.runtime.cpu import describe
 
-    work = Path(args.out)
+    suffix = "" if args.model == DEFAULT_MODEL else f"-{args.model}"
+    work = Path(args.out or f"/tmp/edgetl-qbench{suffix}")
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     calib, evaluation = photo_crops(work)
-    exported = fp32_bundle(work, calib)
+    try:
+        exported = fp32_bundle(work, calib, args.model, args.weights)
+    except EdgetlError as exc:  # no offline weights for this model: say where to put them
+        print(exc, file=sys.stderr)
+        return 2
+    title = f"{get_model_info(args.model).description.split(' ')[0].rstrip(':')} (ImageNet)"
     base = work / "base"  # a fresh copy of the export: the first quantize measures the whole cost
     shutil.rmtree(base, ignore_errors=True)
     shutil.copytree(exported, base)
@@ -341,12 +356,12 @@ def main() -> int:
                   batch[:1], args.iters)
     for name in ("before-trt", "before-cpu", "trt", "cpu"):
         rows[name]["b1_speedup_vs_ort_fp32"] = p50["fp32"] / p50[name]
-    results = {"model": "efficientnet_lite0 (ImageNet)", "images": int(len(batch)), "calibration_images": 300,
+    results = {"model": title, "images": int(len(batch)), "calibration_images": 300,
                "reference_quantizer_cost": reference_cost,
                "fp32_top1_top2_margin_percentiles": dict(zip(("p5", "p10", "p25", "p50"), margins)),
                "machine": describe(), "rows": rows, "p50_ms_batch1": p50, "quantize": quantize_info,
                "seconds": time.perf_counter() - t_start}
-    lines = [f"EfficientNet-Lite0 (ImageNet), {len(batch)} photo crops, top-1 agreement with FP32; "
+    lines = [f"{title}, {len(batch)} photo crops, top-1 agreement with FP32; "
              f"machine: {describe()}",
              "| variant | exact | this machine | exact, margin above p25 | exact logit RMSE | b1 vs ORT FP32 "
              "| size MB |",
@@ -366,7 +381,7 @@ def main() -> int:
         if "seconds" in cost:
             lines.append(f"{name}: {cost['seconds']:.0f} s, peak RSS {cost['peak_rss_mb']:.0f} MB")
     results["table"] = "\n".join(lines)
-    out = Path(__file__).parent / "results" / "quantization.json"
+    out = Path(__file__).parent / "results" / f"quantization{suffix}.json"
     write_json(out, results)
     print(results["table"])
     print(f"\nwritten {out}")
