@@ -23,6 +23,7 @@ layout that ONNX Runtime and TensorRT's explicit INT8 already accept from PTQ.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,34 @@ class QdqModule:
             BadInputError: an op this module does not run, or a Q/DQ layout it does not recognise.
         """
         return _build_module_class()(quantized, reference)
+
+
+@functools.lru_cache(maxsize=1)
+def fake_quant() -> Any:
+    """The autograd function QAT quantizes activations with: ``fake_quant().apply(x, scale, zero_point, qmin, qmax)``
+    (built on first use: torch is imported lazily)."""
+
+    class _FakeQuant(torch.autograd.Function):
+        """``torch.fake_quantize_per_tensor_affine``, the same values and the same straight-through gradient, from
+        vectorised elementwise ops. PyTorch's CPU kernel for it took a third of a detector's QAT step, and the
+        backward's ``where`` another tenth; on one thread and an 8 x 96 x 64 x 64 tensor it takes 10.1 ms forward
+        and 16.4 ms with the backward, against 3.8 and 6.0 ms here."""
+
+        @staticmethod
+        def forward(ctx: Any, x: Any, scale: float, zero_point: int, qmin: int, qmax: int) -> Any:
+            # PyTorch's kernel multiplies by the float32 reciprocal and rounds half to even, as torch.round does.
+            inverse = float(np.float32(1.0) / np.float32(scale))
+            q = torch.round(x * inverse)
+            low, high = qmin - zero_point, qmax - zero_point
+            ctx.save_for_backward((q >= low) & (q <= high))
+            return q.clamp_(low, high).mul_(scale)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple[Any, None, None, None, None]:
+            (inside,) = ctx.saved_tensors
+            return grad * inside, None, None, None, None
+
+    return _FakeQuant
 
 
 def _build_module_class() -> type:
@@ -184,8 +213,11 @@ def _build_module_class() -> type:
             """The graph's outputs by name, and the intermediate tensors named in ``extra``.
 
             ``start=(index, tensor)`` (a `cut_points` entry) runs only the nodes after ``index``, with ``x`` as
-            the value of ``tensor``: the tail of the graph, from a cached prefix.
+            the value of ``tensor``: the tail of the graph, from a cached prefix. Images run channels-last, the
+            layout oneDNN's convolutions are fastest in (9 % less time per detector QAT step on one thread).
             """
+            if x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             wanted = list(dict.fromkeys([*self.output_names, *(extra or [])]))
             env: dict[str, Any] = {self.input_names[0] if start is None else start[1]: x}
             self.run_nodes(self.nodes if start is None else self.tail(start[0]), env, keep=set(wanted))
@@ -276,7 +308,7 @@ def _build_module_class() -> type:
             x = [self.value(n, env) if n else None for n in node.input]
             if op == "QuantizeLinear":
                 scale, zp, qmin, qmax = self.activation_qdq[node.output[0]]
-                return [torch.fake_quantize_per_tensor_affine(x[0], scale, zp, qmin, qmax)]
+                return [fake_quant().apply(x[0], scale, zp, qmin, qmax)]
             if op == "Conv":
                 if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
                     raise BadInputError(f"{node.name}: automatic Conv padding is not supported by QAT",

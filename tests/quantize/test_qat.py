@@ -108,6 +108,28 @@ def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> 
         assert inits[q.input[1]].size == 1 and inits[q.input[2]].dtype == np.int8 and inits[q.input[2]] == 0
 
 
+@pytest.mark.parametrize(("scale", "zero_point", "qmin", "qmax"), [(0.05, 0, -128, 127), (0.0371, 131, 0, 255)])
+def test_activation_fake_quant_is_torchs_own(scale: float, zero_point: int, qmin: int, qmax: int) -> None:
+    """QAT's activation quantizer gives torch.fake_quantize_per_tensor_affine's values and gradient, bit for bit,
+    ties and both clipped ends included, in either memory layout."""
+    import torch
+
+    from edgetl.quantize.qat_graph import fake_quant
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(0, 4, (2, 5, 6, 7)).astype(np.float32))
+    x.view(-1)[:40] = torch.arange(-20, 20, dtype=torch.float32) * (scale / 2)  # exact half steps: ties
+    grad = torch.from_numpy(rng.normal(0, 1, x.shape).astype(np.float32))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        ours, theirs = (x.clone(memory_format=layout).requires_grad_() for _ in range(2))
+        out = fake_quant().apply(ours, scale, zero_point, qmin, qmax)
+        ref = torch.fake_quantize_per_tensor_affine(theirs, scale, zero_point, qmin, qmax)
+        out.backward(grad)
+        ref.backward(grad)
+        assert torch.equal(out, ref) and torch.equal(ours.grad, theirs.grad)
+        assert 0 < int((ours.grad == 0).sum()) < x.numel()  # some values clipped, most not
+
+
 def test_cpu_format_export_reproduces_the_fake_quant_module(tmp_path: Path) -> None:
     """The CPU format: uint8 activations with zero points, the ReLU6 folded into the Q range that follows it."""
     batch = np.random.default_rng(2).normal(0, 1, (16, 3, 9, 9)).astype(np.float32)
