@@ -1,0 +1,274 @@
+"""What bounds the TensorRT format's exact agreement on ImageNet EfficientNet-Lite0, and what the remaining
+remedies do, measured.
+
+The same model, crops and default TensorRT-format bundle as `benchmarks/quantization.py` (it builds them if
+missing), scored in exact numerics (ONNX Runtime, graph optimizations off) against FP32 on the 400 evaluation crops:
+
+1. **Agreement against logit error.** The default model's own logit error, scaled down by a factor, added to
+   the FP32 logits: the agreement each logit RMSE buys on this set of crops, and the RMSE that 95 % needs.
+2. **The activation floor.** Every weight and bias back in FP32, every activation pair kept: what no weight-side
+   step (GPTQ, bias correction, QAT of the weights) can exceed.
+3. **Remedies on the activation side**:
+   - *equalization* is exact only on the linear streams (projection outputs, residual sums): each such tensor's
+     largest per-channel range against its median channel's (on the calibration crops): how much of the int8
+     step a per-channel rescaling could give back;
+   - *clipping the ReLU6 outputs* below 6: the bound of least squared rounding-and-clipping error for each
+     centred ReLU6 output (values subsampled), against 6;
+   - *sequential empirical bias correction* (the form AIMET and Nagel et al. 2019 describe): layer by layer in
+     graph order, each bias absorbs the difference between the layer's mean output in the quantized graph (every
+     layer before it quantized and already corrected) and in FP32, on 64 calibration crops. On the default model
+     and on the activation-only one.
+
+    python benchmarks/int8_limits.py [--work /tmp/edgetl-qbench]
+
+Writes benchmarks/results/int8_limits.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.fileio import write_json
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+RESULTS = Path(__file__).parent / "results" / "int8_limits.json"
+#: Calibration crops for the means of sequential bias correction.
+BC_IMAGES = 64
+SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+
+
+def _session(model: Any) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def channel_means(model: Any, tensors: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel means of ``tensors`` (axis 1) over ``batch``, in exact numerics."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
+    session = _session(probe)
+    name = model.graph.input[0].name
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    for k in range(0, len(batch), 16):
+        for tensor, value in zip(tensors, session.run(None, {name: batch[k:k + 16]}), strict=True):
+            value = value.astype(np.float64).reshape(value.shape[0], value.shape[1], -1)
+            sums[tensor] = sums.get(tensor, 0.0) + value.mean(axis=2).sum(axis=0)
+        count += len(batch[k:k + 16])
+    return {t: s / count for t, s in sums.items()}
+
+
+def _upstream(model: Any, tensor: str) -> Any:
+    """``model`` cut after ``tensor``: only the nodes it depends on, ``tensor`` the one output."""
+    import onnx
+
+    nodes = list(model.graph.node)
+    producer = {out: k for k, n in enumerate(nodes) for out in n.output}
+    keep: set[int] = set()
+    todo = [tensor]
+    while todo:
+        k = producer.get(todo.pop())
+        if k is None or k in keep:
+            continue
+        keep.add(k)
+        todo.extend(nodes[k].input)
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    del cut.graph.node[:]
+    cut.graph.node.extend(n for k, n in enumerate(nodes) if k in keep)
+    del cut.graph.output[:]
+    cut.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    return cut
+
+
+def sequential_bias_correction(quantized: Any, reference: Any, batch: np.ndarray) -> tuple[Any, float]:
+    """A copy of ``quantized`` whose biases absorb each layer's mean output error, layer by layer; and the seconds."""
+    import onnx
+    from onnx import numpy_helper
+
+    t0 = time.perf_counter()
+    model = onnx.ModelProto()
+    model.CopyFrom(quantized)
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    ref_nodes = {n.name: n for n in reference.graph.node}
+    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]
+              and n.name in ref_nodes]
+    fp32 = channel_means(reference, [ref_nodes[n.name].output[0] for n in layers], batch)
+    for node in layers:
+        mean = channel_means(_upstream(model, node.output[0]), [node.output[0]], batch)[node.output[0]]
+        shift = mean - fp32[ref_nodes[node.name].output[0]]
+        dq = producer.get(node.input[2])
+        if dq is not None and dq.op_type == "DequantizeLinear":  # int32 bias and its scale
+            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+            codes = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+            safe = np.where(scale > 0, scale, 1.0)
+            new = np.clip(np.round((codes * scale - shift) / safe), -(2**31), 2**31 - 1).astype(np.int32)
+            inits[dq.input[0]].CopyFrom(numpy_helper.from_array(new, dq.input[0]))
+        elif node.input[2] in inits:
+            bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) - shift
+            inits[node.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), node.input[2]))
+    return model, time.perf_counter() - t0
+
+
+def agreement_by_rmse(reference: np.ndarray, logits: np.ndarray) -> list[dict[str, float]]:
+    error = logits - reference
+    top = reference.argmax(1)
+    rmse = float(np.sqrt(np.mean(error ** 2)))
+    return [{"scale": s, "logit_rmse": round(rmse * s, 4),
+             "agreement": float(np.mean((reference + s * error).argmax(1) == top))} for s in SCALES]
+
+
+def linear_stream_ranges(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
+    """Largest over median per-channel |x| maximum of every tensor on a linear stream."""
+    import onnx
+
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    tensors = [n.output[0] for n in model.graph.node
+               if n.op_type == "Add" or (n.op_type == "Conv" and readers.get(n.output[0])
+                                         and set(readers[n.output[0]]) <= {"Conv", "Add"})]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
+    session = _session(probe)
+    name = model.graph.input[0].name
+    peak: dict[str, np.ndarray] = {}
+    for k in range(0, len(batch), 16):
+        values = session.run(None, {name: batch[k:k + 16]})[len(model.graph.output):]
+        for tensor, value in zip(tensors, values, strict=True):
+            peak[tensor] = np.maximum(peak.get(tensor, 0.0), np.abs(value).max(axis=(0, 2, 3)))
+    return [{"tensor": t, "channels": len(p), "max_over_median": round(float(p.max() / np.median(p)), 2)}
+            for t, p in peak.items()]
+
+
+def relu6_clip_bounds(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
+    """For each ReLU6 output: the bound in (0, 6] of least squared error for 254 int8 steps over [0, bound]."""
+    import onnx
+
+    tensors = [n.output[0] for n in model.graph.node if n.op_type == "Clip"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
+    session = _session(probe)
+    name = model.graph.input[0].name
+    samples: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    for k in range(0, len(batch), 16):
+        values = session.run(None, {name: batch[k:k + 16]})[len(model.graph.output):]
+        for tensor, value in zip(tensors, values, strict=True):
+            samples[tensor].append(value.ravel()[::7].astype(np.float64))
+    grid = np.linspace(0.5, 6.0, 45)
+    rows = []
+    for tensor, parts in samples.items():
+        x = np.concatenate(parts)
+
+        def mse(bound: float, x: np.ndarray = x) -> float:
+            step = bound / 254
+            return float(np.mean((np.clip(np.round(x / step), 0, 254) * step - x) ** 2))
+
+        errors = [mse(b) for b in grid]
+        best = int(np.argmin(errors))
+        rows.append({"tensor": tensor, "best_bound": round(float(grid[best]), 2),
+                     "error_vs_bound_6": round(errors[best] / mse(6.0), 3)})
+    return rows
+
+
+def main() -> int:
+    import onnx
+    from int8_error_sources import float_weights, run
+    from quantization import fp32_bundle, photo_crops
+
+    from edgetl.bundle import open_bundle
+    from edgetl.data.imagesets import decode, find_images
+    from edgetl.quantize import quantize_bundle
+    from edgetl.quantize.int8 import Int8Settings
+    from edgetl.quantize.shift import int8_reference
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/edgetl-qbench")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    calib_dir, eval_dir = photo_crops(work)
+    exported = fp32_bundle(work, calib_dir)
+    bundle_dir = work / "trt"
+    if not (bundle_dir / "model.int8.onnx").is_file():
+        import shutil
+
+        shutil.copytree(exported, bundle_dir)
+        quantize_bundle(bundle_dir, "int8", calib_data=calib_dir, calib_size=300, target="tensorrt")
+    bundle = open_bundle(exported, verify=False)
+    calib = decode(find_images(calib_dir, split="all"), bundle.preprocess).batch[:BC_IMAGES]
+    batch = decode(find_images(eval_dir, split="all"), bundle.preprocess).batch[:400]
+    fp32 = onnx.load(str(exported / "model.onnx"))
+    reference_graph = int8_reference(fp32, Int8Settings())[0]  # the centred graph the TensorRT format quantizes
+    reference = run(fp32, batch)
+    default = onnx.load(str(bundle_dir / "model.int8.onnx"))
+
+    def score(model: Any) -> dict[str, float]:
+        logits = run(model, batch)
+        return {"agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+                "logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4)}
+
+    default_logits = run(default, batch)
+    curve = agreement_by_rmse(reference, default_logits)
+    activations_only = float_weights(default, reference_graph)
+    corrected, bc_seconds = sequential_bias_correction(default, reference_graph, calib)
+    corrected_acts, _ = sequential_bias_correction(activations_only, reference_graph, calib)
+    rows = {
+        "default (TensorRT format)": score(default),
+        "default + sequential bias correction": {**score(corrected), "seconds": round(bc_seconds, 1)},
+        "activations only (weights FP32)": score(activations_only),
+        "activations only + sequential bias correction": score(corrected_acts),
+    }
+    ranges = linear_stream_ranges(fp32, calib)
+    bounds = relu6_clip_bounds(fp32, calib)
+    needed = next((c["logit_rmse"] for c in curve if c["agreement"] >= 0.95), None)
+    result = {
+        "benchmark": "int8_limits", "command": "python benchmarks/int8_limits.py",
+        "model": "efficientnet_lite0 (ImageNet)", "format": "tensorrt (int8 activations), exact numerics",
+        "images": int(len(batch)), "bias_correction_images": int(len(calib)), "rows": rows,
+        "agreement_by_logit_rmse": curve, "logit_rmse_for_95_percent": needed,
+        "linear_stream_channel_ranges": {
+            "tensors": len(ranges), "max_over_median_largest": max(r["max_over_median"] for r in ranges),
+            "max_over_median_median": float(np.median([r["max_over_median"] for r in ranges])), "each": ranges},
+        "relu6_clip": {"tensors": len(bounds), "best_below_6": sum(b["best_bound"] < 6.0 for b in bounds),
+                       "smallest_error_ratio": min(b["error_vs_bound_6"] for b in bounds), "each": bounds},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    lines = ["| model | agreement | logit RMSE |", "|---|---|---|"]
+    lines += [f"| {name} | {100 * r['agreement']:.2f} % | {r['logit_rmse']} |" for name, r in rows.items()]
+    lines.append("agreement at the default model's logit error scaled: "
+                 + ", ".join(f"RMSE {c['logit_rmse']}: {100 * c['agreement']:.1f} %" for c in curve))
+    lines.append(f"linear-stream tensors: largest channel range / median channel's, largest "
+                 f"{result['linear_stream_channel_ranges']['max_over_median_largest']}, median "
+                 f"{result['linear_stream_channel_ranges']['max_over_median_median']:.2f} ({len(ranges)} tensors)")
+    lines.append(f"ReLU6 outputs whose least-error bound is below 6: {result['relu6_clip']['best_below_6']} of "
+                 f"{len(bounds)} (least error {result['relu6_clip']['smallest_error_ratio']} of bound 6's)")
+    result["table"] = "\n".join(lines)
+    write_json(RESULTS, result)
+    print(result["table"])
+    print(f"\nwritten {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
