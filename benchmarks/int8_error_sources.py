@@ -220,20 +220,14 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/edgetl-qbench")
     args = parser.parse_args()
     import onnx
-    from quantization import fp32_bundle, photo_crops
+    from quantization import crops, workspace
 
     import edgetl.quantize.qdq_edit as qdq_edit
-    from edgetl.bundle import open_bundle
-    from edgetl.data.imagesets import decode, find_images
 
     t0 = time.perf_counter()
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    calib_dir, eval_dir = photo_crops(work)
-    exported = fp32_bundle(work, calib_dir)
-    bundle = open_bundle(exported, verify=False)
-    calib = decode(find_images(calib_dir, split="all"), bundle.preprocess).batch[:300]
-    batch = decode(find_images(eval_dir, split="all"), bundle.preprocess).batch[:400]
+    calib_dir, eval_dir, exported = workspace(work)
+    calib, batch = crops(exported, calib_dir, 300), crops(exported, eval_dir, 400)
     fp32 = onnx.load(str(exported / "model.onnx"))
     reference = run(fp32, batch)
     scratch = work / "error-sources"

@@ -193,10 +193,8 @@ def relu6_clip_bounds(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
 def main() -> int:
     import onnx
     from int8_error_sources import float_weights, run
-    from quantization import fp32_bundle, photo_crops
+    from quantization import crops, workspace
 
-    from edgetl.bundle import open_bundle
-    from edgetl.data.imagesets import decode, find_images
     from edgetl.quantize import quantize_bundle
     from edgetl.quantize.int8 import Int8Settings
     from edgetl.quantize.shift import int8_reference
@@ -206,18 +204,14 @@ def main() -> int:
     args = parser.parse_args()
     t0 = time.perf_counter()
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    calib_dir, eval_dir = photo_crops(work)
-    exported = fp32_bundle(work, calib_dir)
+    calib_dir, eval_dir, exported = workspace(work)
     bundle_dir = work / "trt"
     if not (bundle_dir / "model.int8.onnx").is_file():
         import shutil
 
         shutil.copytree(exported, bundle_dir)
         quantize_bundle(bundle_dir, "int8", calib_data=calib_dir, calib_size=300, target="tensorrt")
-    bundle = open_bundle(exported, verify=False)
-    calib = decode(find_images(calib_dir, split="all"), bundle.preprocess).batch[:BC_IMAGES]
-    batch = decode(find_images(eval_dir, split="all"), bundle.preprocess).batch[:400]
+    calib, batch = crops(exported, calib_dir, BC_IMAGES), crops(exported, eval_dir, 400)
     fp32 = onnx.load(str(exported / "model.onnx"))
     reference_graph = int8_reference(fp32, Int8Settings())[0]  # the centred graph the TensorRT format quantizes
     reference = run(fp32, batch)

@@ -120,17 +120,9 @@ def main() -> int:
         print("qemu-x86_64 not found: apt-get install qemu-user", file=sys.stderr)
         return 2
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    calib, evaluation = q.photo_crops(work)
-    base = q.fp32_bundle(work, calib)
+    calib, evaluation, base = q.workspace(work)
     paths = bundles(work, base, calib)
-
-    from edgetl.bundle import open_bundle
-    from edgetl.data.imagesets import decode, find_images
-
-    spec = open_bundle(base).preprocess
-    batch = np.ascontiguousarray(decode(find_images(evaluation, split="all", labels=None), spec).batch[:args.crops],
-                                 dtype=np.float32)
+    batch = q.crops(base, evaluation, args.crops)
     scratch = work / "non-vnni"
     scratch.mkdir(exist_ok=True)
     batch_path = scratch / "batch.npy"

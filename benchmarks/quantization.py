@@ -132,6 +132,22 @@ def fp32_bundle(work: Path, calib: Path, name: str = DEFAULT_MODEL, weights: str
     return bundle
 
 
+def workspace(work: Path) -> tuple[Path, Path, Path]:
+    """``work``'s calibration crops, evaluation crops and FP32 bundle of the default model, each made when missing."""
+    work.mkdir(parents=True, exist_ok=True)
+    calib, evaluation = photo_crops(work)
+    return calib, evaluation, fp32_bundle(work, calib)
+
+
+def crops(bundle: Path, folder: Path, count: int) -> np.ndarray:
+    """The first ``count`` crops of ``folder``, preprocessed as ``bundle`` preprocesses."""
+    from edgetl.bundle import open_bundle
+    from edgetl.data.imagesets import decode, find_images
+
+    spec = open_bundle(bundle, verify=False).preprocess
+    return np.ascontiguousarray(decode(find_images(folder, split="all"), spec).batch[:count], dtype=np.float32)
+
+
 # A child's own peak RSS: VmHWM counts only its address space since exec, where getrusage's ru_maxrss also keeps
 # the parent's resident size at fork (a 13 MB child of a 1.5 GB parent reads 1.5 GB there).
 _PEAK_RSS = """
@@ -306,8 +322,6 @@ def main() -> int:
     parser.add_argument("--modelopt-python", default=os.environ.get("EDGETL_MODELOPT_PYTHON"),
                         help="a Python with nvidia-modelopt[onnx] installed: adds Model Optimizer's PTQ as a reference")
     args = parser.parse_args()
-    from edgetl.bundle import open_bundle
-    from edgetl.data.imagesets import decode, find_images
     from edgetl.errors import EdgetlError
     from edgetl.models import get_model_info
     from edgetl.runtime.cpu import describe
@@ -329,9 +343,7 @@ def main() -> int:
     paths, quantize_info = quantize_variants(base, calib, work)
     qat_paths, quantize_info["qat"] = qat_variants(base, calib, work)
     paths.update(qat_paths)
-    bundle = open_bundle(base, verify=False)
-    batch = decode(find_images(evaluation, split="all"), bundle.preprocess).batch[:400]
-    calib_batch = decode(find_images(calib, split="all"), bundle.preprocess).batch[:300]
+    batch, calib_batch = crops(base, evaluation, 400), crops(base, calib, 300)
     references, reference_cost = reference_ptq(base / "model.onnx", calib_batch, work, args.modelopt_python)
     paths.update(references)
     logits = outputs(base / "model.onnx", batch, "device")
