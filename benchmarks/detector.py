@@ -63,6 +63,17 @@ def _map_of(bundle_dir: Path, candidate: str, data: Path, threads: int) -> dict[
         return validate_detection(_infer_fn(ref), _infer_fn(cand), str(data), bundle.preprocess, post, bundle.labels)
 
 
+def _test_drop(bundle_dir: Path, test: Path, threads: int) -> dict[str, Any]:
+    """The bundle's INT8 model against its FP32 one on the held-out images: 100 validation images move
+    mAP@0.5:0.95 by a few tenths of a point between near-identical models, more than the bounds under test."""
+    report = _map_of(bundle_dir, "model.int8.onnx", test / "data.yaml", threads)
+    return {"images": report["reference"].get("images"), "fp32_map": round(report["reference"]["map"], 4),
+            "int8_map": round(report["candidate"]["map"], 4),
+            "map_drop_points": round(-report["deltas"]["map"], 2) + 0.0,
+            "matched_iou": _r(report["agreement"].get("matched_iou_mean")),
+            "recall_of_reference": _r(report["agreement"].get("recall_of_reference"))}
+
+
 def _quantize(bundle_dir: Path, calib: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Plain INT8 first; when it misses the budget, the quantizer's accuracy-budget mode (mAP-scored)."""
     from edgetl.errors import EdgetlError
@@ -170,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=96)
     parser.add_argument("--n-val", type=int, default=100,
                         help="validation images (fewer move mAP@0.5:0.95 by more than the 0.5-point QAT bound)")
+    parser.add_argument("--n-test", type=int, default=300,
+                        help="held-out images the INT8 drops are reported on (another seed of the shapes sample)")
     parser.add_argument("--calib-size", type=int, default=64)
     parser.add_argument("--method", default=None, choices=["mse-unbounded", "entropy", "minmax", "percentile", "mse"],
                         help="calibration method (default: the format's default, as `edgetl quantize` uses)")
@@ -194,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         shapes = work / "shapes"
         write_shapes(shapes, n_train=args.n_train, n_val=args.n_val, size=320, seed=args.seed)
         data = shapes / "data.yaml"
+        # Held-out images that neither training nor QAT's epoch choice sees: the INT8 drops are reported on them.
+        test = work / "shapes-test"
+        write_shapes(test, n_train=1, n_val=args.n_test, size=320, seed=args.seed + 1)
         runs = {}
         for label, strategy in (("pretrained", "full"), ("scratch", "scratch")):
             print(f"training {label} ...", file=sys.stderr)
@@ -207,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         export_checkpoint(work / "pretrained" / "best.pt", bundle_dir, parity_data=str(shapes / "images" / "val"),
                           overwrite=True)
         quant = _quantize(bundle_dir, shapes / "images" / "train", data, args)
+        quant["final"]["test"] = _test_drop(bundle_dir, test, args.threads)
         print("qat ...", file=sys.stderr)
         qat = _qat(bundle_dir, data, args, runs["pretrained"]["seconds"])
+        qat["test"] = _test_drop(bundle_dir.parent / "bundle-qat", test, args.threads)
         print("latency ...", file=sys.stderr)
         model, _ = build_from_checkpoint(work / "pretrained" / "best.pt")
         images = sorted((shapes / "images" / "val").glob("*.*"))
@@ -218,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 "qat": qat, "latency": latency, "seconds": round(time.perf_counter() - started, 1)}
     write_json(args.out, document)
 
-    print(f"\nshapes sample: {args.n_train} train / {args.n_val} val images, {args.model} at {args.img_size} px, "
+    print(f"\nshapes sample: {args.n_train} train / {args.n_val} val / {args.n_test} held-out test images, "
+          f"{args.model} at {args.img_size} px, "
           f"{args.epochs} epochs, batch {args.batch_size}, CPU, {args.threads} thread(s)\n")
     pre, scr = runs["pretrained"], runs["scratch"]
     print(format_table(
@@ -230,21 +249,23 @@ def main(argv: list[str] | None = None) -> int:
     final = quant["final"]
     print()
     print(format_table(
-        ["model", "mAP@0.5:0.95", "mAP@0.5", "drop (points)", "kept in float", "box IoU", "recall vs FP32"],
+        ["model", "mAP@0.5:0.95", "mAP@0.5", "drop (points)", "kept in float", "box IoU", "recall vs FP32",
+         "test mAP", "test drop"],
         [("FP32 (ONNX Runtime)", round(final["fp32"]["map"], 4), round(final["fp32"]["map50"], 4), 0.0, "-", "-",
-          "-"),
+          "-", final["test"]["fp32_map"], 0.0),
          ("INT8 QDQ", round(final["int8"]["map"], 4), round(final["int8"]["map50"], 4), final["map_drop_points"],
           len(final["kept_float"]), _r(final["agreement"].get("matched_iou_mean")),
-          _r(final["agreement"].get("recall_of_reference")))],
+          _r(final["agreement"].get("recall_of_reference")), final["test"]["int8_map"],
+          final["test"]["map_drop_points"])],
     ))
     print()
     print(format_table(
         ["QAT (every conv INT8)", "mAP@0.5:0.95", "drop (points)", "int8 layers", "float layers", "QAT s",
-         "vs fine-tuning"],
+         "vs fine-tuning", "test drop"],
         [("PTQ start (scored on the val sample)", _r(qat["ptq_start"].get("map")), _r(qat["ptq_start"]["drop"]),
-          "-", "-", "-", "-"),
+          "-", "-", "-", "-", "-"),
          (f"QAT ({qat['kept']} kept)", round(qat["int8"]["map"], 4), qat["map_drop_points"], qat["int8_layers"],
-          qat["float_layers"], qat["train_seconds"], qat["qat_vs_fine_tuning"])],
+          qat["float_layers"], qat["train_seconds"], qat["qat_vs_fine_tuning"], qat["test"]["map_drop_points"])],
     ))
     if len(quant["attempts"]) > 1:
         print(f"(fully quantized first: drop {quant['attempts'][0]['map_drop_points']} points > {args.max_drop}; "
