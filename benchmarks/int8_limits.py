@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,9 @@ def _session(model: Any) -> Any:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def channel_means(model: Any, tensors: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel means of ``tensors`` (axis 1) over ``batch``, in exact numerics."""
+def tensor_chunks(model: Any, tensors: list[str], batch: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+    """The values of ``tensors`` (made the graph's only outputs) on ``batch``, 16 images at a time, in exact
+    numerics: statistics over many images without holding every intermediate tensor at once."""
     import onnx
 
     probe = onnx.ModelProto()
@@ -63,14 +65,18 @@ def channel_means(model: Any, tensors: list[str], batch: np.ndarray) -> dict[str
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
     session = _session(probe)
     name = model.graph.input[0].name
-    sums: dict[str, np.ndarray] = {}
-    count = 0
     for k in range(0, len(batch), 16):
-        for tensor, value in zip(tensors, session.run(None, {name: batch[k:k + 16]}), strict=True):
+        yield dict(zip(tensors, session.run(None, {name: batch[k:k + 16]}), strict=True))
+
+
+def channel_means(model: Any, tensors: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel means of ``tensors`` (axis 1) over ``batch``, in exact numerics."""
+    sums: dict[str, np.ndarray] = {}
+    for values in tensor_chunks(model, tensors, batch):
+        for tensor, value in values.items():
             value = value.astype(np.float64).reshape(value.shape[0], value.shape[1], -1)
             sums[tensor] = sums.get(tensor, 0.0) + value.mean(axis=2).sum(axis=0)
-        count += len(batch[k:k + 16])
-    return {t: s / count for t, s in sums.items()}
+    return {t: s / len(batch) for t, s in sums.items()}
 
 
 def _upstream(model: Any, tensor: str) -> Any:
@@ -136,8 +142,6 @@ def agreement_by_rmse(reference: np.ndarray, logits: np.ndarray) -> list[dict[st
 
 def linear_stream_ranges(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
     """Largest over median per-channel |x| maximum of every tensor on a linear stream."""
-    import onnx
-
     readers: dict[str, list[str]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -145,15 +149,9 @@ def linear_stream_ranges(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
     tensors = [n.output[0] for n in model.graph.node
                if n.op_type == "Add" or (n.op_type == "Conv" and readers.get(n.output[0])
                                          and set(readers[n.output[0]]) <= {"Conv", "Add"})]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
-    session = _session(probe)
-    name = model.graph.input[0].name
     peak: dict[str, np.ndarray] = {}
-    for k in range(0, len(batch), 16):
-        values = session.run(None, {name: batch[k:k + 16]})[len(model.graph.output):]
-        for tensor, value in zip(tensors, values, strict=True):
+    for values in tensor_chunks(model, tensors, batch):
+        for tensor, value in values.items():
             peak[tensor] = np.maximum(peak.get(tensor, 0.0), np.abs(value).max(axis=(0, 2, 3)))
     return [{"tensor": t, "channels": len(p), "max_over_median": round(float(p.max() / np.median(p)), 2)}
             for t, p in peak.items()]
@@ -161,18 +159,10 @@ def linear_stream_ranges(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
 
 def relu6_clip_bounds(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
     """For each ReLU6 output: the bound in (0, 6] of least squared error for 254 int8 steps over [0, bound]."""
-    import onnx
-
     tensors = [n.output[0] for n in model.graph.node if n.op_type == "Clip"]
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
-    session = _session(probe)
-    name = model.graph.input[0].name
     samples: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    for k in range(0, len(batch), 16):
-        values = session.run(None, {name: batch[k:k + 16]})[len(model.graph.output):]
-        for tensor, value in zip(tensors, values, strict=True):
+    for values in tensor_chunks(model, tensors, batch):
+        for tensor, value in values.items():
             samples[tensor].append(value.ravel()[::7].astype(np.float64))
     grid = np.linspace(0.5, 6.0, 45)
     rows = []
