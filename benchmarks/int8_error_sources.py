@@ -62,7 +62,11 @@ def run(model: Any, batch: np.ndarray) -> np.ndarray:
 
 
 def score(model: Any, batch: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    logits = run(model, batch)
+    return compare(run(model, batch), reference)
+
+
+def compare(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement and logit RMSE of ``logits`` against the FP32 ``reference``."""
     return {"agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
             "logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4)}
 

@@ -182,7 +182,7 @@ def relu6_clip_bounds(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
 
 def main() -> int:
     import onnx
-    from int8_error_sources import float_weights, run
+    from int8_error_sources import compare, float_weights, run, score
     from quantization import crops, workspace
 
     from edgetl.quantize import quantize_bundle
@@ -207,21 +207,16 @@ def main() -> int:
     reference = run(fp32, batch)
     default = onnx.load(str(bundle_dir / "model.int8.onnx"))
 
-    def score(model: Any) -> dict[str, float]:
-        logits = run(model, batch)
-        return {"agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
-                "logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4)}
-
     default_logits = run(default, batch)
     curve = agreement_by_rmse(reference, default_logits)
     activations_only = float_weights(default, reference_graph)
     corrected, bc_seconds = sequential_bias_correction(default, reference_graph, calib)
     corrected_acts, _ = sequential_bias_correction(activations_only, reference_graph, calib)
     rows = {
-        "default (TensorRT format)": score(default),
-        "default + sequential bias correction": {**score(corrected), "seconds": round(bc_seconds, 1)},
-        "activations only (weights FP32)": score(activations_only),
-        "activations only + sequential bias correction": score(corrected_acts),
+        "default (TensorRT format)": compare(default_logits, reference),
+        "default + sequential bias correction": {**score(corrected, batch, reference), "seconds": round(bc_seconds, 1)},
+        "activations only (weights FP32)": score(activations_only, batch, reference),
+        "activations only + sequential bias correction": score(corrected_acts, batch, reference),
     }
     ranges = linear_stream_ranges(fp32, calib)
     bounds = relu6_clip_bounds(fp32, calib)
