@@ -101,7 +101,8 @@ def _quantize(bundle_dir: Path, calib: Path, data: Path, args: argparse.Namespac
     return {"attempts": attempts, "final": final}
 
 
-def _qat(bundle_dir: Path, data: Path, args: argparse.Namespace, train_seconds: float) -> dict[str, Any]:
+def _qat(bundle_dir: Path, data: Path, test: Path, args: argparse.Namespace,
+         train_seconds: float) -> dict[str, Any]:
     """QAT with its defaults on a copy of the bundle: PTQ start and QAT model, mAP of both, cost."""
     import shutil
 
@@ -119,7 +120,7 @@ def _qat(bundle_dir: Path, data: Path, args: argparse.Namespace, train_seconds: 
             "ptq_start": record["ptq"], "qat_scored": record["qat"], "fp32": report["reference"],
             "int8": report["candidate"], "map_drop_points": round(-report["deltas"]["map"], 2) + 0.0,
             "int8_layers": result.info["graph"]["int8_layers"],
-            "float_layers": len(result.info["graph"]["float_layers"])}
+            "float_layers": len(result.info["graph"]["float_layers"]), "test": _test_drop(copy, test, args.threads)}
 
 
 def _latency(model: Any, bundle_dir: Path, images: list[Path], threads: int, repeats: int) -> dict[str, Any]:
@@ -225,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         quant = _quantize(bundle_dir, shapes / "images" / "train", data, args)
         quant["final"]["test"] = _test_drop(bundle_dir, test, args.threads)
         print("qat ...", file=sys.stderr)
-        qat = _qat(bundle_dir, data, args, runs["pretrained"]["seconds"])
-        qat["test"] = _test_drop(bundle_dir.parent / "bundle-qat", test, args.threads)
+        qat = _qat(bundle_dir, data, test, args, runs["pretrained"]["seconds"])
         print("latency ...", file=sys.stderr)
         model, _ = build_from_checkpoint(work / "pretrained" / "best.pt")
         images = sorted((shapes / "images" / "val").glob("*.*"))
