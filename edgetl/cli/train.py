@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
+
+from edgetl.cli.common import emit_json, say
+from edgetl.tables import format_table
 
 _TASKS = {
     "classify": ("edgetl.cli.train_classify", "Fine-tune a pretrained image classifier."),
@@ -29,3 +35,27 @@ class _TaskGroup(click.Group):
 @click.group(cls=_TaskGroup, name="train")
 def command() -> None:
     """Fine-tune a pretrained model on your data (a run directory with checkpoints and curves)."""
+
+
+def run_training(cfg: Any, train: Callable[..., Any], *, nproc: int | None, quiet: bool, headline: str) -> Any:
+    """Both tasks' launch: relaunch under torchrun for ``--nproc``; on every rank but 0 train silently and
+    return None; on rank 0 (or a single process) say ``headline`` and train with a progress bar unless quiet."""
+    from edgetl.train.distributed import is_main_process
+    from edgetl.train.launch import relaunch
+
+    if nproc is not None:
+        relaunch(nproc, str(cfg.device), sys.argv[1:])
+    if not is_main_process():  # under torchrun, rank 0 alone speaks
+        train(cfg, progress=False)
+        return None
+    say(headline)
+    return train(cfg, progress=not quiet)
+
+
+def report_training(result: Any, as_json: bool, headers: Sequence[str], row: Sequence[Any]) -> None:
+    """The result as a JSON document on stdout, or its one-row summary table and best checkpoint."""
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    say(format_table(list(headers), [tuple(row)]))
+    say(f"best checkpoint: {result.best_checkpoint}")

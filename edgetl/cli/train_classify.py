@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.common import config_option, handle_errors, json_option, say
 from edgetl.cli.options import CLASSIFY_LIBRARY_STRATEGY, training_options
-from edgetl.tables import format_table
 
 
 @click.command(name="classify")
@@ -29,29 +26,19 @@ def command(quiet: bool, as_json: bool, nproc: int | None, **options: object) ->
     (reusable with --config). Example:
       edgetl train classify --data digits --strategy partial --epochs 10 --out runs/digits
     """
+    from edgetl.cli.train import report_training, run_training
     from edgetl.train.classify import TrainConfig, train_classifier
-    from edgetl.train.distributed import is_main_process
-    from edgetl.train.launch import relaunch
 
     options["strategy"] = CLASSIFY_LIBRARY_STRATEGY.get(str(options["strategy"]), options["strategy"])
     cfg = TrainConfig(**options)
-    if nproc is not None:
-        relaunch(nproc, str(cfg.device), sys.argv[1:])
-    if not is_main_process():  # under torchrun, rank 0 alone speaks
-        train_classifier(cfg, progress=False)
+    result = run_training(cfg, train_classifier, nproc=nproc, quiet=quiet,
+                          headline=f"training {cfg.model} ({cfg.strategy}) on {cfg.data} -> {cfg.out}")
+    if result is None:
         return
-    say(f"training {cfg.model} ({cfg.strategy}) on {cfg.data} -> {cfg.out}")
-    result = train_classifier(cfg, progress=not quiet)
     if result.skipped:
         say(f"skipped {len(result.skipped)} unreadable file(s):", fg="yellow")
         for path, why in result.skipped[:20]:
             say(f"  {path}: {why}")
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    say(format_table(
-        ["best val top-1", "best epoch", "epochs run", "stopped", "images/s", "seconds"],
-        [(f"{result.best_top1:.2f}%", result.best_epoch, len(result.history), result.stopped,
-          result.images_per_second, result.seconds)],
-    ))
-    say(f"best checkpoint: {result.best_checkpoint}")
+    report_training(result, as_json, ["best val top-1", "best epoch", "epochs run", "stopped", "images/s", "seconds"],
+                    [f"{result.best_top1:.2f}%", result.best_epoch, len(result.history), result.stopped,
+                     result.images_per_second, result.seconds])

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from edgetl.cli.common import config_option, emit_json, handle_errors, json_option, say
+from edgetl.cli.common import config_option, handle_errors, json_option, say
 from edgetl.cli.options import training_options
-from edgetl.tables import format_table
 
 
 @click.command(name="detect")
@@ -35,27 +32,19 @@ def command(quiet: bool, as_json: bool, nproc: int | None, **options: object) ->
       edgetl train detect --data data/shapes/data.yaml --model yolo-lite0-n --epochs 30 \\
           --img-size 320 --strategy full --freeze-epochs 3 --out runs/shapes
     """
+    from edgetl.cli.train import report_training, run_training
     from edgetl.train.detect import DetectTrainConfig, train_detector
-    from edgetl.train.distributed import is_main_process
-    from edgetl.train.launch import relaunch
 
     cfg = DetectTrainConfig(**options)
-    if nproc is not None:
-        relaunch(nproc, str(cfg.device), sys.argv[1:])
-    if not is_main_process():  # under torchrun, rank 0 alone speaks
-        train_detector(cfg, progress=False)
+    result = run_training(cfg, train_detector, nproc=nproc, quiet=quiet,
+                          headline=f"training {cfg.model} ({cfg.strategy}, {cfg.freeze_epochs} frozen epoch(s)) "
+                                   f"on {cfg.data} -> {cfg.out}")
+    if result is None:
         return
-    say(f"training {cfg.model} ({cfg.strategy}, {cfg.freeze_epochs} frozen epoch(s)) on {cfg.data} -> {cfg.out}")
-    result = train_detector(cfg, progress=not quiet)
     if result.issues:
         say("label problems were clipped/dropped: " + ", ".join(f"{k} {n}" for k, n in result.issues.items())
             + " (details: `edgetl data check`)", fg="yellow")
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    say(format_table(
-        ["best mAP@0.5:0.95", "mAP@0.5", "best epoch", "epochs run", "stopped", "images/s", "seconds"],
-        [(f"{result.best_map:.4f}", f"{result.best_map50:.4f}", result.best_epoch, len(result.history),
-          result.stopped, result.images_per_second, result.seconds)],
-    ))
-    say(f"best checkpoint: {result.best_checkpoint}")
+    report_training(result, as_json,
+                    ["best mAP@0.5:0.95", "mAP@0.5", "best epoch", "epochs run", "stopped", "images/s", "seconds"],
+                    [f"{result.best_map:.4f}", f"{result.best_map50:.4f}", result.best_epoch, len(result.history),
+                     result.stopped, result.images_per_second, result.seconds])
