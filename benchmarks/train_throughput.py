@@ -17,12 +17,19 @@ training before the allocator and memory-layout changes, and Ultralytics YOLOv8n
 user and system CPU, minor page faults and peak RSS come from the kernel's accounting of the child.
 Targets: images/s at least Ultralytics', system CPU under 10 % of user CPU.
 
+Model step (``--task step``): where the detector gap comes from. Each model's bare training step (forward,
+a loss that touches every output, backward; no data, loss or optimizer) on the same random batch, each in
+its own process with ``--threads`` threads, in the memory layout its trainer uses; its forward GFLOPs per
+image (PyTorch's flop counter), and the share of the step that the depthwise convolutions' weight gradients
+take (the step again with those weights frozen). Compared with the whole-run ratio of ``--task detect``, it shows
+how much of that gap the networks' own arithmetic explains.
+
 Scaling (``--task scale``): the same detector training in 1 and 2 data-parallel CPU processes
 (torchrun, Gloo) with the same global batch, ``--threads`` threads each; on a machine with a CUDA GPU
 also 1 GPU without and with AMP. Images/s is over the whole run's wall time (process start, validation
 included); "train-loop images/s" counts the training steps only.
 
-    python benchmarks/train_throughput.py [--task all|classify|detect|scale] [--size 96] [--batch 32] [--steps 4]
+    python benchmarks/train_throughput.py [--task all|classify|detect|step|scale] [--size 96] [--batch 32] [--steps 4]
         [--images 500] [--epochs 10] [--threads 1]
 """
 
@@ -316,6 +323,142 @@ def _print_detect(section: dict[str, Any]) -> bool:
     return ok
 
 
+# ---- model step: the networks' own forward + backward, profiled -----------------------------------------------
+
+STEP_VARIANTS = ("step-edgetl", "step-ultralytics")
+STEP_STEPS = 4
+
+
+def _step_child(args: argparse.Namespace) -> int:
+    """Time and profile one model's bare training step in this (child) process; print a JSON line."""
+    import json
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgetl.train.cpu_memory import keep_freed_memory
+
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()  # what edgetl's trainer does; Ultralytics' process gets the same allocator
+    torch.manual_seed(0)
+    if args.child == "step-ultralytics":
+        from ultralytics.nn.tasks import DetectionModel
+
+        model, layout = DetectionModel("yolov8n.yaml", nc=5, verbose=False), torch.contiguous_format
+        run = model
+    else:
+        from edgetl.detect.model import build_detector
+
+        model, layout = build_detector("yolo-lite0-n", num_classes=5, weights="none"), torch.channels_last
+        model.to(memory_format=layout)
+        run = model.forward_train
+    model.train()
+    x = torch.randn(args.det_batch, 3, args.det_size, args.det_size).contiguous(memory_format=layout)
+
+    def outputs(value: Any) -> list:
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        return [t for v in values for t in (outputs(v) if isinstance(v, (list, tuple, dict)) else [v])
+                if torch.is_tensor(t) and t.is_floating_point()]
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        (sum(t.float().mean() for t in outputs(run(x)))).backward()
+
+    for _ in range(2):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(STEP_STEPS):
+        step()
+    seconds = (time.perf_counter() - t0) / STEP_STEPS
+    # The depthwise convolutions' weight gradients, measured by their absence: the same step with those weights
+    # frozen (PyTorch then skips their gradient). A profiler's per-op shares moved by 10 points between runs.
+    depthwise = [m.weight for m in model.modules()
+                 if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
+    for weight in depthwise:
+        weight.requires_grad_(False)
+    step()
+    t0 = time.perf_counter()
+    for _ in range(STEP_STEPS):
+        step()
+    without_depthwise_grads = (time.perf_counter() - t0) / STEP_STEPS
+    one = x[:1]
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        run(one)
+    print(json.dumps({"step_seconds": seconds, "forward_gflops_per_image": flops.get_total_flops() / 1e9,
+                      "parameters": sum(p.numel() for p in model.parameters()), "depthwise_convs": len(depthwise),
+                      "depthwise_weight_gradient_share":
+                          round(1 - without_depthwise_grads / seconds, 3) if depthwise else None}))
+    return 0
+
+
+def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[str, Any]:
+    import importlib.util
+    import json
+    import subprocess
+
+    variants = [v for v in STEP_VARIANTS
+                if v != "step-ultralytics" or importlib.util.find_spec("ultralytics") is not None]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in variants:
+            print(f"  model step: {variant}...", file=sys.stderr)
+            cmd = [sys.executable, __file__, "--child", variant, "--threads", str(args.threads),
+                   "--det-size", str(args.det_size), "--det-batch", str(args.det_batch)]
+            env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(Path(tmp) / "ultralytics-config"),
+                   "OMP_NUM_THREADS": str(args.threads)}
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+            stdout = proc.stdout.read() if proc.stdout else ""
+            _, status, usage = os.wait4(proc.pid, 0)
+            if status != 0 or not stdout.strip():
+                rows.append({"variant": variant, "error": f"exit status {status}"})
+                continue
+            child = json.loads(stdout.strip().splitlines()[-1])
+            rows.append({"variant": variant, "label": STEP_LABELS[variant],
+                         "parameters_m": round(child["parameters"] / 1e6, 2),
+                         "step_seconds": round(child["step_seconds"], 3),
+                         "images_per_second": round(args.det_batch / child["step_seconds"], 1),
+                         "forward_gflops_per_image": round(child["forward_gflops_per_image"], 3),
+                         "peak_rss_mb": round(usage.ru_maxrss / 1024), "depthwise_convs": child["depthwise_convs"],
+                         "depthwise_weight_gradient_share": child["depthwise_weight_gradient_share"]})
+            print(f"    {rows[-1]}", file=sys.stderr)
+    ok = {r["variant"]: r for r in rows if "error" not in r}
+    verdict: dict[str, Any] = {}
+    if len(ok) == 2:
+        ours, theirs = ok["step-edgetl"], ok["step-ultralytics"]
+        verdict["step_time_vs_ultralytics"] = round(ours["step_seconds"] / theirs["step_seconds"], 2)
+        verdict["forward_flops_vs_ultralytics"] = round(
+            ours["forward_gflops_per_image"] / theirs["forward_gflops_per_image"], 2)
+        whole = (detect or {}).get("verdict", {}).get("cpu_images_per_second_vs_ultralytics")
+        if whole:
+            verdict["whole_run_cpu_time_vs_ultralytics"] = round(1 / whole, 2)
+    return {"img_size": args.det_size, "batch": args.det_batch, "threads": args.threads, "steps": STEP_STEPS,
+            "rows": rows, "verdict": verdict}
+
+
+STEP_LABELS = {"step-edgetl": "edgetl yolo-lite0-n (channels-last)", "step-ultralytics": "Ultralytics YOLOv8n"}
+
+
+def _print_step(section: dict[str, Any]) -> None:
+    from edgetl.cli.common import format_table
+
+    print(f"\nModel step only (forward + backward, random batch of {section['batch']} at {section['img_size']} px, "
+          f"{section['threads']} thread(s), mean of {section['steps']} steps)")
+    print(format_table(
+        ["model", "params M", "fwd GFLOPs/image", "step s", "images/s", "peak RSS MB", "depthwise convs",
+         "their weight gradients"],
+        [(r.get("label", r["variant"]), r.get("parameters_m"), r.get("forward_gflops_per_image"),
+          r.get("step_seconds"), r.get("images_per_second"), r.get("peak_rss_mb"), r.get("depthwise_convs"),
+          f"{100 * r['depthwise_weight_gradient_share']:.0f} % of the step" if r.get("depthwise_convs")
+          else r.get("error", "-")) for r in section["rows"]]))
+    verdict = section["verdict"]
+    if "step_time_vs_ultralytics" in verdict:
+        line = (f"edgetl's step takes {verdict['step_time_vs_ultralytics']}x Ultralytics' time for "
+                f"{verdict['forward_flops_vs_ultralytics']}x its forward FLOPs")
+        if "whole_run_cpu_time_vs_ultralytics" in verdict:
+            line += f"; the whole training run takes {verdict['whole_run_cpu_time_vs_ultralytics']}x its CPU time"
+        print(line)
+
+
 # ---- data-parallel scaling: 1 vs 2 processes on CPU; 1 GPU with and without AMP --------------------------
 
 def _scale_run(root: Path, out: Path, processes: int, device: str, amp: bool, args: argparse.Namespace) -> dict:
@@ -421,7 +564,7 @@ def _classify_section(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["classify", "detect", "scale", "all"], default="all",
+    parser.add_argument("--task", choices=["classify", "detect", "step", "scale", "all"], default="all",
                         help="which part to measure; the JSON keeps the other part's last figures")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=32)
@@ -435,10 +578,12 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(DETECT_VARIANTS),
                         help=f"detector runs, comma-separated: {', '.join(DETECT_VARIANTS)}")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--child", choices=DETECT_VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=DETECT_VARIANTS + STEP_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child in STEP_VARIANTS:
+        return _step_child(args)
     if args.child:
         return _detect_child(args)
 
@@ -449,7 +594,7 @@ def main() -> int:
     document: dict[str, Any] = {"benchmark": "train_throughput"}
     if args.out.is_file():
         previous = json.loads(args.out.read_text())
-        document.update({k: previous[k] for k in ("classify", "detect", "scale") if k in previous})
+        document.update({k: previous[k] for k in ("classify", "detect", "step", "scale") if k in previous})
     ok = True
     if args.task in ("classify", "all"):
         document["classify"], classify_ok = _classify_section(args)
@@ -457,6 +602,9 @@ def main() -> int:
     if args.task in ("detect", "all"):
         document["detect"] = _detect_rows(args)
         ok = _print_detect(document["detect"]) and ok
+    if args.task in ("step", "all"):
+        document["step"] = _step_rows(args, document.get("detect"))
+        _print_step(document["step"])
     if args.task in ("scale", "all"):
         document["scale"] = _scale_rows(args)
         _print_scale(document["scale"])
