@@ -131,6 +131,11 @@ def within(metrics: dict[str, Any], max_drop: float, min_agreement: float | None
     return ok
 
 
+def describe_bound(max_drop: float, min_agreement: float | None) -> str:
+    """What `within` checks, in words: ``drop <= 1 points, agreement >= 0.99``."""
+    return f"drop <= {max_drop:g} points" + ("" if min_agreement is None else f", agreement >= {min_agreement:g}")
+
+
 #: Above this many quantization points the sensitivity is measured by groups first (`probe_groups`).
 GROUPED_FROM = 24
 #: The most sensitive groups whose members are then measured one by one.

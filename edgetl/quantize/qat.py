@@ -30,7 +30,7 @@ import numpy as np
 from edgetl.errors import BadInputError
 from edgetl.lazy import lazy_import
 from edgetl.metrics.gate import Gate
-from edgetl.quantize.budget import within
+from edgetl.quantize.budget import describe_bound, within
 from edgetl.quantize.qat_graph import WEIGHTED_OPS
 
 torch = lazy_import("torch", "train", purpose="quantization-aware fine-tuning")
@@ -297,9 +297,9 @@ def _tied(candidate: dict[str, Any], baseline: dict[str, Any]) -> bool:
 def why_worse(candidate: dict[str, Any], baseline: dict[str, Any], gate: Gate | None = None) -> str:
     """Why `worse` found QAT's model worse than PTQ's, for the warning that PTQ is kept."""
     if gate is not None and _passes(baseline, gate) and not _passes(candidate, gate):
-        bound = f"drop <= {gate[0]:g} points" + ("" if gate[1] is None else f", agreement >= {gate[1]:g}")
-        return (f"PTQ is within the gate ({bound}) and QAT is not: agreement {candidate['agreement']:.4f} vs "
-                f"{baseline['agreement']:.4f}, drop {candidate['drop']:.2f} vs {baseline['drop']:.2f} points")
+        return (f"PTQ is within the gate ({describe_bound(*gate)}) and QAT is not: agreement "
+                f"{candidate['agreement']:.4f} vs {baseline['agreement']:.4f}, drop {candidate['drop']:.2f} vs "
+                f"{baseline['drop']:.2f} points")
     if _tied(candidate, baseline):
         return (f"the same agreement ({candidate['agreement']:.4f}) and drop, with a larger output error "
                 f"({candidate['sensitivity']:.4g} vs {baseline['sensitivity']:.4g})")

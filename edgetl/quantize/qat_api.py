@@ -283,7 +283,7 @@ def escalate(
         GateFailedError: no step met the budget (the last step's model is in the bundle).
     """
     from edgetl.bundle.manifest import open_bundle
-    from edgetl.quantize.budget import within
+    from edgetl.quantize.budget import describe_bound, within
 
     bundle = open_bundle(bundle_dir)
     source = data or bundle.dataset
@@ -323,8 +323,7 @@ def escalate(
     result.budget = {"escalation": steps}
     if not ok:
         raise GateFailedError(
-            f"no step met the budget (drop <= {max_drop} points"
-            + (f", agreement >= {min_agreement}" if min_agreement is not None else "") + "): "
+            f"no step met the budget ({describe_bound(max_drop, min_agreement)}): "
             + "; ".join(f"{s['step']}: drop {s['drop']:.2f}, agreement {s['agreement']:.4f}" for s in steps)
             + f"; the model in {result.path} is the last step's",
             hint="raise --max-drop, lower --min-agreement, or give QAT more --qat-epochs")

@@ -233,6 +233,14 @@ def test_a_qat_model_within_the_gate_replaces_ptq_outside_it() -> None:
     assert why_worse({**ptq, "sensitivity": 0.02}, ptq).startswith("the same agreement (0.9867) and drop")
 
 
+def test_the_bound_is_described_in_one_way() -> None:
+    """The QAT warning and the escalation's error name the gate with the same words (`describe_bound`)."""
+    from edgetl.quantize.budget import describe_bound
+
+    assert describe_bound(1.0, None) == "drop <= 1 points"
+    assert describe_bound(0.5, 0.99) == "drop <= 0.5 points, agreement >= 0.99"
+
+
 def test_unsupported_op_is_named(tmp_path: Path) -> None:
     from edgetl.quantize.qat_graph import QdqModule
 
