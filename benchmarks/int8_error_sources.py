@@ -30,7 +30,6 @@ Writes benchmarks/results/int8_error_sources.json.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 import time
@@ -38,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from edgetl.fileio import write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -220,16 +217,13 @@ def point_sensitivity(default: Any, minmax: Any, reference_graph: Any, batch: np
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default="/tmp/edgetl-qbench")
-    args = parser.parse_args()
     import onnx
-    from quantization import crops, workspace
+    from quantization import crops, publish, work_args, workspace
 
     import edgetl.quantize.qdq_edit as qdq_edit
 
+    work = Path(work_args(__doc__.splitlines()[0]).work)
     t0 = time.perf_counter()
-    work = Path(args.work)
     calib_dir, eval_dir, exported = workspace(work)
     calib, batch = crops(exported, calib_dir, 300), crops(exported, eval_dir, 400)
     fp32 = onnx.load(str(exported / "model.onnx"))
@@ -285,11 +279,7 @@ def main() -> int:
                "images": int(len(batch)), "calibration_images": int(len(calib)), "rows": rows,
                "point_sensitivity": sensitivity, "table": "\n".join(lines),
                "sensitivity_table": "\n".join(sens_lines), "seconds": round(time.perf_counter() - t0, 1)}
-    write_json(RESULTS, results)
-    print(results["table"])
-    print()
-    print(results["sensitivity_table"])
-    print(f"\nwritten {RESULTS}")
+    publish(RESULTS, results, results["table"], results["sensitivity_table"])
     return 0
 
 

@@ -26,7 +26,6 @@ Writes benchmarks/results/int8_limits.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Iterator
@@ -34,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from edgetl.fileio import write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -183,17 +180,14 @@ def relu6_clip_bounds(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
 def main() -> int:
     import onnx
     from int8_error_sources import compare, float_weights, run, score
-    from quantization import crops, workspace
+    from quantization import crops, publish, work_args, workspace
 
     from edgetl.quantize import quantize_bundle
     from edgetl.quantize.int8 import Int8Settings
     from edgetl.quantize.shift import int8_reference
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default="/tmp/edgetl-qbench")
-    args = parser.parse_args()
+    work = Path(work_args(__doc__.splitlines()[0]).work)
     t0 = time.perf_counter()
-    work = Path(args.work)
     calib_dir, eval_dir, exported = workspace(work)
     bundle_dir = work / "trt"
     if not (bundle_dir / "model.int8.onnx").is_file():
@@ -243,9 +237,7 @@ def main() -> int:
     lines.append(f"ReLU6 outputs whose least-error bound is below 6: {result['relu6_clip']['best_below_6']} of "
                  f"{len(bounds)} (least error {result['relu6_clip']['smallest_error_ratio']} of bound 6's)")
     result["table"] = "\n".join(lines)
-    write_json(RESULTS, result)
-    print(result["table"])
-    print(f"\nwritten {RESULTS}")
+    publish(RESULTS, result, result["table"])
     return 0
 
 

@@ -108,13 +108,13 @@ def main() -> int:
 
     from edgetl.runtime.cpu import EXACT_INT8_FLAGS, int8_kernels_saturate
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default="/tmp/edgetl-qbench")
-    parser.add_argument("--crops", type=int, default=200,
-                        help="evaluation crops (emulated, about a second per crop and variant)")
-    parser.add_argument("--cpu", default="Haswell", help="the emulated CPU model (qemu -cpu)")
-    parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args()
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--crops", type=int, default=200,
+                            help="evaluation crops (emulated, about a second per crop and variant)")
+        parser.add_argument("--cpu", default="Haswell", help="the emulated CPU model (qemu -cpu)")
+        parser.add_argument("--out", default=str(RESULTS))
+
+    args = q.work_args(__doc__.split("\n\n")[0], options)
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         print("qemu-x86_64 not found: apt-get install qemu-user", file=sys.stderr)

@@ -54,6 +54,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,6 +131,26 @@ def fp32_bundle(work: Path, calib: Path, name: str = DEFAULT_MODEL, weights: str
     save_checkpoint(ckpt, model.state_dict(), meta)
     export_checkpoint(ckpt, bundle, parity_data=calib, overwrite=True)
     return bundle
+
+
+#: The working directory the ImageNet benchmarks share (crops, FP32 bundle, quantized variants).
+DEFAULT_WORK = "/tmp/edgetl-qbench"
+
+
+def work_args(description: str, extra: Any = None) -> argparse.Namespace:
+    """The analysis scripts' command line: ``--work`` (see `workspace`), plus what ``extra(parser)`` adds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--work", default=DEFAULT_WORK, help="shared working directory, reused between runs")
+    if extra is not None:
+        extra(parser)
+    return parser.parse_args()
+
+
+def publish(path: Path, results: dict, *tables: str) -> None:
+    """Write ``results`` to ``path`` (atomically), then print ``tables`` and where the JSON went."""
+    write_json(path, results)
+    print("\n\n".join(tables))
+    print(f"\nwritten {path}")
 
 
 def workspace(work: Path) -> tuple[Path, Path, Path]:
@@ -327,7 +348,7 @@ def main() -> int:
     from edgetl.runtime.cpu import describe
 
     suffix = "" if args.model == DEFAULT_MODEL else f"-{args.model}"
-    work = Path(args.out or f"/tmp/edgetl-qbench{suffix}")
+    work = Path(args.out or f"{DEFAULT_WORK}{suffix}")
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     calib, evaluation = photo_crops(work)
@@ -393,10 +414,7 @@ def main() -> int:
         if "seconds" in cost:
             lines.append(f"{name}: {cost['seconds']:.0f} s, peak RSS {cost['peak_rss_mb']:.0f} MB")
     results["table"] = "\n".join(lines)
-    out = Path(__file__).parent / "results" / f"quantization{suffix}.json"
-    write_json(out, results)
-    print(results["table"])
-    print(f"\nwritten {out}")
+    publish(Path(__file__).parent / "results" / f"quantization{suffix}.json", results, results["table"])
     return 0
 
 
