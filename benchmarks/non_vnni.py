@@ -87,11 +87,6 @@ def bundles(work: Path, base: Path, calib: Path) -> dict[str, Path]:
     return paths
 
 
-def score(logits: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    return {"agreement": round(float(np.mean(logits.argmax(1) == reference.argmax(1))), 4),
-            "logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4)}
-
-
 def emulated(qemu: str, cpu: str, batch_path: Path, jobs: list[dict[str, Any]]) -> list[str]:
     """Run `_CHILD` under ``qemu -cpu CPU``; the CPU features its process saw."""
     spec = json.dumps({"batch": str(batch_path), "jobs": jobs})
@@ -105,6 +100,7 @@ def emulated(qemu: str, cpu: str, batch_path: Path, jobs: list[dict[str, Any]]) 
 
 def main() -> int:
     import quantization as q
+    from int8_error_sources import compare as score
 
     from edgetl.runtime.cpu import EXACT_INT8_FLAGS, int8_kernels_saturate
 
