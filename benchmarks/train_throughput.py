@@ -326,11 +326,13 @@ def _print_detect(section: dict[str, Any]) -> bool:
 # ---- model step: the networks' own forward + backward, profiled -----------------------------------------------
 
 STEP_VARIANTS = ("step-edgetl", "step-ultralytics")
+STEP_LABELS = {"step-edgetl": "edgetl yolo-lite0-n (channels-last)", "step-ultralytics": "Ultralytics YOLOv8n"}
 STEP_STEPS = 4
 
 
 def _step_child(args: argparse.Namespace) -> int:
-    """Time and profile one model's bare training step in this (child) process; print a JSON line."""
+    """Time one model's bare training step in this (child) process, with and without its depthwise weight
+    gradients, and count its forward FLOPs; print a JSON line."""
     import json
 
     import torch
@@ -434,8 +436,6 @@ def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[
     return {"img_size": args.det_size, "batch": args.det_batch, "threads": args.threads, "steps": STEP_STEPS,
             "rows": rows, "verdict": verdict}
 
-
-STEP_LABELS = {"step-edgetl": "edgetl yolo-lite0-n (channels-last)", "step-ultralytics": "Ultralytics YOLOv8n"}
 
 
 def _print_step(section: dict[str, Any]) -> None:
