@@ -44,16 +44,21 @@ RESULTS = Path(__file__).parent / "results" / "int8_error_sources.json"
 UPSCALES = (4.0, 64.0)
 
 
-def run(model: Any, batch: np.ndarray) -> np.ndarray:
+def exact_session(model: Any) -> Any:
+    """An ONNX Runtime session over the in-memory ``model`` in exact numerics (edgetl's own session options)."""
     import onnxruntime as ort
 
+    from edgetl.runtime.backends.onnxruntime import session_options
+
+    return ort.InferenceSession(model.SerializeToString(), session_options("exact"),
+                                providers=["CPUExecutionProvider"])
+
+
+def run(model: Any, batch: np.ndarray) -> np.ndarray:
     from edgetl.quantize.exact_form import integer_pads
 
     model = integer_pads(model)[0]  # the same values, fewer passes on the centred graph
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = exact_session(model)
     name = model.graph.input[0].name
     return np.concatenate([session.run(None, {name: batch[k:k + 50]})[0] for k in range(0, len(batch), 50)])
 

@@ -42,25 +42,17 @@ BC_IMAGES = 64
 SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 
 
-def _session(model: Any) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def tensor_chunks(model: Any, tensors: list[str], batch: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
     """The values of ``tensors`` (made the graph's only outputs) on ``batch``, 16 images at a time, in exact
     numerics: statistics over many images without holding every intermediate tensor at once."""
     import onnx
+    from int8_error_sources import exact_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors)
-    session = _session(probe)
+    session = exact_session(probe)
     name = model.graph.input[0].name
     for k in range(0, len(batch), 16):
         yield dict(zip(tensors, session.run(None, {name: batch[k:k + 16]}), strict=True))
