@@ -38,10 +38,10 @@ BUNDLES = {
     "cpu-7bit": {"target": "cpu", "reduce_range": True},
     "trt": {"target": "tensorrt"},
 }
-#: The session options compared under the emulated CPU: ONNX Runtime's defaults, and edgetl's runtime's choice
-#: on a CPU whose kernels saturate.
 #: NumPy's names of the CPU features that matter here -> their ``/proc/cpuinfo`` names.
 NUMPY_TO_CPUINFO = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni", "AVXVNNI": "avx_vnni"}
+#: The session options compared under the emulated CPU: ONNX Runtime's defaults, and edgetl's runtime's choice
+#: on a CPU whose kernels saturate.
 OPTIONS = {"default kernels": {}, "x64quantprecision=1": {"session.x64quantprecision": "1"}}
 
 # Runs under the emulated CPU: reports what that CPU offers, then each bundle's logits under each option.
@@ -148,17 +148,15 @@ def main() -> int:
         "note": "accuracy only: times under emulation are not the emulated CPU's",
         "rows": rows,
     }
-    from edgetl.fileio import write_json
-
-    write_json(Path(args.out), result)
     columns = ["exact", "this machine", *(f"emulated {args.cpu}, {o}" for o in OPTIONS)]
-    print(f"EfficientNet-Lite0 (ImageNet), {len(batch)} crops, top-1 agreement with FP32 (logit RMSE); "
-          f"emulated CPU {args.cpu}: VNNI {vnni or 'none'}, edgetl's runtime sets x64quantprecision: {saturates}")
-    print("| bundle | weights | " + " | ".join(columns) + " |")
-    print("|---|---|" + "---|" * len(columns))
+    lines = [f"EfficientNet-Lite0 (ImageNet), {len(batch)} crops, top-1 agreement with FP32 (logit RMSE); "
+             f"emulated CPU {args.cpu}: VNNI {vnni or 'none'}, edgetl's runtime sets x64quantprecision: {saturates}",
+             "| bundle | weights | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for name, row in rows.items():
         cells = [f"{row[c]['agreement'] * 100:.1f} % ({row[c]['logit_rmse']:.3f})" for c in columns]
-        print(f"| {name} | {row['weight_bits']}-bit | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {row['weight_bits']}-bit | " + " | ".join(cells) + " |")
+    q.publish(Path(args.out), result, "\n".join(lines))
     return 0
 
 
