@@ -153,11 +153,11 @@ def publish(path: Path, results: dict, *tables: str) -> None:
     print(f"\nwritten {path}")
 
 
-def workspace(work: Path) -> tuple[Path, Path, Path]:
-    """``work``'s calibration crops, evaluation crops and FP32 bundle of the default model, each made when missing."""
+def workspace(work: Path, name: str = DEFAULT_MODEL, weights: str = "pretrained") -> tuple[Path, Path, Path]:
+    """``work``'s calibration crops, evaluation crops and FP32 bundle of model ``name``, each made when missing."""
     work.mkdir(parents=True, exist_ok=True)
     calib, evaluation = photo_crops(work)
-    return calib, evaluation, fp32_bundle(work, calib)
+    return calib, evaluation, fp32_bundle(work, calib, name, weights)
 
 
 def crops(bundle: Path, folder: Path, count: int) -> np.ndarray:
@@ -301,6 +301,10 @@ def quantize_bundle_fp16(base: Path) -> Path:
     return quantize_bundle(base, "fp16").path
 
 
+def _rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return round(float(np.sqrt(np.mean((a - b) ** 2))), 4)
+
+
 def outputs(path: Path, batch: np.ndarray, numerics: str) -> np.ndarray:
     from edgetl.export.parity import backend_outputs
     from edgetl.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -349,11 +353,9 @@ def main() -> int:
 
     suffix = "" if args.model == DEFAULT_MODEL else f"-{args.model}"
     work = Path(args.out or f"{DEFAULT_WORK}{suffix}")
-    work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    calib, evaluation = photo_crops(work)
     try:
-        exported = fp32_bundle(work, calib, args.model, args.weights)
+        calib, evaluation, exported = workspace(work, args.model, args.weights)
     except EdgetlError as exc:  # no offline weights for this model: say where to put them
         print(exc, file=sys.stderr)
         return 2
@@ -383,10 +385,9 @@ def main() -> int:
         rows[name] = {mode: float(np.mean(top1[mode] == reference)) for mode in top1}
         # Agreement on near-ties is coarse (one flip = 0.25 %); the logit error says how far every image moved.
         for mode in ("exact", "device"):
-            rows[name][f"{mode}_logit_rmse"] = round(float(np.sqrt(np.mean((logits_by_mode[mode] - logits) ** 2))), 4)
+            rows[name][f"{mode}_logit_rmse"] = _rmse(logits_by_mode[mode], logits)
         # How far the two numerics are apart: near-ties that this much rounding flips move the agreements apart.
-        rows[name]["exact_vs_device_logit_rmse"] = round(
-            float(np.sqrt(np.mean((logits_by_mode["exact"] - logits_by_mode["device"]) ** 2))), 4)
+        rows[name]["exact_vs_device_logit_rmse"] = _rmse(logits_by_mode["exact"], logits_by_mode["device"])
         rows[name]["exact_above_p25_margin"] = float(np.mean(top1["exact"][wide] == reference[wide]))
         rows[name]["bytes"] = path.stat().st_size
     p50 = timings({"fp32": base / "model.onnx", **{k: paths[k] for k in ("before-trt", "before-cpu", "trt", "cpu")}},
