@@ -221,25 +221,33 @@ def _ultralytics_yaml(root: Path) -> Path:
     return target
 
 
+def _child_json(cmd: list[str], scratch: Path, threads: int) -> tuple[dict[str, Any] | None, int, Any]:
+    """Run ``cmd`` (this script as a child) with ``threads`` threads and Ultralytics kept offline in ``scratch``:
+    the JSON of its last stdout line (None when it failed), its exit status, and the kernel's accounting of it."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(scratch / "ultralytics-config"),
+           "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0 or not stdout.strip():
+        return None, status, usage
+    return json.loads(stdout.strip().splitlines()[-1]), status, usage
+
+
 def _run_child(variant: str, data: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Run one variant in a fresh process; its wall time, user/system CPU, minor faults and peak RSS."""
-    import json
-    import os
-    import subprocess
 
     cmd = [sys.executable, __file__, "--child", variant, "--data", str(data), "--child-out", str(out),
            "--epochs", str(args.epochs), "--threads", str(args.threads), "--det-size", str(args.det_size),
            "--det-batch", str(args.det_batch)]
-    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(out / "ultralytics-config"),
-           "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    stdout = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
+    child, status, usage = _child_json(cmd, out, args.threads)
     wall = time.perf_counter() - t0
-    if status != 0 or not stdout.strip():
+    if child is None:
         return {"variant": variant, "error": f"exit status {status}"}
-    child = json.loads(stdout.strip().splitlines()[-1])
     images = args.train_images * args.epochs
     return {
         "variant": variant, "label": DETECT_LABELS[variant], "threads": args.threads,
@@ -395,8 +403,6 @@ def _step_child(args: argparse.Namespace) -> int:
 
 def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[str, Any]:
     import importlib.util
-    import json
-    import subprocess
 
     variants = [v for v in STEP_VARIANTS
                 if v != "step-ultralytics" or importlib.util.find_spec("ultralytics") is not None]
@@ -406,15 +412,10 @@ def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[
             print(f"  model step: {variant}...", file=sys.stderr)
             cmd = [sys.executable, __file__, "--child", variant, "--threads", str(args.threads),
                    "--det-size", str(args.det_size), "--det-batch", str(args.det_batch)]
-            env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(Path(tmp) / "ultralytics-config"),
-                   "OMP_NUM_THREADS": str(args.threads)}
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-            stdout = proc.stdout.read() if proc.stdout else ""
-            _, status, usage = os.wait4(proc.pid, 0)
-            if status != 0 or not stdout.strip():
+            child, status, usage = _child_json(cmd, Path(tmp), args.threads)
+            if child is None:
                 rows.append({"variant": variant, "error": f"exit status {status}"})
                 continue
-            child = json.loads(stdout.strip().splitlines()[-1])
             rows.append({"variant": variant, "label": STEP_LABELS[variant],
                          "parameters_m": round(child["parameters"] / 1e6, 2),
                          "step_seconds": round(child["step_seconds"], 3),
