@@ -29,6 +29,9 @@ from edgetl.tables import format_table
               help="Override the target's activation type (int8: symmetric; uint8: asymmetric).")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Correct each layer's bias for the mean shift of its rounded weights.")
+@click.option("--sequential-correction/--no-sequential-correction", default=True, show_default=True,
+              help="Then move each layer's bias by the mean output error left in the quantized graph, layer by layer "
+                   "in exact numerics (128 calibration images).")
 @click.option("--weight-scales", type=click.Choice(WEIGHT_SCALES), default="max", show_default=True,
               help="Per-channel weight scales: largest magnitude, or least squared error.")
 @click.option("--weight-rounding", type=click.Choice(WEIGHT_ROUNDINGS), default="gptq", show_default=True,
@@ -78,14 +81,16 @@ from edgetl.tables import format_table
 @json_option
 @handle_errors
 def command(bundle, precision, calib_data, calib_size, method, percentile, per_channel, target, activation_type,
-            bias_correction, weight_scales, weight_rounding, centre_activations, reduce_range, max_drop,
+            bias_correction, sequential_correction, weight_scales, weight_rounding, centre_activations,
+            reduce_range, max_drop,
             min_agreement, val_data, val_size, max_kept, exclude, seed, qat, qat_epochs, qat_lr, qat_images,
             qat_layers, data, strict, as_json: bool) -> None:
     """Quantize the FP32 model of BUNDLE to FP16 or INT8 (QDQ, static, calibrated; --qat: fine-tuned)."""
     from edgetl.quantize import quantize_bundle
 
     ptq_options = {"method": method, "percentile": percentile, "per_channel": per_channel,
-                   "bias_correction": bias_correction, "weight_scales": weight_scales,
+                   "bias_correction": bias_correction, "sequential_correction": sequential_correction,
+                   "weight_scales": weight_scales,
                    "weight_rounding": weight_rounding,
                    "centre_activations": centre_activations,
                    "nodes_to_exclude": list(exclude)}
@@ -100,9 +105,9 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
     result = quantize_bundle(bundle, precision, calib_data=calib_data, calib_size=calib_size, method=method,
                              per_channel=per_channel, max_drop=max_drop, val_data=val_data, seed=seed,
                              activation_type=activation_type, target=target, reduce_range=reduce_range,
-                             bias_correction=bias_correction, weight_scales=weight_scales,
-                             weight_rounding=weight_rounding, centre_activations=centre_activations,
-                             percentile=percentile,
+                             bias_correction=bias_correction, sequential_correction=sequential_correction,
+                             weight_scales=weight_scales, weight_rounding=weight_rounding,
+                             centre_activations=centre_activations, percentile=percentile,
                              min_agreement=min_agreement, val_size=val_size, nodes_to_exclude=list(exclude),
                              max_kept=max_kept, progress=not as_json, strict=strict)
     info = result.info
@@ -120,6 +125,11 @@ def command(bundle, precision, calib_data, calib_size, method, percentile, per_c
         seven = f" (7-bit on {w['seven_bit_layers']} layers)" if w["seven_bit_layers"] else ""
         say(f"weights: 8-bit per channel{seven}, bias correction on {w['bias_corrected_layers']} layers; "
             f"{info['graph']['int8_layers']} layers INT8, {len(info['graph']['float_layers'])} in float")
+        sequential = info.get("sequential_correction_result")
+        if sequential:
+            say(f"sequential bias correction: {sequential['layers']} layers' mean output error removed in the "
+                f"quantized graph ({sequential['images']} images, largest shift {sequential['largest_shift']:.3g}, "
+                f"{sequential['seconds']:.1f}s)")
         centred = info.get("centred_activations") or {}
         if centred.get("centred_tensors"):
             say(f"activations: {centred['centred_tensors']} ReLU6 outputs centred on zero for symmetric int8 "

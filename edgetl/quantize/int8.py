@@ -67,6 +67,8 @@ class Int8Settings:
         percentile: the percentile of ``percentile`` calibration.
         bias_correction: subtract each layer's weight-rounding mean shift from its bias
             (`edgetl.quantize.weights`).
+        sequential_correction: then move each layer's bias by the mean output error left in the quantized graph,
+            layer by layer in exact numerics (`edgetl.quantize.sequential`).
         weight_scales: ``max`` (largest magnitude per channel) or ``mse`` (least squared error per channel).
         weight_rounding: ``gptq`` (each layer's codes chosen for the least output error on the calibration
             images, `edgetl.quantize.rounding`) or ``nearest``.
@@ -83,6 +85,7 @@ class Int8Settings:
     weight_scales: str = "max"
     centre_activations: bool = True
     weight_rounding: str = "gptq"
+    sequential_correction: bool = True
 
     def __post_init__(self) -> None:
         if self.activation_type not in ACTIVATION_TYPES:
@@ -118,7 +121,8 @@ class Int8Settings:
                 "weight_type": "int8", "weight_bits": 7 if self.reduce_range else 8,
                 "reduce_range": self.reduce_range, "format": "QDQ", "target": self.target,
                 "percentile": self.percentile if self.method == "percentile" else None,
-                "bias_correction": self.bias_correction, "weight_scales": self.weight_scales,
+                "bias_correction": self.bias_correction, "sequential_correction": self.sequential_correction,
+                "weight_scales": self.weight_scales,
                 "weight_rounding": self.weight_rounding, "centre_activations": self.centres_activations,
                 "tensorrt_compatible": self.tensorrt_compatible, "gate_numerics": self.gate_numerics}
 

@@ -44,7 +44,8 @@ def test_int8_qdq_each_method_and_cache(bundle_copy: Path, digits_dir: Path, met
 
     # Rebuilding the same format with other options reuses the cached statistics (no images decoded).
     again = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=20, method=method,
-                            bias_correction=False, weight_scales="mse")
+                            bias_correction=False, sequential_correction=False, weight_scales="mse")
+    assert again.info["sequential_correction_result"] is None and not again.info["sequential_correction"]
     assert again.info["calibration"]["cache_hit"] and again.info["calibration"]["cache"] == info["calibration"]["cache"]
     # The CPU format quantizes the graph as exported (the TensorRT format its centred rewrite): its own
     # statistics, computed once, then reused as well.
@@ -151,6 +152,9 @@ def test_too_few_images_for_bias_correction_warns_and_skips(bundle_copy: Path, d
     assert result.info["weights"]["gptq_rounded_layers"] == 0
     assert result.info["weights"]["bias_correction_applied"] is False
     assert result.info["weight_bits"] == 8 and not result.info["reduce_range"]
+    # 12 images cannot give a stable mean output either: the sequential correction is skipped too, and says so.
+    assert any("sequential correction of the biases skipped" in w for w in result.warnings)
+    assert result.info["sequential_correction_result"] is None
     golden = result.info["golden"]["logits"]["numerics"]
     assert set(golden) == {"exact", "device"}
 
@@ -160,6 +164,9 @@ def test_bias_correction_recorded_with_enough_images(bundle_copy: Path, digits_d
     result = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=40)
     weights = result.info["weights"]
     assert weights["bias_correction_applied"] and weights["bias_corrected_layers"] == 50
+    # 40 images, 32 of them in whole chunks of 16: every biased layer's mean output corrected in the quantized graph.
+    sequential = result.info["sequential_correction_result"]
+    assert sequential["layers"] == 50 and sequential["images"] == 32 and not sequential["skipped"]
     assert result.info["weight_rounding"] == "gptq" and weights["gptq_rounded_layers"] == 50
     assert result.info["calibration"]["cache"].endswith(".npz")
     nearest = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=40, weight_rounding="nearest")

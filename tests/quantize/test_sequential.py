@@ -1,0 +1,122 @@
+"""Sequential bias correction (`edgetl.quantize.sequential`) on a small QDQ graph: the pieces compute what the
+whole graph computes, and after the correction every layer's mean output in the quantized graph is FP32's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgetl.quantize.int8 import Int8Settings, quantize_file
+from edgetl.quantize.qdq_edit import float_outputs
+from edgetl.quantize.sequential import correct_biases, layer_means
+from edgetl.quantize.statistics import measure
+from edgetl.runtime.backends.onnxruntime import ort, session_options
+
+
+def _outputs(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> list[np.ndarray]:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
+    session = ort.InferenceSession(probe.SerializeToString(), session_options("exact"),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(names, {"input": x})
+
+
+def _residual_net(rng: np.random.Generator) -> onnx.ModelProto:
+    """Conv -> ReLU6 -> depthwise -> ReLU6 -> 1x1 conv, added to the first conv's output (a residual), a Reshape
+    whose shape comes from a Shape op, pool, Gemm: every kind of tensor the pieces pass between them."""
+    def init(name: str, shape: tuple[int, ...], scale: float = 0.5) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"], name="relu6a"),
+        helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["a2"], name="relu6b"),
+        helper.make_node("Conv", ["a2", "w3", "b3"], ["c3"], name="project"),
+        helper.make_node("Add", ["c3", "c1"], ["s"], name="residual"),
+        helper.make_node("Shape", ["s"], ["shape"], name="shape"),
+        helper.make_node("Reshape", ["s", "shape"], ["s2"], name="reshape"),
+        helper.make_node("GlobalAveragePool", ["s2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w4", "b4"], ["logits"], name="fc", transB=1),
+    ]
+    inits = [init("w1", (8, 3, 3, 3)), init("b1", (8,)), init("w2", (8, 1, 3, 3)), init("b2", (8,)),
+             init("w3", (8, 8, 1, 1)), init("b3", (8,)), init("w4", (5, 8)), init("b4", (5,)),
+             numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(6.0), "hi")]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                          [None, 3, 10, 10])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+LAYERS = ["conv1", "dw", "project", "fc"]
+
+
+@pytest.fixture
+def quantized(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    model = _residual_net(rng)
+    path = tmp_path / "net.onnx"
+    onnx.save(model, str(path))
+    x = rng.normal(0.8, 1.0, (64, 3, 10, 10)).astype(np.float32)
+    stats = measure(model, [x[:32], x[32:]], input_name="input")
+    out = tmp_path / "q.onnx"
+    quantize_file(path, out, Int8Settings(), ranges=stats.ranges("minmax", 99.99))
+    return model, float_outputs(onnx.load(str(out)), model), x
+
+
+def _nodes(model: onnx.ModelProto) -> list:
+    by_name = {n.name: n for n in model.graph.node}
+    return [by_name[name] for name in LAYERS]
+
+
+def test_pieces_compute_what_the_whole_graph_computes(quantized) -> None:
+    _, q, x = quantized
+    means = layer_means(q, _nodes(q), x, chunk=16)
+    whole = _outputs(q, [n.output[0] for n in _nodes(q)], x)
+    for name, output in zip(LAYERS, whole, strict=True):
+        axes = tuple(a for a in range(output.ndim) if a != 1)
+        np.testing.assert_allclose(means[name], output.mean(axis=axes), rtol=1e-5, atol=1e-6)
+
+
+def test_every_layers_mean_output_matches_fp32_after_correction(quantized) -> None:
+    model, q, x = quantized
+    # Coarse activations make the mean errors large enough to see: 16 codes on the depthwise conv's input.
+    inits = {i.name: i for i in q.graph.initializer}
+    dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in
+              next(m for m in q.graph.node if m.name == "dw").input)
+    scale = numpy_helper.to_array(inits[dq.input[1]]) * 16
+    inits[dq.input[1]].CopyFrom(numpy_helper.from_array(scale.astype(np.float32), dq.input[1]))
+    reference = _outputs(model, [n.output[0] for n in _nodes(model)], x)
+    before = _outputs(q, [n.output[0] for n in _nodes(q)], x)
+
+    def mean_errors(outputs: list[np.ndarray]) -> list[float]:
+        return [float(np.abs((o - r).mean(axis=tuple(a for a in range(o.ndim) if a != 1))).max())
+                for o, r in zip(outputs, reference, strict=True)]
+
+    result = correct_biases(q, model, x, chunk=16)
+    after = mean_errors(_outputs(q, [n.output[0] for n in _nodes(q)], x))
+    assert result.layers == 4 and result.images == 64 and not result.skipped
+    assert max(mean_errors(before)[1:]) > 0.05  # the coarse input shifted the layers after it
+    # What is left is the rounding of each int32 bias to its scale: at most half a step.
+    producer = {o: n for n in q.graph.node for o in n.output}
+    inits = {i.name: i for i in q.graph.initializer}
+    steps = [float(numpy_helper.to_array(inits[producer[n.input[2]].input[1]]).max()) for n in _nodes(q)]
+    for error, step in zip(after, steps, strict=True):
+        assert error <= 0.5 * step + 1e-5, (after, steps)
+    onnx.checker.check_model(q)
+
+
+def test_a_batch_smaller_than_one_chunk_is_refused(quantized) -> None:
+    model, q, x = quantized
+    with pytest.raises(ValueError, match="16 at a time"):
+        correct_biases(q, model, x[:8], chunk=16)
