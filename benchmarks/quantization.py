@@ -15,12 +15,15 @@ FP32 (the photos have no ImageNet labels), in two numerics:
 Variants (all through `edgetl.quantize.quantize_bundle`, per-channel weights, each format's default ranges unless
 named: ``mse-unbounded`` for the TensorRT format, ``minmax`` for the CPU format):
   before-*   : the first defaults: 7-bit weights, no bias correction, min/max ranges, weights rounded to
-               nearest (``--reduce-range --no-bias-correction --method minmax --weight-rounding nearest``)
+               nearest (``--reduce-range --no-bias-correction --no-sequential-correction --method minmax
+               --weight-rounding nearest``)
   trt / cpu  : today's defaults for ``--target tensorrt`` (int8 activations) and ``--target cpu`` (uint8)
   *-nearest  : weights rounded to nearest instead of by GPTQ (``--weight-rounding nearest``)
   trt-minmax : the TensorRT format with min/max ranges everywhere (its default before ``mse-unbounded``)
   trt-uncentred: the TensorRT format without centring its ReLU6 outputs (``--no-centre-activations``)
-  *-nobc     : without bias correction; *-mse: MSE weight scales; *-entropy / *-percentile: other methods;
+  *-noseq    : without the sequential bias correction in the quantized graph (``--no-sequential-correction``)
+  *-nobc     : without bias correction of the weights' rounding; *-mse: MSE weight scales;
+  *-entropy / *-percentile: other methods;
   *-mse-ranges: activation ranges of least expected squared error (``--method mse``)
   *-qat      : then quantization-aware fine-tuning of every layer on the (unlabelled) calibration crops, by
                distillation from FP32 (``--qat --data CALIB --qat-layers 1000 --qat-epochs 3 --qat-lr 1e-5
@@ -35,8 +38,8 @@ With ``--modelopt-python PY`` (or ``EDGETL_MODELOPT_PYTHON``), also NVIDIA's Ten
 graphs are scored here, in this run's numerics.
 
 Latency: batch 1, round-robin blocks so machine load hits all models alike; ratios against ONNX Runtime FP32
-in the same run. Quantize cost: the first quantize (streamed calibration on 300 images + bias correction) runs
-in a child process, its wall time and own peak RSS (VmHWM) recorded.
+in the same run. Quantize cost: the first quantize (streamed calibration on 300 images, GPTQ rounding, both bias
+corrections) runs in a child process, its wall time and own peak RSS (VmHWM) recorded.
 
     python benchmarks/quantization.py [--out /tmp/edgetl-qbench] [--iters 40] [--modelopt-python PY]
     python benchmarks/quantization.py --model mobilenetv3_large_100 [--weights FILE]
@@ -66,8 +69,9 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field"
           "logo", "retina", "cell")
 VARIANTS = {  # name: quantize_bundle keyword arguments
     "before-trt": {"target": "tensorrt", "reduce_range": True, "bias_correction": False, "method": "minmax",
-                   "weight_rounding": "nearest"},
-    "before-cpu": {"target": "cpu", "reduce_range": True, "bias_correction": False, "weight_rounding": "nearest"},
+                   "weight_rounding": "nearest", "sequential_correction": False},
+    "before-cpu": {"target": "cpu", "reduce_range": True, "bias_correction": False, "weight_rounding": "nearest",
+                   "sequential_correction": False},
     "trt": {"target": "tensorrt"},
     "trt-nearest": {"target": "tensorrt", "weight_rounding": "nearest"},
     "cpu-nearest": {"target": "cpu", "weight_rounding": "nearest"},
@@ -75,6 +79,8 @@ VARIANTS = {  # name: quantize_bundle keyword arguments
     "trt-minmax": {"target": "tensorrt", "method": "minmax"},
     "trt-uncentred": {"target": "tensorrt", "centre_activations": False},
     "cpu": {"target": "cpu"},
+    "trt-noseq": {"target": "tensorrt", "sequential_correction": False},
+    "cpu-noseq": {"target": "cpu", "sequential_correction": False},
     "trt-nobc": {"target": "tensorrt", "bias_correction": False},
     "cpu-nobc": {"target": "cpu", "bias_correction": False},
     "cpu-mse": {"target": "cpu", "weight_scales": "mse"},
@@ -412,7 +418,7 @@ def main() -> int:
                      f"{speed} | {r['bytes'] / 1e6:.1f} |")
     lines.append(f"FP32 top-1/top-2 logit margin percentiles (p5, p10, p25, p50): {margins}")
     first = quantize_info["first_quantize"]
-    lines.append(f"first quantize (300 images, streamed statistics, GPTQ rounding, bias correction): "
+    lines.append(f"first quantize (300 images, streamed statistics, GPTQ rounding, both bias corrections): "
                  f"{first['seconds']:.0f} s, "
                  f"calibration {first['calibration_seconds']:.0f} s, peak RSS {first['peak_rss_mb']:.0f} MB")
     for name, cost in reference_cost.items():
