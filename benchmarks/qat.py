@@ -13,6 +13,8 @@ peak RSS from ``os.wait4``):
   qat        : ``edgetl quantize B --qat`` (PTQ, then QAT with the defaults: the last 2 layers, cached prefix)
   qat-all-layers : every layer trains (lr 1e-5, 1 epoch over 256 images: what the same minutes buy there)
   ptq-nearest: ``--weight-rounding nearest``: the defaults with weights rounded to nearest instead of by GPTQ
+  ptq-noseq  : ``--no-sequential-correction``: the defaults without the sequential bias correction (and
+               ``ptq-cpu-noseq`` in the CPU format)
   ptq-7bit   : ``--reduce-range --weight-rounding nearest`` (7-bit weights on non-depthwise layers, rounded to
                nearest): PTQ that misses the gate on purpose
   qat-7bit   : ``--qat --reduce-range --weight-rounding nearest``: QAT from that start, weights kept at 7 bits
@@ -62,12 +64,14 @@ VARIANTS = {
     "qat": ["--qat"],
     "qat-all-layers": ["--qat", "--qat-layers", "1000", "--qat-lr", "1e-5", "--qat-epochs", "1", "--qat-images", "256"],
     "ptq-nearest": ["--target", "tensorrt", "--weight-rounding", "nearest"],
+    "ptq-noseq": ["--target", "tensorrt", "--no-sequential-correction"],
     "ptq-7bit": ["--target", "tensorrt", "--reduce-range", "--weight-rounding", "nearest"],
     "qat-7bit": ["--qat", "--reduce-range", "--weight-rounding", "nearest"],
     "qat-7bit-all-layers": ["--qat", "--reduce-range", "--weight-rounding", "nearest", "--qat-layers", "1000",
                             "--qat-lr", "1e-5", "--qat-epochs", "5", "--qat-images", "0"],
     "ptq-7bit-gptq": ["--target", "tensorrt", "--reduce-range"],
     "ptq-cpu": ["--target", "cpu"],
+    "ptq-cpu-noseq": ["--target", "cpu", "--no-sequential-correction"],
     "qat-cpu": ["--qat", "--target", "cpu"],
 }
 MAX_DROP, MIN_AGREEMENT = 0.2, 0.99
@@ -98,7 +102,7 @@ def child(command: list[str], log: Path) -> dict[str, Any]:
 
 
 DEFAULT_FINE_TUNING = ["--strategy", "partial", "--epochs", "10", "--img-size", "128"]
-DEFAULT_VARIANTS = {k: VARIANTS[k] for k in ("ptq", "qat", "ptq-cpu", "qat-cpu")}
+DEFAULT_VARIANTS = {k: VARIANTS[k] for k in ("ptq", "qat", "ptq-noseq", "ptq-cpu", "qat-cpu", "ptq-cpu-noseq")}
 
 
 def quantize_rows(base: Path, work: Path, variants: dict[str, list[str]], prefix: str = "") -> dict[str, Any]:
