@@ -84,7 +84,8 @@ def correct_biases(quantized: Any, reference: Any, batch: np.ndarray, *, chunk: 
             result.skipped.append(node.name)
             return output
         shifts.append(float(np.abs(shift).max()))
-        return output + delta.reshape((1, -1) + (1,) * (output.ndim - 2)).astype(output.dtype)
+        output += delta.reshape((1, -1) + (1,) * (output.ndim - 2)).astype(output.dtype)  # in place: no copy
+        return output
 
     layer_means(quantized, layers, batch, chunk=chunk, correct=correct)
     result.layers = len(shifts)
@@ -224,9 +225,9 @@ def _run(model: Any, piece: _Piece, values: dict[str, np.ndarray], outputs: list
 
 
 def _channel_means(output: np.ndarray) -> np.ndarray:
-    """Mean over every axis but the channel axis (1)."""
+    """Mean over every axis but the channel axis (1), accumulated in float64 without a float64 copy."""
     axes = tuple(a for a in range(output.ndim) if a != 1)
-    return output.astype(np.float64).mean(axis=axes)
+    return output.mean(axis=axes, dtype=np.float64)
 
 
 class _BiasEditor:
