@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_nets import saved_net, small_model
 
 from edgetl.quantize.int8 import Int8Settings, quantize_file
 from edgetl.quantize.qdq_edit import ACTIVATION, float_outputs, list_units, restore
@@ -45,23 +46,12 @@ def _conv_net(rng: np.random.Generator) -> onnx.ModelProto:
     inits = [init("w1", (8, 3, 3, 3)), init("b1", (8,)), init("w2", (8, 1, 3, 3)), init("b2", (8,)),
              init("w3", (5, 8)), init("b3", (5,)), numpy_helper.from_array(np.float32(0.0), "lo"),
              numpy_helper.from_array(np.float32(6.0), "hi")]
-    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                          [None, 3, 12, 12])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 5])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return small_model(nodes, inits, side=12, classes=5)
 
 
 @pytest.fixture
 def net(tmp_path: Path):
-    rng = np.random.default_rng(0)
-    model = _conv_net(rng)
-    path = tmp_path / "net.onnx"
-    onnx.save(model, str(path))
-    x = (rng.normal(0.8, 1.0, (64, 3, 12, 12))).astype(np.float32)
-    return model, path, x
+    return saved_net(tmp_path, _conv_net, side=12)
 
 
 def test_streamed_statistics_equal_one_pass() -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
+from onnx_nets import saved_net, small_model
 
 from edgetl.quantize.int8 import Int8Settings, quantize_file
 from edgetl.quantize.qdq_edit import float_outputs
@@ -49,13 +50,7 @@ def _residual_net(rng: np.random.Generator) -> onnx.ModelProto:
     inits = [init("w1", (8, 3, 3, 3)), init("b1", (8,)), init("w2", (8, 1, 3, 3)), init("b2", (8,)),
              init("w3", (8, 8, 1, 1)), init("b3", (8,)), init("w4", (5, 8)), init("b4", (5,)),
              numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(6.0), "hi")]
-    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                          [None, 3, 10, 10])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 5])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return small_model(nodes, inits, side=10, classes=5)
 
 
 LAYERS = ["conv1", "dw", "project", "fc"]
@@ -63,11 +58,7 @@ LAYERS = ["conv1", "dw", "project", "fc"]
 
 @pytest.fixture
 def quantized(tmp_path: Path):
-    rng = np.random.default_rng(0)
-    model = _residual_net(rng)
-    path = tmp_path / "net.onnx"
-    onnx.save(model, str(path))
-    x = rng.normal(0.8, 1.0, (64, 3, 10, 10)).astype(np.float32)
+    model, path, x = saved_net(tmp_path, _residual_net, side=10)
     stats = measure(model, [x[:32], x[32:]], input_name="input")
     out = tmp_path / "q.onnx"
     quantize_file(path, out, Int8Settings(), ranges=stats.ranges("minmax", 99.99))
