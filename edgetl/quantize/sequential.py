@@ -168,7 +168,7 @@ def _last_reads(pieces: list[_Piece], model: Any) -> dict[str, int]:
 def _shape_tensors(model: Any) -> set[str]:
     """Tensors that describe shapes rather than images (``Shape``/``Size`` outputs and what is computed from them
     and constants alone): every chunk reads them whole, and they are kept from the first chunk."""
-    constant = _constant_outputs(model)
+    constant = _constant_outputs(model) | {i.name for i in model.graph.initializer}
     shapes: set[str] = set()
     for node in model.graph.node:
         inputs = [i for i in node.input if i and i not in constant]

@@ -30,26 +30,34 @@ def _outputs(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> list[np
 
 def _residual_net(rng: np.random.Generator) -> onnx.ModelProto:
     """Conv -> ReLU6 -> depthwise -> ReLU6 -> 1x1 conv, added to the first conv's output (a residual), a Reshape
-    whose shape comes from a Shape op, pool, Gemm: every kind of tensor the pieces pass between them."""
+    whose shape comes from a Shape op three layers before it, pool, Gemm: every kind of tensor the pieces pass
+    between them."""
     def init(name: str, shape: tuple[int, ...], scale: float = 0.5) -> onnx.TensorProto:
         return numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name)
 
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        # A detector's decode: a shape read several layers later (so it crosses pieces), its leading dims sliced
+        # with initializer bounds, and a constant tail.
+        helper.make_node("Shape", ["c1"], ["shape"], name="shape"),
+        helper.make_node("Slice", ["shape", "zero", "two"], ["lead"], name="slice"),
+        helper.make_node("Concat", ["lead", "tail"], ["shape2"], name="concat", axis=0),
         helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"], name="relu6a"),
         helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=8),
         helper.make_node("Clip", ["c2", "lo", "hi"], ["a2"], name="relu6b"),
         helper.make_node("Conv", ["a2", "w3", "b3"], ["c3"], name="project"),
         helper.make_node("Add", ["c3", "c1"], ["s"], name="residual"),
-        helper.make_node("Shape", ["s"], ["shape"], name="shape"),
-        helper.make_node("Reshape", ["s", "shape"], ["s2"], name="reshape"),
+        helper.make_node("Reshape", ["s", "shape2"], ["s2"], name="reshape"),
         helper.make_node("GlobalAveragePool", ["s2"], ["p"], name="pool"),
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "w4", "b4"], ["logits"], name="fc", transB=1),
     ]
     inits = [init("w1", (8, 3, 3, 3)), init("b1", (8,)), init("w2", (8, 1, 3, 3)), init("b2", (8,)),
              init("w3", (8, 8, 1, 1)), init("b3", (8,)), init("w4", (5, 8)), init("b4", (5,)),
-             numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(6.0), "hi")]
+             numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(6.0), "hi"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([2], np.int64), "two"),
+             numpy_helper.from_array(np.array([10, 10], np.int64), "tail")]
     return small_model(nodes, inits, side=10, classes=5)
 
 
