@@ -85,7 +85,8 @@ def _quantize(bundle_dir: Path, calib: Path, data: Path, args: argparse.Namespac
         t0 = time.perf_counter()
         try:
             result = quantize_bundle(bundle_dir, "int8", calib_data=str(calib), calib_size=args.calib_size,
-                                     method=args.method, seed=args.seed, max_drop=budget, val_data=str(data))
+                                     method=args.method, seed=args.seed, max_drop=budget, val_data=str(data),
+                                     sequential_correction=args.sequential_correction)
             kept = list(result.info.get("kept_layers", []))
         except EdgetlError as exc:  # budget missed: the best model found is still written
             kept = [f"budget missed: {exc.message}"]
@@ -112,6 +113,7 @@ def _qat(bundle_dir: Path, data: Path, test: Path, args: argparse.Namespace,
     copy = Path(shutil.copytree(bundle_dir, bundle_dir.parent / "bundle-qat"))
     t0 = time.perf_counter()
     result = qat_bundle(copy, data=data, calib_size=args.calib_size, val_data=data, val_size=args.n_val,
+                        ptq_options={"sequential_correction": args.sequential_correction},
                         seed=args.seed)
     seconds = time.perf_counter() - t0
     record = result.info.get("qat") or result.info["qat_attempt"]
@@ -136,7 +138,8 @@ def _qat_model_test(bundle_dir: Path, data: Path, test: Path, args: argparse.Nam
 
     copy = Path(shutil.copytree(bundle_dir, bundle_dir.parent / "bundle-qat-model"))
     with mock.patch("edgetl.quantize.qat.worse", return_value=False):
-        qat_bundle(copy, data=data, calib_size=args.calib_size, val_data=data, val_size=args.n_val, seed=args.seed)
+        qat_bundle(copy, data=data, calib_size=args.calib_size, val_data=data, val_size=args.n_val, seed=args.seed,
+                   ptq_options={"sequential_correction": args.sequential_correction})
     return _test_drop(copy, test, args.threads)
 
 
@@ -209,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU threads for PyTorch and ONNX Runtime (1: steadiest on a busy 2-core machine).")
     parser.add_argument("--repeats", type=int, default=20, help="Latency images per engine per round.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sequential-correction", action=argparse.BooleanOptionalAction, default=None,
+                        help="INT8's sequential bias correction (default: the quantizer's for detectors, off); "
+                             "benchmarks/results/detector-sequential-correction.json is --sequential-correction")
     parser.add_argument("--work", default=None, help="Working directory (default: a temporary one).")
     parser.add_argument("--out", default=str(RESULTS / "detector.json"))
     args = parser.parse_args(argv)

@@ -29,9 +29,10 @@ from edgetl.tables import format_table
               help="Override the target's activation type (int8: symmetric; uint8: asymmetric).")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Correct each layer's bias for the mean shift of its rounded weights.")
-@click.option("--sequential-correction/--no-sequential-correction", default=True, show_default=True,
+@click.option("--sequential-correction/--no-sequential-correction", default=None,
               help="Then move each layer's bias by the mean output error left in the quantized graph, layer by layer "
-                   "in exact numerics (128 calibration images).")
+                   "in exact numerics (128 calibration images). Default: on for classifiers, off for detectors "
+                   "(measured: docs/quantize.md).")
 @click.option("--weight-scales", type=click.Choice(WEIGHT_SCALES), default="max", show_default=True,
               help="Per-channel weight scales: largest magnitude, or least squared error.")
 @click.option("--weight-rounding", type=click.Choice(WEIGHT_ROUNDINGS), default="gptq", show_default=True,

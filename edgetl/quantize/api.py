@@ -78,7 +78,7 @@ def quantize_bundle(
     target: str = "tensorrt",
     reduce_range: bool = False,
     bias_correction: bool = True,
-    sequential_correction: bool = True,
+    sequential_correction: bool | None = None,
     weight_scales: str = "max",
     weight_rounding: str = "gptq",
     centre_activations: bool = True,
@@ -117,7 +117,8 @@ def quantize_bundle(
             at least 32 calibration images; skipped with a warning below that).
         sequential_correction: then move each layer's bias by the mean output error that remains in the quantized
             graph, layer by layer in exact numerics, on 128 of the calibration images (`edgetl.quantize.sequential`;
-            needs at least 32 of them).
+            needs at least 32 of them). ``None``: the task's measured default (`sequential.BY_TASK`: classifiers
+            on, detectors off).
         weight_scales: ``max`` or ``mse`` per-channel weight scales.
         weight_rounding: ``gptq`` (codes chosen for each layer's least output error on the calibration images)
             or ``nearest``.
@@ -148,6 +149,10 @@ def quantize_bundle(
         raise BadInputError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
     activation_type = activation_type or TARGETS[target]
     bundle = open_bundle(bundle_dir)
+    if sequential_correction is None:
+        from edgetl.quantize.sequential import BY_TASK
+
+        sequential_correction = BY_TASK.get(bundle.task, False)
     ref = bundle.reference_onnx()
     src = bundle.path_of(ref)
     model = load_onnx(src)

@@ -95,8 +95,11 @@ def test_export_quantize_validate_predict(run, shapes, tmp_path):
     assert manifest["task"] == "detect" and manifest["postprocess"]["outputs"] == "boxes_scores"
     assert manifest["preprocess"]["resize"] == "letterbox"
 
-    quantize_bundle(tmp_path / "host", "int8", calib_data=str(images / "train"), calib_size=8)
+    quantized = quantize_bundle(tmp_path / "host", "int8", calib_data=str(images / "train"), calib_size=8)
     assert (tmp_path / "host" / "model.int8.onnx").is_file()
+    # Detectors keep the sequential bias correction off by default (measured: `edgetl.quantize.sequential.BY_TASK`).
+    assert quantized.info["sequential_correction"] is False
+    assert not any("sequential" in w for w in quantized.warnings)
     post = eval_postprocess(manifest["postprocess"])
     spec = runtime.load(tmp_path / "host", backend="onnxruntime", precision="fp32").bundle.preprocess
     with OnnxRuntimeBackend(tmp_path / "host" / "model.onnx", device="cpu") as ref, \
