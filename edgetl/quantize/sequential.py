@@ -109,20 +109,20 @@ def layer_means(model: Any, layers: list[Any], batch: np.ndarray, *, chunk: int 
     images = len(batch) - len(batch) % chunk
     if images == 0:
         raise ValueError(f"{len(batch)} images; the correction runs {chunk} at a time")
-    pieces = _pieces(model, [n.name for n in layers])
+    index = _GraphIndex.of(model)
+    pieces = _pieces(model, [n.name for n in layers], index.constant)
     needed_after = _last_reads(pieces, model)
-    shapes = _shape_tensors(model)
     values: dict[str, np.ndarray] = {model.graph.input[0].name: batch[:images]}
     means: dict[str, np.ndarray] = {}
-    for index, piece in enumerate(pieces):
-        keep = [t for n in piece.nodes for t in n.output if needed_after.get(t, -1) > index]
+    for position, piece in enumerate(pieces):
+        keep = [t for n in piece.nodes for t in n.output if needed_after.get(t, -1) > position]
         outputs = list(dict.fromkeys([*keep, piece.layer.output[0]]))
-        values.update(_run(model, piece, values, outputs, range(0, images, chunk), shapes))
+        values.update(_run(model, index, piece, values, outputs, range(0, images, chunk)))
         output = values[piece.layer.output[0]]
         means[piece.layer.name] = _channel_means(output)
         if correct is not None:
             values[piece.layer.output[0]] = correct(piece.layer, output)
-        for name in [t for t in values if needed_after.get(t, -1) <= index]:
+        for name in [t for t in values if needed_after.get(t, -1) <= position]:
             del values[name]
     return means
 
@@ -133,10 +133,29 @@ class _Piece:
     layer: Any
 
 
-def _pieces(model: Any, layer_names: list[str]) -> list[_Piece]:
+@dataclass
+class _GraphIndex:
+    """What every piece looks up in the whole graph, computed once: initializers (the same protos the bias edits
+    change in place), each tensor's producer, the nodes' order, constant and shape tensors."""
+
+    inits: dict[str, Any]
+    producer: dict[str, Any]
+    order: dict[int, int]
+    constant: set[str]
+    shapes: set[str]
+
+    @classmethod
+    def of(cls, model: Any) -> _GraphIndex:
+        constant = _constant_outputs(model)
+        return cls(inits={i.name: i for i in model.graph.initializer},
+                   producer={o: n for n in model.graph.node for o in n.output},
+                   order={id(n): k for k, n in enumerate(model.graph.node)}, constant=constant,
+                   shapes=_shape_tensors(model, constant))
+
+
+def _pieces(model: Any, layer_names: list[str], constant: set[str]) -> list[_Piece]:
     """The graph's nodes cut after each named layer (nodes after the last one are not needed)."""
     wanted = set(layer_names)
-    constant = _constant_outputs(model)
     pieces, current = [], []
     for node in model.graph.node:
         if node.output and all(o in constant for o in node.output):
@@ -171,10 +190,10 @@ def _last_reads(pieces: list[_Piece], model: Any) -> dict[str, int]:
     return last
 
 
-def _shape_tensors(model: Any) -> set[str]:
+def _shape_tensors(model: Any, constant_outputs: set[str]) -> set[str]:
     """Tensors that describe shapes rather than images (``Shape``/``Size`` outputs and what is computed from them
     and constants alone): every chunk reads them whole, and they are kept from the first chunk."""
-    constant = _constant_outputs(model) | {i.name for i in model.graph.initializer}
+    constant = constant_outputs | {i.name for i in model.graph.initializer}
     shapes: set[str] = set()
     for node in model.graph.node:
         inputs = [i for i in node.input if i and i not in constant]
@@ -183,14 +202,13 @@ def _shape_tensors(model: Any) -> set[str]:
     return shapes
 
 
-def _run(model: Any, piece: _Piece, values: dict[str, np.ndarray], outputs: list[str], starts: range,
-         shapes: set[str]) -> dict[str, np.ndarray]:
+def _run(model: Any, index: _GraphIndex, piece: _Piece, values: dict[str, np.ndarray], outputs: list[str],
+         starts: range) -> dict[str, np.ndarray]:
     """``piece`` as a graph of its own (with the constant nodes and initializers it reads), over every image,
-    ``chunk`` images at a time."""
+    ``starts.step`` images at a time."""
     from edgetl.runtime.backends.onnxruntime import ort, session_options
 
-    inits = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
+    inits, producer, shapes = index.inits, index.producer, index.shapes
     own = {id(n) for n in piece.nodes}
     nodes, seen, todo = [], set(), [i for n in piece.nodes for i in n.input]
     while todo:  # the constant nodes the piece reads, and theirs
@@ -201,8 +219,7 @@ def _run(model: Any, piece: _Piece, values: dict[str, np.ndarray], outputs: list
         seen.add(id(node))
         nodes.append(node)
         todo.extend(node.input)
-    order = {id(n): k for k, n in enumerate(model.graph.node)}
-    nodes = sorted(nodes + piece.nodes, key=lambda n: order[id(n)])
+    nodes = sorted(nodes + piece.nodes, key=lambda n: index.order[id(n)])
     produced = {o for n in nodes for o in n.output}
     read = list(dict.fromkeys(i for n in nodes for i in n.input if i and i not in produced))
     feeds = [name for name in read if name in values]
