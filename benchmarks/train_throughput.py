@@ -20,9 +20,10 @@ Targets: images/s at least Ultralytics', system CPU under 10 % of user CPU.
 Model step (``--task step``): where the detector gap comes from. Each model's bare training step (forward,
 a loss that touches every output, backward; no data, loss or optimizer) on the same random batch, each in
 its own process with ``--threads`` threads, in the memory layout its trainer uses; its forward GFLOPs per
-image (PyTorch's flop counter), and the share of the step that the depthwise convolutions' weight gradients
-take (the step again with those weights frozen). Compared with the whole-run ratio of ``--task detect``, it shows
-how much of that gap the networks' own arithmetic explains.
+image (PyTorch's flop counter), the megabytes its layers' forward outputs take per image (written in the forward
+pass and read back in the backward: what a memory-bound step streams), and the share of the step that the
+depthwise convolutions' weight gradients take (the step again with those weights frozen). Compared with the
+whole-run ratio of ``--task detect``, it shows how much of that gap the networks' own arithmetic explains.
 
 Scaling (``--task scale``): the same detector training in 1 and 2 data-parallel CPU processes
 (torchrun, Gloo) with the same global batch, ``--threads`` threads each; on a machine with a CUDA GPU
@@ -255,6 +256,9 @@ def _run_child(variant: str, data: Path, out: Path, args: argparse.Namespace) ->
         "wall_seconds": round(wall, 1), "images_per_second": round(images / wall, 2),
         "user_seconds": round(usage.ru_utime, 1), "system_seconds": round(usage.ru_stime, 1),
         "system_vs_user": round(usage.ru_stime / max(usage.ru_utime, 1e-9), 3),
+        # Near 1 for a single-threaded run on an idle machine; well below, the run waited for a busy CPU and its
+        # wall-clock figures understate it (the CPU-time figures do not).
+        "cpu_seconds_per_wall_second": round((usage.ru_utime + usage.ru_stime) / max(wall, 1e-9), 2),
         "cpu_images_per_second": round(images / max(usage.ru_utime + usage.ru_stime, 1e-9), 2),
         "minor_page_faults_m": round(usage.ru_minflt / 1e6, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
         "map50_95": round(child["map50_95"], 4),
@@ -275,6 +279,7 @@ def _detect_rows(args: argparse.Namespace) -> dict[str, Any]:
         variants.remove("ultralytics")
         notes.append("ultralytics is not installed (pip install ultralytics): no side-by-side row")
     rows = []
+    load_before = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "shapes"
         write_shapes(root)
@@ -301,6 +306,8 @@ def _detect_rows(args: argparse.Namespace) -> dict[str, Any]:
                 ours["images_per_second"] / ok_rows["edgetl-before"]["images_per_second"], 2)
     return {"data": "edgetl shapes sample", "train_images": args.train_images, "img_size": args.det_size,
             "batch": args.det_batch, "epochs": args.epochs, "threads": args.threads, "from_scratch": True,
+            "host": {"cpu_count": os.cpu_count(), "load_average_1m_before": load_before,
+                     "load_average_1m_after": round(os.getloadavg()[0], 2)},
             "rows": rows, "verdict": verdict}
 
 
@@ -394,7 +401,20 @@ def _step_child(args: argparse.Namespace) -> int:
     one = x[:1]
     with torch.no_grad(), FlopCounterMode(display=False) as flops:
         run(one)
+    # What the step streams through memory besides arithmetic: every leaf module's forward output for one image
+    # (convolutions, normalizations, activations), each written in the forward pass and read back in the backward.
+    written = [0]
+
+    def count(_module: Any, _inputs: Any, output: Any) -> None:
+        written[0] += sum(t.numel() * t.element_size() for t in outputs(output))
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        run(one)
+    for hook in hooks:
+        hook.remove()
     print(json.dumps({"step_seconds": seconds, "forward_gflops_per_image": flops.get_total_flops() / 1e9,
+                      "activation_mb_per_image": written[0] / 2**20,
                       "parameters": sum(p.numel() for p in model.parameters()), "depthwise_convs": len(depthwise),
                       "depthwise_weight_gradient_share":
                           round(1 - without_depthwise_grads / seconds, 3) if depthwise else None}))
@@ -421,6 +441,7 @@ def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[
                          "step_seconds": round(child["step_seconds"], 3),
                          "images_per_second": round(args.det_batch / child["step_seconds"], 1),
                          "forward_gflops_per_image": round(child["forward_gflops_per_image"], 3),
+                         "activation_mb_per_image": round(child["activation_mb_per_image"], 1),
                          "peak_rss_mb": round(usage.ru_maxrss / 1024), "depthwise_convs": child["depthwise_convs"],
                          "depthwise_weight_gradient_share": child["depthwise_weight_gradient_share"]})
             print(f"    {rows[-1]}", file=sys.stderr)
@@ -431,6 +452,8 @@ def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[
         verdict["step_time_vs_ultralytics"] = round(ours["step_seconds"] / theirs["step_seconds"], 2)
         verdict["forward_flops_vs_ultralytics"] = round(
             ours["forward_gflops_per_image"] / theirs["forward_gflops_per_image"], 2)
+        verdict["activation_memory_vs_ultralytics"] = round(
+            ours["activation_mb_per_image"] / theirs["activation_mb_per_image"], 2)
         whole = (detect or {}).get("verdict", {}).get("cpu_images_per_second_vs_ultralytics")
         if whole:
             verdict["whole_run_cpu_time_vs_ultralytics"] = round(1 / whole, 2)
@@ -445,16 +468,18 @@ def _print_step(section: dict[str, Any]) -> None:
     print(f"\nModel step only (forward + backward, random batch of {section['batch']} at {section['img_size']} px, "
           f"{section['threads']} thread(s), mean of {section['steps']} steps)")
     print(format_table(
-        ["model", "params M", "fwd GFLOPs/image", "step s", "images/s", "peak RSS MB", "depthwise convs",
-         "their weight gradients"],
+        ["model", "params M", "fwd GFLOPs/image", "activations MB/image", "step s", "images/s", "peak RSS MB",
+         "depthwise convs", "their weight gradients"],
         [(r.get("label", r["variant"]), r.get("parameters_m"), r.get("forward_gflops_per_image"),
+          r.get("activation_mb_per_image"),
           r.get("step_seconds"), r.get("images_per_second"), r.get("peak_rss_mb"), r.get("depthwise_convs"),
           f"{100 * r['depthwise_weight_gradient_share']:.0f} % of the step" if r.get("depthwise_convs")
           else r.get("error", "-")) for r in section["rows"]]))
     verdict = section["verdict"]
     if "step_time_vs_ultralytics" in verdict:
         line = (f"edgetl's step takes {verdict['step_time_vs_ultralytics']}x Ultralytics' time for "
-                f"{verdict['forward_flops_vs_ultralytics']}x its forward FLOPs")
+                f"{verdict['forward_flops_vs_ultralytics']}x its forward FLOPs and "
+                f"{verdict.get('activation_memory_vs_ultralytics', '?')}x its activation memory")
         if "whole_run_cpu_time_vs_ultralytics" in verdict:
             line += f"; the whole training run takes {verdict['whole_run_cpu_time_vs_ultralytics']}x its CPU time"
         print(line)
