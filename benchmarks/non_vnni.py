@@ -68,8 +68,9 @@ for job in spec["jobs"]:
 
 
 def bundles(work: Path, base: Path, calib: Path) -> dict[str, Path]:
-    """Each bundle of `BUNDLES`, reused from an earlier run when its settings match."""
+    """Each bundle of `BUNDLES`, reused from an earlier run when its settings match today's defaults."""
     from edgetl.quantize import quantize_bundle
+    from edgetl.quantize.sequential import BY_TASK
 
     paths = {}
     for name, kwargs in BUNDLES.items():
@@ -78,7 +79,8 @@ def bundles(work: Path, base: Path, calib: Path) -> dict[str, Path]:
         wanted_bits = 7 if kwargs.get("reduce_range") else 8
         if manifest.is_file():
             settings = json.loads(manifest.read_text()).get("quantization", {}).get("int8", {})
-            if settings.get("target") == kwargs["target"] and settings.get("weight_bits") == wanted_bits:
+            if (settings.get("target") == kwargs["target"] and settings.get("weight_bits") == wanted_bits
+                    and settings.get("sequential_correction") == BY_TASK["classify"]):
                 paths[name] = bundle / "model.int8.onnx"
                 continue
         shutil.rmtree(bundle, ignore_errors=True)
