@@ -2,22 +2,23 @@
 remedies do, measured.
 
 The same model, crops and default TensorRT-format bundle as `benchmarks/quantization.py` (it builds them if
-missing), scored in exact numerics (ONNX Runtime, graph optimizations off) against FP32 on the 400 evaluation crops:
+missing), scored in exact numerics (ONNX Runtime, graph optimizations off) against FP32 on the 400 evaluation crops;
+beside the default (which includes the sequential bias correction of `edgetl.quantize.sequential`), the same bundle
+quantized without it:
 
 1. **Agreement against logit error.** The default model's own logit error, scaled down by a factor, added to
    the FP32 logits: the agreement each logit RMSE buys on this set of crops, and the RMSE that 95 % needs.
 2. **The activation floor.** Every weight and bias back in FP32, every activation pair kept: what no weight-side
-   step (GPTQ, bias correction, QAT of the weights) can exceed.
+   step (GPTQ, bias correction, QAT of the weights) can exceed; and the same with its biases then corrected
+   sequentially (edgetl's `correct_biases`, on 128 crops spread over the calibration set, as the default).
 3. **Remedies on the activation side**:
    - *equalization* is exact only on the linear streams (projection outputs, residual sums): each such tensor's
      largest per-channel range against its median channel's (on the calibration crops): how much of the int8
      step a per-channel rescaling could give back;
    - *clipping the ReLU6 outputs* below 6: the bound of least squared rounding-and-clipping error for each
      centred ReLU6 output (values subsampled), against 6;
-   - *sequential empirical bias correction* (the form AIMET and Nagel et al. 2019 describe): layer by layer in
-     graph order, each bias absorbs the difference between the layer's mean output in the quantized graph (every
-     layer before it quantized and already corrected) and in FP32, on 64 calibration crops. On the default model
-     and on the activation-only one.
+   - *sequential empirical bias correction* (the form AIMET and Nagel et al. 2019 describe; a default step
+     since it was measured here): the default against the same bundle without it.
 
     python benchmarks/int8_limits.py [--work /tmp/edgetl-qbench]
 
@@ -37,8 +38,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 RESULTS = Path(__file__).parent / "results" / "int8_limits.json"
-#: Calibration crops for the means of sequential bias correction.
-BC_IMAGES = 64
 SCALES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 
 
@@ -56,69 +55,6 @@ def tensor_chunks(model: Any, tensors: list[str], batch: np.ndarray) -> Iterator
     name = model.graph.input[0].name
     for k in range(0, len(batch), 16):
         yield dict(zip(tensors, session.run(None, {name: batch[k:k + 16]}), strict=True))
-
-
-def channel_means(model: Any, tensors: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel means of ``tensors`` (axis 1) over ``batch``, in exact numerics."""
-    sums: dict[str, np.ndarray] = {}
-    for values in tensor_chunks(model, tensors, batch):
-        for tensor, value in values.items():
-            value = value.astype(np.float64).reshape(value.shape[0], value.shape[1], -1)
-            sums[tensor] = sums.get(tensor, 0.0) + value.mean(axis=2).sum(axis=0)
-    return {t: s / len(batch) for t, s in sums.items()}
-
-
-def _upstream(model: Any, tensor: str) -> Any:
-    """``model`` cut after ``tensor``: only the nodes it depends on, ``tensor`` the one output."""
-    import onnx
-
-    nodes = list(model.graph.node)
-    producer = {out: k for k, n in enumerate(nodes) for out in n.output}
-    keep: set[int] = set()
-    todo = [tensor]
-    while todo:
-        k = producer.get(todo.pop())
-        if k is None or k in keep:
-            continue
-        keep.add(k)
-        todo.extend(nodes[k].input)
-    cut = onnx.ModelProto()
-    cut.CopyFrom(model)
-    del cut.graph.node[:]
-    cut.graph.node.extend(n for k, n in enumerate(nodes) if k in keep)
-    del cut.graph.output[:]
-    cut.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
-    return cut
-
-
-def sequential_bias_correction(quantized: Any, reference: Any, batch: np.ndarray) -> tuple[Any, float]:
-    """A copy of ``quantized`` whose biases absorb each layer's mean output error, layer by layer; and the seconds."""
-    import onnx
-    from onnx import numpy_helper
-
-    t0 = time.perf_counter()
-    model = onnx.ModelProto()
-    model.CopyFrom(quantized)
-    inits = {i.name: i for i in model.graph.initializer}
-    producer = {out: n for n in model.graph.node for out in n.output}
-    ref_nodes = {n.name: n for n in reference.graph.node}
-    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2]
-              and n.name in ref_nodes]
-    fp32 = channel_means(reference, [ref_nodes[n.name].output[0] for n in layers], batch)
-    for node in layers:
-        mean = channel_means(_upstream(model, node.output[0]), [node.output[0]], batch)[node.output[0]]
-        shift = mean - fp32[ref_nodes[node.name].output[0]]
-        dq = producer.get(node.input[2])
-        if dq is not None and dq.op_type == "DequantizeLinear":  # int32 bias and its scale
-            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-            codes = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
-            safe = np.where(scale > 0, scale, 1.0)
-            new = np.clip(np.round((codes * scale - shift) / safe), -(2**31), 2**31 - 1).astype(np.int32)
-            inits[dq.input[0]].CopyFrom(numpy_helper.from_array(new, dq.input[0]))
-        elif node.input[2] in inits:
-            bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) - shift
-            inits[node.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), node.input[2]))
-    return model, time.perf_counter() - t0
 
 
 def agreement_by_rmse(reference: np.ndarray, logits: np.ndarray) -> list[dict[str, float]]:
@@ -169,40 +105,59 @@ def relu6_clip_bounds(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
+def tensorrt_bundle(bundle_dir: Path, exported: Path, calib_dir: Path, sequential: bool) -> Path:
+    """The TensorRT-format INT8 model of a copy of ``exported`` in ``bundle_dir``, quantized with the defaults and
+    the sequential bias correction on or off; an existing one is reused when it was made that way."""
+    import json
+    import shutil
+
+    from edgetl.quantize import quantize_bundle
+
+    manifest = bundle_dir / "manifest.json"
+    if manifest.is_file():
+        settings = json.loads(manifest.read_text()).get("quantization", {}).get("int8", {})
+        if settings.get("target") == "tensorrt" and settings.get("sequential_correction") is sequential \
+                and settings.get("weight_rounding") == "gptq" and settings.get("method") == "mse-unbounded":
+            return bundle_dir / "model.int8.onnx"
+    shutil.rmtree(bundle_dir, ignore_errors=True)
+    shutil.copytree(exported, bundle_dir)
+    return quantize_bundle(bundle_dir, "int8", calib_data=calib_dir, calib_size=300, target="tensorrt",
+                           sequential_correction=sequential).path
+
+
 def main() -> int:
     import onnx
     from int8_error_sources import compare, float_weights, run, score
     from quantization import crops, publish, work_args, workspace
 
-    from edgetl.quantize import quantize_bundle
     from edgetl.quantize.int8 import Int8Settings
+    from edgetl.quantize.sequential import SEQUENTIAL_IMAGES, correct_biases
     from edgetl.quantize.shift import int8_reference
 
     work = Path(work_args(__doc__.splitlines()[0]).work)
     t0 = time.perf_counter()
     calib_dir, eval_dir, exported = workspace(work)
-    bundle_dir = work / "trt"
-    if not (bundle_dir / "model.int8.onnx").is_file():
-        import shutil
-
-        shutil.copytree(exported, bundle_dir)
-        quantize_bundle(bundle_dir, "int8", calib_data=calib_dir, calib_size=300, target="tensorrt")
-    calib, batch = crops(exported, calib_dir, BC_IMAGES), crops(exported, eval_dir, 400)
+    # quantization.py's bundles of the same names, when they were made with these settings.
+    default = onnx.load(str(tensorrt_bundle(work / "trt", exported, calib_dir, sequential=True)))
+    without = onnx.load(str(tensorrt_bundle(work / "trt-noseq", exported, calib_dir, sequential=False)))
+    calib, batch = crops(exported, calib_dir, 300), crops(exported, eval_dir, 400)
+    calib = np.ascontiguousarray(calib[np.linspace(0, len(calib) - 1, SEQUENTIAL_IMAGES).astype(int)])
     fp32 = onnx.load(str(exported / "model.onnx"))
     reference_graph = int8_reference(fp32, Int8Settings())[0]  # the centred graph the TensorRT format quantizes
     reference = run(fp32, batch)
-    default = onnx.load(str(bundle_dir / "model.int8.onnx"))
 
     default_logits = run(default, batch)
     curve = agreement_by_rmse(reference, default_logits)
     activations_only = float_weights(default, reference_graph)
-    corrected, bc_seconds = sequential_bias_correction(default, reference_graph, calib)
-    corrected_acts, _ = sequential_bias_correction(activations_only, reference_graph, calib)
+    corrected_acts = onnx.ModelProto()
+    corrected_acts.CopyFrom(activations_only)
+    correction = correct_biases(corrected_acts, reference_graph, calib)
     rows = {
-        "default (TensorRT format)": compare(default_logits, reference),
-        "default + sequential bias correction": {**score(corrected, batch, reference), "seconds": round(bc_seconds, 1)},
-        "activations only (weights FP32)": score(activations_only, batch, reference),
-        "activations only + sequential bias correction": score(corrected_acts, batch, reference),
+        "default (TensorRT format, sequential bias correction included)": compare(default_logits, reference),
+        "default without the sequential bias correction": score(without, batch, reference),
+        "activations only (weights and biases FP32)": score(activations_only, batch, reference),
+        "activations only + sequential bias correction": {**score(corrected_acts, batch, reference),
+                                                          "seconds": round(correction.seconds, 1)},
     }
     ranges = linear_stream_ranges(fp32, calib)
     bounds = relu6_clip_bounds(fp32, calib)
