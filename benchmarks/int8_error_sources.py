@@ -196,26 +196,34 @@ DEFAULT = "mse-unbounded"  # the TensorRT format's default ranges (`edgetl.quant
 TOP_POINTS = 8
 
 
+def variance_shares(quantized: Any, units: list[Any], reference_graph: Any, batch: np.ndarray,
+                    reference: np.ndarray) -> tuple[float, list[dict[str, Any]]]:
+    """The squared logit RMSE of ``quantized`` on ``batch``, and for each of ``units`` put back in float alone (a
+    layer: its weights and its input pair; an activation: its pair) the share of that variance it carries, with its
+    agreement and RMSE, the largest share first."""
+    from edgetl.quantize.qdq_edit import restore
+
+    base = score(quantized, batch, reference)["logit_rmse"] ** 2
+    out = []
+    for unit in units:
+        r = score(restore(quantized, reference_graph, [unit]), batch, reference)
+        out.append({"kind": unit.kind, "name": unit.name, "agreement": r["agreement"],
+                    "logit_rmse": r["logit_rmse"], "variance_share": round(1 - r["logit_rmse"] ** 2 / base, 4)})
+    return base, sorted(out, key=lambda p: -p["variance_share"])
+
+
 def point_sensitivity(default: Any, minmax: Any, reference_graph: Any, batch: np.ndarray,
                       reference: np.ndarray) -> dict[str, Any]:
-    """Each quantization point of the default model put back in float alone (a layer: its weights and its
-    input pair; an activation: its pair): the share of the logit error variance it carries, the largest first;
-    then the same for the largest ones in the min/max-ranged model, which shows what ``mse-unbounded`` changed."""
-    from edgetl.quantize.qdq_edit import list_units, restore
+    """Each quantization point of the default model put back in float alone (`variance_shares`), the largest
+    first; then the same for the largest ones in the min/max-ranged model, which shows what ``mse-unbounded``
+    changed."""
+    from edgetl.quantize.qdq_edit import list_units
 
-    def shares(quantized: Any, units: list[Any]) -> tuple[float, list[dict[str, Any]]]:
-        base = score(quantized, batch, reference)["logit_rmse"] ** 2
-        out = []
-        for unit in units:
-            r = score(restore(quantized, reference_graph, [unit]), batch, reference)
-            out.append({"kind": unit.kind, "name": unit.name, "agreement": r["agreement"],
-                        "logit_rmse": r["logit_rmse"], "variance_share": round(1 - r["logit_rmse"] ** 2 / base, 4)})
-        return base, sorted(out, key=lambda p: -p["variance_share"])
-
-    base, ranked = shares(default, list_units(default, reference_graph))
+    base, ranked = variance_shares(default, list_units(default, reference_graph), reference_graph, batch, reference)
     top = ranked[:TOP_POINTS]
-    _, before = shares(minmax, [u for u in list_units(minmax, reference_graph)
-                                if any(u.kind == p["kind"] and u.name == p["name"] for p in top[:2])])
+    _, before = variance_shares(minmax, [u for u in list_units(minmax, reference_graph)
+                                         if any(u.kind == p["kind"] and u.name == p["name"] for p in top[:2])],
+                                reference_graph, batch, reference)
     return {"logit_rmse": round(base ** 0.5, 4), "points": len(ranked), "top": top,
             "sum_of_shares": round(sum(max(p["variance_share"], 0.0) for p in ranked), 3),
             "same_points_with_minmax_ranges": before}
