@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.lazy import lazy_import
+from edgetl.quantize.qdq_edit import GraphIndex
 
 onnx = lazy_import("onnx", "train", purpose="INT8 bias correction")
 numpy_helper = lazy_import("onnx.numpy_helper", "train", purpose="INT8 bias correction")
@@ -80,7 +81,8 @@ def correct_biases(quantized: Any, reference: Any, batch: np.ndarray, *, chunk: 
     if not layers:
         return result
     targets = layer_means(reference, [ref_nodes[n.name] for n in layers], batch, chunk=chunk)
-    editor = _BiasEditor(quantized)
+    index = _GraphIndex.of(quantized)
+    editor = _BiasEditor(index.graph)
     shifts: list[float] = []
 
     def correct(node: Any, output: np.ndarray) -> np.ndarray:
@@ -93,7 +95,7 @@ def correct_biases(quantized: Any, reference: Any, batch: np.ndarray, *, chunk: 
         output += delta.reshape((1, -1) + (1,) * (output.ndim - 2)).astype(output.dtype)  # in place: no copy
         return output
 
-    layer_means(quantized, layers, batch, chunk=chunk, correct=correct)
+    layer_means(quantized, layers, batch, chunk=chunk, correct=correct, index=index)
     result.layers = len(shifts)
     result.largest_shift = max(shifts, default=0.0)
     result.median_shift = float(np.median(shifts)) if shifts else 0.0
@@ -102,14 +104,14 @@ def correct_biases(quantized: Any, reference: Any, batch: np.ndarray, *, chunk: 
 
 
 def layer_means(model: Any, layers: list[Any], batch: np.ndarray, *, chunk: int = CHUNK,
-                correct: Any = None) -> dict[str, np.ndarray]:
+                correct: Any = None, index: _GraphIndex | None = None) -> dict[str, np.ndarray]:
     """Per-channel mean of each of ``layers``' outputs over ``batch``, running ``model`` piece by piece in exact
-    numerics. ``correct(node, output) -> output``, when given, may change each layer's output (and the model) before
-    the pieces after it run."""
+    numerics. ``correct(node, output) -> output``, when given, may change each layer's output (and the model's
+    initializers, in place) before the pieces after it run. ``index``: ``model``'s, when the caller has built it."""
     images = len(batch) - len(batch) % chunk
     if images == 0:
         raise ValueError(f"{len(batch)} images; the correction runs {chunk} at a time")
-    index = _GraphIndex.of(model)
+    index = index or _GraphIndex.of(model)
     pieces = _pieces(model, [n.name for n in layers], index.constant)
     needed_after = _last_reads(pieces, model)
     values: dict[str, np.ndarray] = {model.graph.input[0].name: batch[:images]}
@@ -135,11 +137,11 @@ class _Piece:
 
 @dataclass
 class _GraphIndex:
-    """What every piece looks up in the whole graph, computed once: initializers (the same protos the bias edits
-    change in place), each tensor's producer, the nodes' order, constant and shape tensors."""
+    """What every piece looks up in the whole graph, computed once: the graph's producer and consumer indexes
+    (its initializers are the same protos the bias edits change in place), the nodes' order, constant and shape
+    tensors."""
 
-    inits: dict[str, Any]
-    producer: dict[str, Any]
+    graph: GraphIndex
     order: dict[int, int]
     constant: set[str]
     shapes: set[str]
@@ -147,10 +149,8 @@ class _GraphIndex:
     @classmethod
     def of(cls, model: Any) -> _GraphIndex:
         constant = _constant_outputs(model)
-        return cls(inits={i.name: i for i in model.graph.initializer},
-                   producer={o: n for n in model.graph.node for o in n.output},
-                   order={id(n): k for k, n in enumerate(model.graph.node)}, constant=constant,
-                   shapes=_shape_tensors(model, constant))
+        return cls(graph=GraphIndex(model), order={id(n): k for k, n in enumerate(model.graph.node)},
+                   constant=constant, shapes=_shape_tensors(model, constant))
 
 
 def _pieces(model: Any, layer_names: list[str], constant: set[str]) -> list[_Piece]:
@@ -208,7 +208,7 @@ def _run(model: Any, index: _GraphIndex, piece: _Piece, values: dict[str, np.nda
     ``starts.step`` images at a time."""
     from edgetl.runtime.backends.onnxruntime import ort, session_options
 
-    inits, producer, shapes = index.inits, index.producer, index.shapes
+    inits, producer, shapes = index.graph.initializers, index.graph.producer, index.shapes
     own = {id(n) for n in piece.nodes}
     nodes, seen, todo = [], set(), [i for n in piece.nodes for i in n.input]
     while todo:  # the constant nodes the piece reads, and theirs
@@ -257,13 +257,9 @@ class _BiasEditor:
     """Moves a layer's bias by a per-channel amount in the form the graph stores it: int32 codes behind a
     DequantizeLinear (rounded to the bias scale), or a float initializer."""
 
-    def __init__(self, model: Any):
-        self.inits = {i.name: i for i in model.graph.initializer}
-        self.producer = {o: n for n in model.graph.node for o in n.output}
-        self.readers: dict[str, int] = {}
-        for node in model.graph.node:
-            for name in node.input:
-                self.readers[name] = self.readers.get(name, 0) + 1
+    def __init__(self, graph: GraphIndex):
+        self.inits, self.producer = graph.initializers, graph.producer
+        self.readers = {name: len(nodes) for name, nodes in graph.consumers.items()}
 
     def move(self, node: Any, amount: np.ndarray) -> np.ndarray | None:
         """Add ``amount`` to ``node``'s bias; the change actually made (after rounding), or None when the bias is
