@@ -105,30 +105,10 @@ def relu6_clip_bounds(model: Any, batch: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def tensorrt_bundle(bundle_dir: Path, exported: Path, calib_dir: Path, sequential: bool) -> Path:
-    """The TensorRT-format INT8 model of a copy of ``exported`` in ``bundle_dir``, quantized with the defaults and
-    the sequential bias correction on or off; an existing one is reused when it was made that way."""
-    import json
-    import shutil
-
-    from edgetl.quantize import quantize_bundle
-
-    manifest = bundle_dir / "manifest.json"
-    if manifest.is_file():
-        settings = json.loads(manifest.read_text()).get("quantization", {}).get("int8", {})
-        if settings.get("target") == "tensorrt" and settings.get("sequential_correction") is sequential \
-                and settings.get("weight_rounding") == "gptq" and settings.get("method") == "mse-unbounded":
-            return bundle_dir / "model.int8.onnx"
-    shutil.rmtree(bundle_dir, ignore_errors=True)
-    shutil.copytree(exported, bundle_dir)
-    return quantize_bundle(bundle_dir, "int8", calib_data=calib_dir, calib_size=300, target="tensorrt",
-                           sequential_correction=sequential).path
-
-
 def main() -> int:
     import onnx
     from int8_error_sources import compare, float_weights, run, score
-    from quantization import crops, publish, work_args, workspace
+    from quantization import crops, publish, reused_int8, work_args, workspace
 
     from edgetl.quantize.int8 import Int8Settings
     from edgetl.quantize.sequential import SEQUENTIAL_IMAGES, correct_biases
@@ -138,8 +118,9 @@ def main() -> int:
     t0 = time.perf_counter()
     calib_dir, eval_dir, exported = workspace(work)
     # quantization.py's bundles of the same names, when they were made with these settings.
-    default = onnx.load(str(tensorrt_bundle(work / "trt", exported, calib_dir, sequential=True)))
-    without = onnx.load(str(tensorrt_bundle(work / "trt-noseq", exported, calib_dir, sequential=False)))
+    default = onnx.load(str(reused_int8(work / "trt", exported, calib_dir, target="tensorrt")))
+    without = onnx.load(str(reused_int8(work / "trt-noseq", exported, calib_dir, target="tensorrt",
+                                        sequential_correction=False)))
     calib, batch = crops(exported, calib_dir, 300), crops(exported, eval_dir, 400)
     calib = np.ascontiguousarray(calib[np.linspace(0, len(calib) - 1, SEQUENTIAL_IMAGES).astype(int)])
     fp32 = onnx.load(str(exported / "model.onnx"))

@@ -69,24 +69,9 @@ for job in spec["jobs"]:
 
 def bundles(work: Path, base: Path, calib: Path) -> dict[str, Path]:
     """Each bundle of `BUNDLES`, reused from an earlier run when its settings match today's defaults."""
-    from edgetl.quantize import quantize_bundle
-    from edgetl.quantize.sequential import BY_TASK
+    from quantization import reused_int8
 
-    paths = {}
-    for name, kwargs in BUNDLES.items():
-        bundle = work / name
-        manifest = bundle / "manifest.json"
-        wanted_bits = 7 if kwargs.get("reduce_range") else 8
-        if manifest.is_file():
-            settings = json.loads(manifest.read_text()).get("quantization", {}).get("int8", {})
-            if (settings.get("target") == kwargs["target"] and settings.get("weight_bits") == wanted_bits
-                    and settings.get("sequential_correction") == BY_TASK["classify"]):
-                paths[name] = bundle / "model.int8.onnx"
-                continue
-        shutil.rmtree(bundle, ignore_errors=True)
-        shutil.copytree(base, bundle)
-        paths[name] = quantize_bundle(bundle, "int8", calib_data=calib, calib_size=300, **kwargs).path
-    return paths
+    return {name: reused_int8(work / name, base, calib, **kwargs) for name, kwargs in BUNDLES.items()}
 
 
 def emulated(qemu: str, cpu: str, batch_path: Path, jobs: list[dict[str, Any]]) -> list[str]:

@@ -139,6 +139,27 @@ def fp32_bundle(work: Path, calib: Path, name: str = DEFAULT_MODEL, weights: str
     return bundle
 
 
+def reused_int8(bundle_dir: Path, exported: Path, calib: Path, *, target: str, **options: Any) -> Path:
+    """The INT8 model of a copy of ``exported`` in ``bundle_dir``, quantized on 300 images of ``calib`` for
+    ``target`` with ``options`` (`quantize_bundle` keywords that are `Int8Settings` fields) over today's defaults.
+    An earlier one is reused only when its manifest records every setting these give now, so a changed default is
+    quantized again rather than scored stale."""
+    from edgetl.quantize import quantize_bundle
+    from edgetl.quantize.int8 import TARGETS, Int8Settings
+    from edgetl.quantize.sequential import BY_TASK
+
+    expected = Int8Settings(**{"activation_type": TARGETS[target], "sequential_correction": BY_TASK["classify"],
+                               **options}).to_dict()
+    manifest = bundle_dir / "manifest.json"
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text()).get("quantization", {}).get("int8", {})
+        if all(recorded.get(key) == value for key, value in expected.items()):
+            return bundle_dir / "model.int8.onnx"
+    shutil.rmtree(bundle_dir, ignore_errors=True)
+    shutil.copytree(exported, bundle_dir)
+    return quantize_bundle(bundle_dir, "int8", calib_data=calib, calib_size=300, target=target, **options).path
+
+
 #: The working directory the ImageNet benchmarks share (crops, FP32 bundle, quantized variants).
 DEFAULT_WORK = "/tmp/edgetl-qbench"
 
