@@ -11,10 +11,12 @@ time is for ``--images`` training images; ratios are against ``full`` measured i
 Detector (``--task detect``): edgetl's ``yolo-lite0-n`` trained from scratch on the shapes sample
 (``edgetl data sample shapes``) at 256 px, batch 16, for ``--epochs`` epochs with validation every epoch,
 each run in its own process with ``--threads`` CPU threads; beside it, in the same run, the same
-training before the allocator and memory-layout changes, and Ultralytics YOLOv8n (from
-``yolov8n.yaml``, no weights, the same YOLO folders, size, batch, epochs and threads) when
-``ultralytics`` is installed. Images/s is training images x epochs over the whole run's wall time;
-user and system CPU, minor page faults and peak RSS come from the kernel's accounting of the child.
+training before the allocator and memory-layout changes, the same model with ``edgetl train detect``'s
+default recipe (the ImageNet backbone, its stem and stride-2/4 blocks frozen: no gradients and no saved
+activations there), and Ultralytics YOLOv8n (from ``yolov8n.yaml``, no weights, the same YOLO folders,
+size, batch, epochs and threads) when ``ultralytics`` is installed. Ultralytics trains every layer when it
+fine-tunes too, so its row is also its fine-tuning speed. Images/s is training images x epochs over the whole
+run's wall time; user and system CPU, minor page faults and peak RSS come from the kernel's accounting of the child.
 Targets: images/s at least Ultralytics', system CPU under 10 % of user CPU.
 
 Model step (``--task step``): where the detector gap comes from. Each model's bare training step (forward,
@@ -162,16 +164,21 @@ def _run_device(device_name: str, samples: list, spec, args) -> list[dict]:
 
 # ---- detector: edgetl against Ultralytics YOLOv8n, same data, size, batch and threads -----------------------
 
-DETECT_VARIANTS = ("edgetl", "edgetl-before", "ultralytics")
+DETECT_VARIANTS = ("edgetl", "edgetl-before", "edgetl-default", "ultralytics")
 DETECT_LABELS = {
     "edgetl": "edgetl yolo-lite0-n",
     "edgetl-before": "edgetl yolo-lite0-n, before (glibc default allocator, NCHW)",
+    "edgetl-default": "edgetl yolo-lite0-n, its default recipe (ImageNet backbone, partial)",
     "ultralytics": "Ultralytics YOLOv8n",
 }
+# How each edgetl variant starts: from scratch (random weights, every layer trains, as Ultralytics' row does) or
+# ``edgetl train detect``'s default, the ImageNet backbone with its stem and stride-2/4 blocks frozen (``partial``).
+DETECT_START = {"edgetl": ("none", "scratch"), "edgetl-before": ("none", "scratch"),
+                "edgetl-default": ("pretrained", "partial")}
 
 
 def _detect_child(args: argparse.Namespace) -> int:
-    """One training run from scratch in this (child) process; the parent measures its CPU, faults and RSS."""
+    """One training run in this (child) process; the parent measures its CPU, faults and RSS."""
     import json
 
     import torch
@@ -198,7 +205,9 @@ def _detect_child(args: argparse.Namespace) -> int:
         before = args.child == "edgetl-before"
         if before:
             engine.keep_freed_memory = lambda: False
-        cfg = DetectTrainConfig(data=str(data), strategy="scratch", epochs=args.epochs, img_size=args.det_size,
+        weights, strategy = DETECT_START[args.child]
+        cfg = DetectTrainConfig(data=str(data), weights=weights, strategy=strategy, epochs=args.epochs,
+                                img_size=args.det_size,
                                 batch_size=args.det_batch, out=str(out / "edgetl"), device="cpu",
                                 threads=args.threads, channels_last=not before, workers=0)
         result = train_detector(cfg, progress=False)
@@ -252,6 +261,7 @@ def _run_child(variant: str, data: Path, out: Path, args: argparse.Namespace) ->
     images = args.train_images * args.epochs
     return {
         "variant": variant, "label": DETECT_LABELS[variant], "threads": args.threads,
+        "weights": DETECT_START.get(variant, ("none",))[0], "trains": DETECT_START.get(variant, (None, "all"))[1],
         "parameters_m": round(child["parameters"] / 1e6, 2),
         "wall_seconds": round(wall, 1), "images_per_second": round(images / wall, 2),
         "user_seconds": round(usage.ru_utime, 1), "system_seconds": round(usage.ru_stime, 1),
@@ -301,11 +311,18 @@ def _detect_rows(args: argparse.Namespace) -> dict[str, Any]:
             verdict["cpu_images_per_second_vs_ultralytics"] = round(
                 ours["cpu_images_per_second"] / theirs["cpu_images_per_second"], 2)
             verdict["at_least_ultralytics"] = ours["images_per_second"] >= theirs["images_per_second"]
+        if "ultralytics" in ok_rows and "edgetl-default" in ok_rows:
+            # Ultralytics fine-tunes every layer by default, so its from-scratch row is also its fine-tuning speed.
+            default, theirs = ok_rows["edgetl-default"], ok_rows["ultralytics"]
+            verdict["default_recipe_images_per_second_vs_ultralytics"] = round(
+                default["images_per_second"] / theirs["images_per_second"], 2)
+            verdict["default_recipe_cpu_images_per_second_vs_ultralytics"] = round(
+                default["cpu_images_per_second"] / theirs["cpu_images_per_second"], 2)
         if "edgetl-before" in ok_rows:
             verdict["speedup_vs_before"] = round(
                 ours["images_per_second"] / ok_rows["edgetl-before"]["images_per_second"], 2)
     return {"data": "edgetl shapes sample", "train_images": args.train_images, "img_size": args.det_size,
-            "batch": args.det_batch, "epochs": args.epochs, "threads": args.threads, "from_scratch": True,
+            "batch": args.det_batch, "epochs": args.epochs, "threads": args.threads,
             "host": {"cpu_count": os.cpu_count(), "load_average_1m_before": load_before,
                      "load_average_1m_after": round(os.getloadavg()[0], 2)},
             "rows": rows, "verdict": verdict}
@@ -314,15 +331,16 @@ def _detect_rows(args: argparse.Namespace) -> dict[str, Any]:
 def _print_detect(section: dict[str, Any]) -> bool:
     from edgetl.cli.common import format_table
 
-    print(f"\nDetector training from scratch on the shapes sample ({section['train_images']} train images), "
+    print(f"\nDetector training on the shapes sample ({section['train_images']} train images), "
           f"{section['img_size']} px, batch {section['batch']}, {section['epochs']} epochs, "
           f"{section['threads']} thread(s), validation every epoch; whole-run wall time")
     print(format_table(
-        ["variant", "params M", "wall s", "images/s", "user s", "sys s", "sys/user", "faults M", "peak RSS MB",
-         "mAP50-95"],
-        [(r.get("label", r["variant"]), r.get("parameters_m"), r.get("wall_seconds"), r.get("images_per_second"),
-          r.get("user_seconds"), r.get("system_seconds"), r.get("system_vs_user"), r.get("minor_page_faults_m"),
-          r.get("peak_rss_mb"), r.get("map50_95", r.get("error"))) for r in section["rows"]]))
+        ["variant", "weights", "params M", "wall s", "images/s", "user s", "sys s", "sys/user", "faults M",
+         "peak RSS MB", "mAP50-95"],
+        [(r.get("label", r["variant"]), r.get("weights"), r.get("parameters_m"), r.get("wall_seconds"),
+          r.get("images_per_second"), r.get("user_seconds"), r.get("system_seconds"), r.get("system_vs_user"),
+          r.get("minor_page_faults_m"), r.get("peak_rss_mb"), r.get("map50_95", r.get("error")))
+         for r in section["rows"]]))
     verdict = section["verdict"]
     for note in verdict.get("notes", []):
         print(f"note: {note}")
@@ -333,6 +351,9 @@ def _print_detect(section: dict[str, Any]) -> bool:
               f"(per CPU second: {verdict['cpu_images_per_second_vs_ultralytics']}x): "
               f"{'yes' if verdict['at_least_ultralytics'] else 'NO'}")
         ok = ok and verdict["at_least_ultralytics"]
+    if "default_recipe_images_per_second_vs_ultralytics" in verdict:
+        print(f"edgetl's default recipe vs Ultralytics: {verdict['default_recipe_images_per_second_vs_ultralytics']}x "
+              f"images/s (per CPU second: {verdict['default_recipe_cpu_images_per_second_vs_ultralytics']}x)")
     if "speedup_vs_before" in verdict:
         print(f"edgetl now vs before: {verdict['speedup_vs_before']}x images/s")
     return ok
@@ -340,8 +361,10 @@ def _print_detect(section: dict[str, Any]) -> bool:
 
 # ---- model step: the networks' own forward + backward, profiled -----------------------------------------------
 
-STEP_VARIANTS = ("step-edgetl", "step-ultralytics")
-STEP_LABELS = {"step-edgetl": "edgetl yolo-lite0-n (channels-last)", "step-ultralytics": "Ultralytics YOLOv8n"}
+STEP_VARIANTS = ("step-edgetl", "step-edgetl-default", "step-ultralytics")
+STEP_LABELS = {"step-edgetl": "edgetl yolo-lite0-n (channels-last)",
+               "step-edgetl-default": "edgetl yolo-lite0-n, default recipe (stem and stride-2/4 blocks frozen)",
+               "step-ultralytics": "Ultralytics YOLOv8n"}
 STEP_STEPS = 4
 
 
@@ -366,7 +389,11 @@ def _step_child(args: argparse.Namespace) -> int:
     else:
         from edgetl.detect.model import build_detector
 
-        model, layout = build_detector("yolo-lite0-n", num_classes=5, weights="none"), torch.channels_last
+        default = args.child == "step-edgetl-default"
+        model = build_detector("yolo-lite0-n", num_classes=5, weights="pretrained" if default else "none")
+        if default:
+            model.set_backbone_trainable("partial")
+        layout = torch.channels_last
         model.to(memory_format=layout)
         run = model.forward_train
     model.train()
@@ -413,8 +440,24 @@ def _step_child(args: argparse.Namespace) -> int:
         run(one)
     for hook in hooks:
         hook.remove()
+    # What autograd itself keeps for the backward pass (each storage once, parameters excluded): below the layer
+    # outputs where layers save less than their output, or where frozen layers save nothing.
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    pair = x[:2]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        kept = outputs(run(pair))  # alive until counted, so no storage is freed and reused in between
+    del kept
     print(json.dumps({"step_seconds": seconds, "forward_gflops_per_image": flops.get_total_flops() / 1e9,
                       "activation_mb_per_image": written[0] / 2**20,
+                      "saved_for_backward_mb_per_image": sum(saved.values()) / len(pair) / 2**20,
                       "parameters": sum(p.numel() for p in model.parameters()), "depthwise_convs": len(depthwise),
                       "depthwise_weight_gradient_share":
                           round(1 - without_depthwise_grads / seconds, 3) if depthwise else None}))
@@ -442,18 +485,27 @@ def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[
                          "images_per_second": round(args.det_batch / child["step_seconds"], 1),
                          "forward_gflops_per_image": round(child["forward_gflops_per_image"], 3),
                          "activation_mb_per_image": round(child["activation_mb_per_image"], 1),
+                         "saved_for_backward_mb_per_image": round(child["saved_for_backward_mb_per_image"], 1),
                          "peak_rss_mb": round(usage.ru_maxrss / 1024), "depthwise_convs": child["depthwise_convs"],
                          "depthwise_weight_gradient_share": child["depthwise_weight_gradient_share"]})
             print(f"    {rows[-1]}", file=sys.stderr)
     ok = {r["variant"]: r for r in rows if "error" not in r}
     verdict: dict[str, Any] = {}
-    if len(ok) == 2:
+    if "step-edgetl" in ok and "step-ultralytics" in ok:
         ours, theirs = ok["step-edgetl"], ok["step-ultralytics"]
         verdict["step_time_vs_ultralytics"] = round(ours["step_seconds"] / theirs["step_seconds"], 2)
         verdict["forward_flops_vs_ultralytics"] = round(
             ours["forward_gflops_per_image"] / theirs["forward_gflops_per_image"], 2)
         verdict["activation_memory_vs_ultralytics"] = round(
             ours["activation_mb_per_image"] / theirs["activation_mb_per_image"], 2)
+        verdict["saved_for_backward_vs_ultralytics"] = round(
+            ours["saved_for_backward_mb_per_image"] / theirs["saved_for_backward_mb_per_image"], 2)
+        if "step-edgetl-default" in ok:
+            default = ok["step-edgetl-default"]
+            verdict["default_recipe_step_time_vs_ultralytics"] = round(
+                default["step_seconds"] / theirs["step_seconds"], 2)
+            verdict["default_recipe_saved_for_backward_vs_ultralytics"] = round(
+                default["saved_for_backward_mb_per_image"] / theirs["saved_for_backward_mb_per_image"], 2)
         whole = (detect or {}).get("verdict", {}).get("cpu_images_per_second_vs_ultralytics")
         if whole:
             verdict["whole_run_cpu_time_vs_ultralytics"] = round(1 / whole, 2)
@@ -468,10 +520,10 @@ def _print_step(section: dict[str, Any]) -> None:
     print(f"\nModel step only (forward + backward, random batch of {section['batch']} at {section['img_size']} px, "
           f"{section['threads']} thread(s), mean of {section['steps']} steps)")
     print(format_table(
-        ["model", "params M", "fwd GFLOPs/image", "activations MB/image", "step s", "images/s", "peak RSS MB",
-         "depthwise convs", "their weight gradients"],
+        ["model", "params M", "fwd GFLOPs/image", "activations MB/image", "saved for backward MB/image", "step s",
+         "images/s", "peak RSS MB", "depthwise convs", "their weight gradients"],
         [(r.get("label", r["variant"]), r.get("parameters_m"), r.get("forward_gflops_per_image"),
-          r.get("activation_mb_per_image"),
+          r.get("activation_mb_per_image"), r.get("saved_for_backward_mb_per_image"),
           r.get("step_seconds"), r.get("images_per_second"), r.get("peak_rss_mb"), r.get("depthwise_convs"),
           f"{100 * r['depthwise_weight_gradient_share']:.0f} % of the step" if r.get("depthwise_convs")
           else r.get("error", "-")) for r in section["rows"]]))
@@ -483,6 +535,10 @@ def _print_step(section: dict[str, Any]) -> None:
         if "whole_run_cpu_time_vs_ultralytics" in verdict:
             line += f"; the whole training run takes {verdict['whole_run_cpu_time_vs_ultralytics']}x its CPU time"
         print(line)
+    if "default_recipe_step_time_vs_ultralytics" in verdict:
+        print(f"with the default recipe's frozen stem and stride-2/4 blocks: "
+              f"{verdict['default_recipe_step_time_vs_ultralytics']}x Ultralytics' step time, "
+              f"{verdict['default_recipe_saved_for_backward_vs_ultralytics']}x what it keeps for the backward pass")
 
 
 # ---- data-parallel scaling: 1 vs 2 processes on CPU; 1 GPU with and without AMP --------------------------
