@@ -37,6 +37,7 @@ def test_run_directory_and_history(run):
     assert {"best.pt", "last.pt", "metrics.json", "curves.png", "config.yaml"} <= names
     assert [h["backbone"] for h in run.history] == ["frozen", "full"]  # --freeze-epochs 1 then the strategy
     assert all(h["steps"] == 2 for h in run.history)
+    assert all(h["images"] == 2 * 4 for h in run.history)  # full batches only: a last partial one is dropped
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"] * 1.5
     doc = json.loads((run.run_dir / "metrics.json").read_text())
     assert doc["task"] == "detect" and doc["status"] == "completed" and len(doc["history"]) == 2
