@@ -14,6 +14,7 @@ so the rules of docs/architecture.md (stderr for humans, one JSON document on st
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -32,6 +33,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_GATE, EXIT_BAD_INPUT, EXIT_ENV, EXIT_INTERNAL = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
+
+#: Filesystem failures on a path the user gave or the machine provides: a missing or misnamed folder, no
+#: permission, a read-only or full disk. They are not bugs, so they get a message and an exit code, no traceback.
+_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
+                errno.ENAMETOOLONG, errno.ELOOP, errno.ENOSPC, errno.EDQUOT}
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -193,6 +199,12 @@ def handle_errors(func: F) -> F:
                 _error_document(run, code, str(exc.code) if isinstance(exc.code, str) else f"exit code {code}")
             raise
         except Exception as exc:
+            path_failure = _path_failure(exc)
+            if path_failure is not None:
+                code, message, hint = path_failure
+                click.secho(f"error: {message}\n  hint: {hint}", fg="red", err=True)
+                _error_document(run, code, message, hint=hint, kind=type(exc).__name__)
+                sys.exit(code)
             click.echo(traceback.format_exc(), err=True, nl=False)
             message = f"unexpected {type(exc).__name__}: {exc}"
             click.secho(f"error: {message}\n  this is a bug in edgetl; please report it with the traceback above",
@@ -201,6 +213,22 @@ def handle_errors(func: F) -> F:
             sys.exit(EXIT_INTERNAL)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _path_failure(exc: BaseException) -> tuple[int, str, str] | None:
+    """A filesystem failure on a named path as (exit code, message, hint); None for any other exception.
+
+    A full disk is the machine's (exit code 3); a path that is missing, of the wrong kind or not permitted is the
+    user's (2). Work already written stays: every output is written to a temporary file and renamed into place.
+    """
+    if not isinstance(exc, OSError) or exc.filename is None or exc.errno not in _PATH_ERRNOS:
+        return None
+    where = str(exc.filename) if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    message = f"{where}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EXIT_ENV, message, "free space on that disk, or write to a folder on another one, and run it again"
+    return EXIT_BAD_INPUT, message, ("check the path: that its folders exist, that it is a file or a folder as the "
+                                     "command expects, and that you may read or write there")
 
 
 def _error_document(run: _JsonRun | None, exit_code: int, message: str, *, hint: str | None = None,

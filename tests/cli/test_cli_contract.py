@@ -172,6 +172,33 @@ def test_unexpected_exception_exits_4_with_traceback_never_1(colour_bundle: Path
                                            "message": "unexpected RuntimeError: something edgetl did not plan for"}
 
 
+def test_an_unusable_output_path_is_bad_input_not_a_bug(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    human = _invoke(["export", tiny_checkpoint, blocker / "bundle"])
+    assert human.exit_code == 2, human.output
+    assert "Traceback" not in human.stderr and "bug in edgetl" not in human.stderr
+    assert f"{blocker / 'bundle'}: Not a directory" in human.stderr and "hint: check the path" in human.stderr
+    machine = _invoke(["export", tiny_checkpoint, blocker / "bundle", "--json"])
+    assert machine.exit_code == 2
+    assert _document(machine)["error"]["type"] == "NotADirectoryError"
+
+
+def test_a_full_disk_is_the_environment_exit_3(colour_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import edgetl.runtime.info
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(colour_bundle / "report.json"))
+
+    monkeypatch.setattr(edgetl.runtime.info, "bundle_info", full)
+    result = _invoke(["info", colour_bundle, "--json"])
+    assert result.exit_code == 3 and "Traceback" not in result.stderr
+    error = _document(result)["error"]
+    assert error["message"].endswith("report.json: No space left on device") and "free space" in error["hint"]
+
+
 def test_export_and_quantize_take_relative_bundle_paths(tiny_checkpoint: Path, digits_dir: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
