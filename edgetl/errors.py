@@ -5,7 +5,8 @@ place, so no logging call ever doubles as control flow.
 
 Exit codes (docs/architecture.md): 0 success, 1 a validation gate failed, 2 bad usage or bad input,
 3 the environment lacks something (GPU, TensorRT, an optional extra, disk space), 4 any other exception (a
-bug; the CLI prints its traceback). A filesystem error on a named path is mapped to 2 or 3 by the CLI as well. 1 means a gate and nothing else, so scripts can branch on it.
+bug; the CLI prints its traceback). A filesystem error on a named path is mapped to 2 or 3 by the CLI as
+well. 1 means a gate and nothing else, so scripts can branch on it.
 """
 
 from __future__ import annotations

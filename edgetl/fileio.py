@@ -21,7 +21,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # name the file the caller asked for, not the temporary one beside it
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from exc
     # mkstemp creates 0600; give the file the mode a plain open() would (bundles are read by other users,
     # e.g. a container's service user).
     os.fchmod(fd, 0o666 & ~_current_umask())

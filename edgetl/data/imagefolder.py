@@ -194,9 +194,8 @@ def load_classification_data(
                     source = "val"
                     break
     else:
-        raise BadInputError(
-            f"dataset not found: {root}", hint="pass a folder (train/<class>/*) or a CSV file (path,label)"
-        )
+        what = f"{root} is not a dataset (a file, but not a .csv)" if root.exists() else f"dataset not found: {root}"
+        raise BadInputError(what, hint="pass a folder (train/<class>/*) or a CSV file (path,label)")
     _check_classes(classes, train, str(root))
     if source == "split":
         train, val = stratified_split(train, val_fraction, seed)

@@ -27,3 +27,16 @@ def test_failed_write_keeps_the_old_file(tmp_path) -> None:
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_write_that_cannot_start_names_the_target_not_the_temporary_file(tmp_path, monkeypatch) -> None:
+    import errno
+    import tempfile
+
+    def full(**_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".out.json.x.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.raises(OSError) as raised:
+        write_json(tmp_path / "out.json", {"a": 1})
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "out.json")

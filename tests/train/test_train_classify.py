@@ -139,6 +139,7 @@ def test_cli_train_evaluate_and_config_reuse(tiny_digits: Path, tmp_path: Path) 
     ("args", "code", "message"),
     [
         (["train", "classify", "--data", "{missing}"], 2, "dataset not found"),
+        (["train", "classify", "--data", "{junk}"], 2, "is not a dataset (a file, but not a .csv)"),
         (["train", "classify", "--data", "{digits}", "--model", "efficientnet_litez"], 2, "unknown model"),
         (["train", "classify", "--data", "{digits}", "--strategy", "partial", "--unfreeze", "9"], 2, "has 7 stages"),
         (["train", "classify", "--data", "{digits}", "--strategy", "warp"], 2, "Invalid value"),
@@ -146,7 +147,8 @@ def test_cli_train_evaluate_and_config_reuse(tiny_digits: Path, tmp_path: Path) 
         (["evaluate", "{junk}", "--data", "{digits}"], 2, "not an edgetl checkpoint"),
         (["data", "sample", "digits", "{digits}"], 2, "--overwrite"),
     ],
-    ids=["missing-data", "unknown-model", "unfreeze-range", "bad-strategy", "weights-none", "bad-ckpt", "exists"],
+    ids=["missing-data", "file-not-dataset", "unknown-model", "unfreeze-range", "bad-strategy", "weights-none",
+         "bad-ckpt", "exists"],
 )
 def test_cli_exit_codes(args: list[str], code: int, message: str, tiny_digits: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.pt"
