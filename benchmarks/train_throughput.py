@@ -28,17 +28,13 @@ pass and read back in the backward: what a memory-bound step streams), and the s
 depthwise convolutions' weight gradients take (the step again with those weights frozen). Compared with the
 whole-run ratio of ``--task detect``, it shows how much of that gap the networks' own arithmetic explains.
 
-Data (``--task data``): milliseconds per detector training item (decode, letterbox, augmentation, normalization)
-on one thread, today's pipeline against the same one with torchvision's float-HSV hue adjustment of uint8 tensors
-(before), interleaved on the same images and seeds. On a GPU the step is fast and the CPU's data workers set the pace.
-
 Scaling (``--task scale``): the same detector training in 1 and 2 data-parallel CPU processes
 (torchrun, Gloo) with the same global batch, ``--threads`` threads each; on a machine with a CUDA GPU
 also 1 GPU without and with AMP. Images/s is over the whole run's wall time (process start, validation
 included); "train-loop images/s" counts the training steps only.
 
-    python benchmarks/train_throughput.py [--task all|classify|detect|step|data|scale] [--size 96] [--batch 32]
-        [--steps 4] [--images 500] [--epochs 10] [--threads 1]
+    python benchmarks/train_throughput.py [--task all|classify|detect|step|scale] [--size 96] [--batch 32] [--steps 4]
+        [--images 500] [--epochs 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -549,65 +545,6 @@ def _print_step(section: dict[str, Any]) -> None:
               f"{verdict['default_recipe_saved_for_backward_vs_ultralytics']}x what it keeps for the backward pass")
 
 
-# ---- detector data pipeline: one training item (decode, letterbox, augment, normalize) -----------------------------
-
-def _data_rows(args: argparse.Namespace) -> dict[str, Any]:
-    """Milliseconds per training item of the detector's dataset, one thread, today's augmentation against the same
-    pipeline with torchvision's hue adjustment of uint8 tensors (float HSV) as before, interleaved on the same
-    images with the same seeds."""
-    import resource
-
-    import torch
-    from torchvision.transforms import v2
-
-    from edgetl.data.detection import load_detection_data
-    from edgetl.data.shapes import write_shapes
-    from edgetl.detect.augment import AugmentConfig
-    from edgetl.detect.dataset import DetectionTorchDataset
-    from edgetl.detect.model import detector_preprocess_spec
-
-    torch.set_num_threads(args.threads)
-    config = AugmentConfig()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "shapes"
-        write_shapes(root)
-        samples = load_detection_data(root / "data.yaml").train
-        spec = detector_preprocess_spec("yolo-lite0-n", args.det_size)
-        now = DetectionTorchDataset(samples, spec, train=True, augment=config)
-        before = DetectionTorchDataset(samples, spec, train=True, augment=AugmentConfig(hue=0.0))
-        steps = [v2.ColorJitter(brightness=config.brightness, contrast=config.contrast,
-                                saturation=config.saturation, hue=config.hue) if isinstance(step, v2.ColorJitter)
-                 else step for step in before.augmenter.transform.transforms]
-        before.augmenter.transform = v2.Compose(steps)
-        variants = {"now": now, "before": before}
-        seconds = dict.fromkeys(variants, 0.0)
-        for _ in range(2):  # interleaved passes, so a busy moment of the machine falls on both
-            for name, dataset in variants.items():
-                torch.manual_seed(0)
-                t0 = time.perf_counter()
-                for index in range(len(dataset)):
-                    dataset[index]
-                seconds[name] += time.perf_counter() - t0
-        items = 2 * len(samples)
-    labels = {"now": "edgetl: brightness/contrast/saturation, then hue in 8-bit HSV",
-              "before": "before: torchvision ColorJitter with hue on the uint8 tensor (float HSV)"}
-    rows = [{"variant": name, "label": labels[name], "ms_per_image": round(1e3 * seconds[name] / items, 2),
-             "images_per_second": round(items / seconds[name], 1)} for name in variants]
-    return {"img_size": args.det_size, "threads": args.threads, "images": len(samples), "passes": 2, "rows": rows,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "verdict": {"speedup_vs_before": round(seconds["before"] / seconds["now"], 2)}}
-
-
-def _print_data(section: dict[str, Any]) -> None:
-    from edgetl.cli.common import format_table
-
-    print(f"\nDetector training items (decode, letterbox, augment, normalize), {section['img_size']} px, "
-          f"{section['threads']} thread(s), {section['images']} images x {section['passes']} passes")
-    print(format_table(["variant", "ms/image", "images/s"],
-                       [(r["label"], r["ms_per_image"], r["images_per_second"]) for r in section["rows"]]))
-    print(f"now vs before: {section['verdict']['speedup_vs_before']}x")
-
-
 # ---- data-parallel scaling: 1 vs 2 processes on CPU; 1 GPU with and without AMP --------------------------
 
 def _scale_run(root: Path, out: Path, processes: int, device: str, amp: bool, args: argparse.Namespace) -> dict:
@@ -713,7 +650,7 @@ def _classify_section(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=["classify", "detect", "step", "data", "scale", "all"], default="all",
+    parser.add_argument("--task", choices=["classify", "detect", "step", "scale", "all"], default="all",
                         help="which part to measure; the JSON keeps the other part's last figures")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=32)
@@ -743,8 +680,7 @@ def main() -> int:
     document: dict[str, Any] = {"benchmark": "train_throughput"}
     if args.out.is_file():
         previous = json.loads(args.out.read_text())
-        document.update({k: previous[k] for k in ("classify", "detect", "step", "data", "scale")
-                         if k in previous})
+        document.update({k: previous[k] for k in ("classify", "detect", "step", "scale") if k in previous})
     ok = True
     if args.task in ("classify", "all"):
         document["classify"], classify_ok = _classify_section(args)
@@ -755,9 +691,6 @@ def main() -> int:
     if args.task in ("step", "all"):
         document["step"] = _step_rows(args, document.get("detect"))
         _print_step(document["step"])
-    if args.task in ("data", "all"):
-        document["data"] = _data_rows(args)
-        _print_data(document["data"])
     if args.task in ("scale", "all"):
         document["scale"] = _scale_rows(args)
         _print_scale(document["scale"])

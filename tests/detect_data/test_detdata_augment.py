@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgetl.data.detection import DetSample, load_detection_data  # noqa: E402
-from edgetl.detect.augment import AugmentConfig, TrainAugment, letterbox, mosaic4, shift_hue  # noqa: E402
+from edgetl.detect.augment import AugmentConfig, TrainAugment, letterbox, mosaic4  # noqa: E402
 from edgetl.detect.dataset import DetectionTorchDataset, collate_detections  # noqa: E402
 from edgetl.preprocess import PreprocessSpec, preprocess  # noqa: E402
 
@@ -88,27 +88,6 @@ def test_flip_mirrors_boxes_exactly() -> None:
     out, out_boxes, _ = TrainAugment(SPEC, config)(pixels, np.array([[4, 6, 20, 30]], np.float32), np.array([0]))
     np.testing.assert_array_equal(out_boxes, [[60, 6, 76, 30]])
     assert torch.equal(out, pixels.flip(-1))
-
-
-def test_hue_shift_turns_the_colour_wheel_like_torchvision() -> None:
-    pixels = _canvas_with_rectangles(64, 80, [[4, 6, 20, 30], [30, 6, 50, 30], [55, 6, 75, 30]])
-    turned = shift_hue(pixels, 1 / 3)  # red -> green -> blue -> red
-    assert turned.dtype == torch.uint8 and turned.shape == pixels.shape
-    assert _extent(turned, (0, 255, 0)) is not None and _extent(turned, (255, 0, 0)) is not None
-    np.testing.assert_array_equal(turned[:, 10, 10], [0, 255, 0])
-    np.testing.assert_array_equal(turned[:, 10, 40], [0, 0, 255])
-    # On a photo-like image, within 8-bit HSV rounding of torchvision's float path.
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randint(0, 256, (3, 8, 10), dtype=torch.uint8, generator=generator)
-    smooth = torch.nn.functional.interpolate(noise[None].float(), size=(64, 80), mode="bilinear")[0].round().byte()
-    reference = v2_adjust_hue(smooth, 0.012)
-    assert (shift_hue(smooth, 0.012).int() - reference.int()).abs().float().mean() < 1.0
-
-
-def v2_adjust_hue(pixels: torch.Tensor, factor: float) -> torch.Tensor:
-    from torchvision.transforms.v2 import functional
-
-    return functional.adjust_hue(pixels, factor)
 
 
 def test_colour_jitter_keeps_geometry(shapes_dir: Path) -> None:
