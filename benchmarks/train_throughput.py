@@ -279,6 +279,11 @@ def _run_child(variant: str, data: Path, out: Path, args: argparse.Namespace) ->
     }
 
 
+def _ratio(ours: dict[str, Any], theirs: dict[str, Any], key: str) -> float:
+    """``ours[key] / theirs[key]`` to two decimals: each verdict here is a ratio of two rows of the same run."""
+    return round(ours[key] / theirs[key], 2)
+
+
 def _detect_rows(args: argparse.Namespace) -> dict[str, Any]:
     import importlib.util
 
@@ -310,21 +315,16 @@ def _detect_rows(args: argparse.Namespace) -> dict[str, Any]:
         verdict["system_under_10pct_of_user"] = ours["system_vs_user"] < 0.10
         if "ultralytics" in ok_rows:
             theirs = ok_rows["ultralytics"]
-            verdict["images_per_second_vs_ultralytics"] = round(
-                ours["images_per_second"] / theirs["images_per_second"], 2)
-            verdict["cpu_images_per_second_vs_ultralytics"] = round(
-                ours["cpu_images_per_second"] / theirs["cpu_images_per_second"], 2)
+            verdict["images_per_second_vs_ultralytics"] = _ratio(ours, theirs, "images_per_second")
+            verdict["cpu_images_per_second_vs_ultralytics"] = _ratio(ours, theirs, "cpu_images_per_second")
             verdict["at_least_ultralytics"] = ours["images_per_second"] >= theirs["images_per_second"]
         if "ultralytics" in ok_rows and "edgetl-default" in ok_rows:
             # Ultralytics fine-tunes every layer by default, so its from-scratch row is also its fine-tuning speed.
             default, theirs = ok_rows["edgetl-default"], ok_rows["ultralytics"]
-            verdict["default_recipe_images_per_second_vs_ultralytics"] = round(
-                default["images_per_second"] / theirs["images_per_second"], 2)
-            verdict["default_recipe_cpu_images_per_second_vs_ultralytics"] = round(
-                default["cpu_images_per_second"] / theirs["cpu_images_per_second"], 2)
+            for key in ("images_per_second", "cpu_images_per_second"):
+                verdict[f"default_recipe_{key}_vs_ultralytics"] = _ratio(default, theirs, key)
         if "edgetl-before" in ok_rows:
-            verdict["speedup_vs_before"] = round(
-                ours["images_per_second"] / ok_rows["edgetl-before"]["images_per_second"], 2)
+            verdict["speedup_vs_before"] = _ratio(ours, ok_rows["edgetl-before"], "images_per_second")
     return {"data": "edgetl shapes sample", "train_images": args.train_images, "img_size": args.det_size,
             "batch": args.det_batch, "epochs": args.epochs, "threads": args.threads,
             "host": {"cpu_count": os.cpu_count(), "load_average_1m_before": load_before,
@@ -497,19 +497,15 @@ def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[
     verdict: dict[str, Any] = {}
     if "step-edgetl" in ok and "step-ultralytics" in ok:
         ours, theirs = ok["step-edgetl"], ok["step-ultralytics"]
-        verdict["step_time_vs_ultralytics"] = round(ours["step_seconds"] / theirs["step_seconds"], 2)
-        verdict["forward_flops_vs_ultralytics"] = round(
-            ours["forward_gflops_per_image"] / theirs["forward_gflops_per_image"], 2)
-        verdict["activation_memory_vs_ultralytics"] = round(
-            ours["activation_mb_per_image"] / theirs["activation_mb_per_image"], 2)
-        verdict["saved_for_backward_vs_ultralytics"] = round(
-            ours["saved_for_backward_mb_per_image"] / theirs["saved_for_backward_mb_per_image"], 2)
+        verdict["step_time_vs_ultralytics"] = _ratio(ours, theirs, "step_seconds")
+        verdict["forward_flops_vs_ultralytics"] = _ratio(ours, theirs, "forward_gflops_per_image")
+        verdict["activation_memory_vs_ultralytics"] = _ratio(ours, theirs, "activation_mb_per_image")
+        verdict["saved_for_backward_vs_ultralytics"] = _ratio(ours, theirs, "saved_for_backward_mb_per_image")
         if "step-edgetl-default" in ok:
             default = ok["step-edgetl-default"]
-            verdict["default_recipe_step_time_vs_ultralytics"] = round(
-                default["step_seconds"] / theirs["step_seconds"], 2)
-            verdict["default_recipe_saved_for_backward_vs_ultralytics"] = round(
-                default["saved_for_backward_mb_per_image"] / theirs["saved_for_backward_mb_per_image"], 2)
+            verdict["default_recipe_step_time_vs_ultralytics"] = _ratio(default, theirs, "step_seconds")
+            verdict["default_recipe_saved_for_backward_vs_ultralytics"] = _ratio(
+                default, theirs, "saved_for_backward_mb_per_image")
         whole = (detect or {}).get("verdict", {}).get("cpu_images_per_second_vs_ultralytics")
         if whole:
             verdict["whole_run_cpu_time_vs_ultralytics"] = round(1 / whole, 2)
@@ -595,7 +591,7 @@ def _scale_rows(args: argparse.Namespace) -> dict[str, Any]:
     base = next((r for r in rows if r["device"] == "cpu" and r["processes"] == 1 and "error" not in r), None)
     for row in rows:
         if base is not None and "error" not in row:
-            row["speedup_vs_1_cpu_process"] = round(row["images_per_second"] / base["images_per_second"], 2)
+            row["speedup_vs_1_cpu_process"] = _ratio(row, base, "images_per_second")
     return {"model": "yolo-lite0-n", "data": "edgetl shapes sample", "img_size": args.det_size,
             "epochs": args.epochs, "cpu_cores": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "rows": rows}
