@@ -26,7 +26,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import BadInputError, EdgetlError, EnvironmentMissingError
 from edgetl.tables import format_table  # noqa: F401  (edgetl.train.classify imports it from here)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -182,9 +182,7 @@ def handle_errors(func: F) -> F:
                 finally:
                     _json_runs.remove(run)
         except EdgetlError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            _error_document(run, exc.exit_code, exc.message, hint=exc.hint, kind=type(exc).__name__)
-            sys.exit(exc.exit_code)
+            _fail(run, exc, kind=type(exc).__name__)
         except click.ClickException as exc:
             _error_document(run, exc.exit_code, exc.format_message(), kind=type(exc).__name__)
             exc.json_reported = True  # type: ignore[attr-defined]
@@ -199,12 +197,9 @@ def handle_errors(func: F) -> F:
                 _error_document(run, code, str(exc.code) if isinstance(exc.code, str) else f"exit code {code}")
             raise
         except Exception as exc:
-            path_failure = _path_failure(exc)
-            if path_failure is not None:
-                code, message, hint = path_failure
-                click.secho(f"error: {message}\n  hint: {hint}", fg="red", err=True)
-                _error_document(run, code, message, hint=hint, kind=type(exc).__name__)
-                sys.exit(code)
+            path_error = _path_error(exc)
+            if path_error is not None:
+                _fail(run, path_error, kind=type(exc).__name__)
             click.echo(traceback.format_exc(), err=True, nl=False)
             message = f"unexpected {type(exc).__name__}: {exc}"
             click.secho(f"error: {message}\n  this is a bug in edgetl; please report it with the traceback above",
@@ -215,20 +210,29 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _path_failure(exc: BaseException) -> tuple[int, str, str] | None:
-    """A filesystem failure on a named path as (exit code, message, hint); None for any other exception.
+def _fail(run: _JsonRun | None, error: EdgetlError, *, kind: str) -> None:
+    """Report one of edgetl's errors (message, hint, JSON document) and exit with its code."""
+    click.secho(f"error: {error}", fg="red", err=True)
+    _error_document(run, error.exit_code, error.message, hint=error.hint, kind=kind)
+    sys.exit(error.exit_code)
 
-    A full disk is the machine's (exit code 3); a path that is missing, of the wrong kind or not permitted is the
-    user's (2). Work already written stays: every output is written to a temporary file and renamed into place.
+
+def _path_error(exc: BaseException) -> EdgetlError | None:
+    """A filesystem failure on a named path as the edgetl error it is; None for any other exception.
+
+    A full disk is the machine's (`EnvironmentMissingError`, exit code 3); a path that is missing, of the wrong
+    kind or not permitted is the user's (`BadInputError`, 2). Work already written stays: every output is
+    written to a temporary file and renamed into place.
     """
     if not isinstance(exc, OSError) or exc.filename is None or exc.errno not in _PATH_ERRNOS:
         return None
     where = str(exc.filename) if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
     message = f"{where}: {exc.strerror or exc}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return EXIT_ENV, message, "free space on that disk, or write to a folder on another one, and run it again"
-    return EXIT_BAD_INPUT, message, ("check the path: that its folders exist, that it is a file or a folder as the "
-                                     "command expects, and that you may read or write there")
+        return EnvironmentMissingError(
+            message, hint="free space on that disk, or write to a folder on another one, and run it again")
+    return BadInputError(message, hint="check the path: that its folders exist, that it is a file or a folder as "
+                                       "the command expects, and that you may read or write there")
 
 
 def _error_document(run: _JsonRun | None, exit_code: int, message: str, *, hint: str | None = None,
