@@ -348,10 +348,10 @@ class _Run(TrainingRun):
         self.train_seconds += time.perf_counter() - started
         keys = list(sums)
         totals = distributed.all_reduce_sum(self.dist, [sums[k] for k in keys] + [batches, images_seen])
-        self.train_images += int(totals[-1])
-        # "images": what the epoch trained on across processes (a last partial batch is dropped).
-        return ({f"train_{k}": v / max(1, totals[-2]) for k, v in zip(keys, totals)}
-                | {"steps": batches, "images": int(totals[-1])})
+        images = int(totals[-1])  # what the epoch trained on across processes (a last partial batch is dropped)
+        self.train_images += images
+        means = {f"train_{k}": v / max(1, totals[-2]) for k, v in zip(keys, totals)}
+        return means | {"steps": batches, "images": images}
 
     def train_and_evaluate(self, epoch: int) -> EpochOutcome:
         from edgetl.detect.evaluate import PreparedImages, evaluate_model
