@@ -172,10 +172,11 @@ DETECT_LABELS = {
     "edgetl-default": "edgetl yolo-lite0-n, its default recipe (ImageNet backbone, partial)",
     "ultralytics": "Ultralytics YOLOv8n",
 }
-# How each edgetl variant starts: from scratch (random weights, every layer trains, as Ultralytics' row does) or
-# ``edgetl train detect``'s default, the ImageNet backbone with its stem and stride-2/4 blocks frozen (``partial``).
+# How each run starts (weights, which layers train): from scratch (random weights, every layer trains, as
+# Ultralytics' row does) or ``edgetl train detect``'s default, the ImageNet backbone with its stem and stride-2/4
+# blocks frozen (``partial``). The edgetl children train with these; the rows report them.
 DETECT_START = {"edgetl": ("none", "scratch"), "edgetl-before": ("none", "scratch"),
-                "edgetl-default": ("pretrained", "partial")}
+                "edgetl-default": ("pretrained", "partial"), "ultralytics": ("none", "all")}
 
 
 def _detect_child(args: argparse.Namespace) -> int:
@@ -265,7 +266,7 @@ def _run_child(variant: str, data: Path, out: Path, args: argparse.Namespace) ->
     images = child["trained_images"]
     return {
         "variant": variant, "label": DETECT_LABELS[variant], "threads": args.threads,
-        "weights": DETECT_START.get(variant, ("none",))[0], "trains": DETECT_START.get(variant, (None, "all"))[1],
+        "weights": DETECT_START[variant][0], "trains": DETECT_START[variant][1],
         "parameters_m": round(child["parameters"] / 1e6, 2), "trained_images": images,
         "wall_seconds": round(wall, 1), "images_per_second": round(images / wall, 2),
         "user_seconds": round(usage.ru_utime, 1), "system_seconds": round(usage.ru_stime, 1),
@@ -393,10 +394,10 @@ def _step_child(args: argparse.Namespace) -> int:
     else:
         from edgetl.detect.model import build_detector
 
-        default = args.child == "step-edgetl-default"
-        model = build_detector("yolo-lite0-n", num_classes=5, weights="pretrained" if default else "none")
-        if default:
-            model.set_backbone_trainable("partial")
+        weights, strategy = DETECT_START["edgetl-default" if args.child == "step-edgetl-default" else "edgetl"]
+        model = build_detector("yolo-lite0-n", num_classes=5, weights=weights)
+        if strategy != "scratch":
+            model.set_backbone_trainable(strategy)
         layout = torch.channels_last
         model.to(memory_format=layout)
         run = model.forward_train
