@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,19 @@ def paired_patches(quantized: Any, reference: Any, layer: Any, images: np.ndarra
         yield fp32.astype(np.float64), quant.astype(np.float64)
 
 
+def input_moments(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...] | None:
+    """``E[x x~^T]``, ``E[x~ x~^T]``, the mean FP32 and quantized patch and the number of patches, over
+    `paired_patches`' chunks; None when there are none."""
+    sums, count = None, 0
+    for fp32, quant in pairs:
+        parts = (fp32 @ quant.transpose(0, 2, 1), quant @ quant.transpose(0, 2, 1), fp32.sum(2), quant.sum(2))
+        sums = parts if sums is None else tuple(a + b for a, b in zip(sums, parts, strict=True))
+        count += quant.shape[2]
+    if sums is None:
+        return None
+    return (*(a / count for a in sums), count)
+
+
 def grouped_rows(layer: Any) -> np.ndarray:
     """The layer's FP32 weights as ``(group, rows, d)``, in `paired_patches`' order."""
     from edgetl.quantize.rounding import conv_geometry
@@ -194,14 +207,10 @@ def refit_to_quantized_inputs(quantized: Any, reference: Any, calib: np.ndarray,
     model.CopyFrom(quantized)
     inits = {i.name: i for i in model.graph.initializer}
     for layer in quantized_layers(model, reference):
-        sums, count = None, 0
-        for fp32, quant in paired_patches(model, reference, layer, calib):
-            parts = (fp32 @ quant.transpose(0, 2, 1), quant @ quant.transpose(0, 2, 1), fp32.sum(2), quant.sum(2))
-            sums = parts if sums is None else tuple(a + b for a, b in zip(sums, parts, strict=True))
-            count += quant.shape[2]
-        if sums is None:
+        moments = input_moments(paired_patches(model, reference, layer, calib))
+        if moments is None:
             continue
-        cross, second, mean_fp32, mean_q = (a / count for a in sums)
+        cross, second, mean_fp32, mean_q, count = moments
         w = grouped_rows(layer)
         target = least_squares(w, cross, second) if fit and count >= 10 * second.shape[1] else w
         shape = np.moveaxis(layer.float_weight, layer.axis, 0).shape
@@ -233,12 +242,12 @@ def least_squares_held_out(quantized: Any, reference: Any, calib: np.ndarray, he
             continue
         fitted = list(paired_patches(quantized, reference, layer, calib))
         others = list(paired_patches(quantized, reference, layer, held_out))
-        if not fitted or not others:
+        moments = input_moments(fitted)
+        if moments is None or not others:
             continue
-        count = sum(q.shape[2] for _, q in fitted)
+        cross, second, _, _, count = moments
         w = grouped_rows(layer)
-        fit = least_squares(w, sum(f @ q.transpose(0, 2, 1) for f, q in fitted) / count,
-                            sum(q @ q.transpose(0, 2, 1) for _, q in fitted) / count)
+        fit = least_squares(w, cross, second)
 
         def error(weights: np.ndarray, pairs: list, w: np.ndarray = w) -> float:
             return float(np.mean([np.mean((w @ f - weights @ q) ** 2) for f, q in pairs]))
