@@ -32,6 +32,13 @@ quantized without it:
    each with its bias set so that the layer's mean output matches FP32's on those crops. For every fourth layer,
    the least-squares weights' output error against the FP32 weights' on the crops they were fitted on and on 128
    of the evaluation crops tells whether the fit generalises.
+5. **Where the default's error sits.** Each of the default model's quantization points (a layer: its weights and
+   its input pair; an activation tensor: its pair) put back in float alone, as `benchmarks/int8_error_sources.py`
+   does for the older steps: the share of the logit error variance each carries, and how many of the largest
+   shares add up to what 95 % needs (1 - (RMSE for 95 % / the default's RMSE)^2). A few large shares would point at
+   a targeted remedy (a finer step or a float tensor there); many small ones leave only a finer format everywhere.
+   With the sequential correction in the default, a point's share can be negative: the layers after it were
+   corrected for its rounding, so putting it back alone moves their means.
 
     python benchmarks/int8_limits.py [--work /tmp/edgetl-qbench]
 
@@ -258,6 +265,30 @@ def least_squares_held_out(quantized: Any, reference: Any, calib: np.ndarray, he
     return rows
 
 
+def error_spread(default: Any, reference_graph: Any, batch: np.ndarray, reference: np.ndarray,
+                 needed_rmse: float | None) -> dict[str, Any]:
+    """Every quantization point of ``default`` put back in float alone (`variance_shares`): the largest shares,
+    the sum of the ten largest, how many of the largest add up to the share of the variance that ``needed_rmse``
+    removes, and how many points carry a negative share."""
+    from int8_error_sources import TOP_POINTS, variance_shares
+
+    from edgetl.quantize.qdq_edit import list_units
+
+    base, ranked = variance_shares(default, list_units(default, reference_graph), reference_graph, batch, reference)
+    target = None if needed_rmse is None else 1 - needed_rmse ** 2 / base
+    running, needed_points = 0.0, None
+    for count, point in enumerate(ranked, 1):
+        running += point["variance_share"]
+        if target is not None and needed_points is None and running >= target:
+            needed_points = count
+    return {"logit_rmse": round(base ** 0.5, 4), "points": len(ranked),
+            "largest_share": ranked[0]["variance_share"],
+            "ten_largest_sum": round(sum(p["variance_share"] for p in ranked[:10]), 3),
+            "share_needed_for_95_percent": None if target is None else round(target, 3),
+            "largest_points_needed": needed_points,
+            "negative_shares": sum(p["variance_share"] < 0 for p in ranked), "top": ranked[:TOP_POINTS]}
+
+
 def main() -> int:
     import onnx
     from int8_error_sources import compare, float_weights, run, score
@@ -301,6 +332,7 @@ def main() -> int:
     ranges = linear_stream_ranges(fp32, calib)
     bounds = relu6_clip_bounds(fp32, calib)
     needed = next((c["logit_rmse"] for c in curve if c["agreement"] >= 0.95), None)
+    spread = error_spread(default, reference_graph, batch, reference, needed)
     result = {
         "benchmark": "int8_limits", "command": "python benchmarks/int8_limits.py",
         "model": "efficientnet_lite0 (ImageNet)", "format": "tensorrt (int8 activations), exact numerics",
@@ -311,7 +343,7 @@ def main() -> int:
             "max_over_median_median": float(np.median([r["max_over_median"] for r in ranges])), "each": ranges},
         "relu6_clip": {"tensors": len(bounds), "best_below_6": sum(b["best_bound"] < 6.0 for b in bounds),
                        "smallest_error_ratio": min(b["error_vs_bound_6"] for b in bounds), "each": bounds},
-        "least_squares_output_error_vs_fp32_weights": generalization,
+        "least_squares_output_error_vs_fp32_weights": generalization, "error_spread": spread,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     lines = ["| model | agreement | logit RMSE |", "|---|---|---|"]
@@ -326,6 +358,12 @@ def main() -> int:
     lines.append("least-squares weights' output error / the FP32 weights', fitted crops -> held-out crops: "
                  + ", ".join(f"{g['layer'].split('/')[-2]} ({g['inputs']} inputs) {g['fitted_crops']} -> "
                              f"{g['held_out_crops']}" for g in generalization))
+    lines.append(f"the default's {spread['points']} quantization points, each back in float alone: largest share of "
+                 f"the logit error variance {100 * spread['largest_share']:.1f} %, ten largest "
+                 f"{100 * spread['ten_largest_sum']:.1f} %; 95 % needs "
+                 f"{100 * (spread['share_needed_for_95_percent'] or 0):.0f} % removed: the "
+                 f"{spread['largest_points_needed']} largest points; {spread['negative_shares']} points carry a "
+                 "negative share")
     result["table"] = "\n".join(lines)
     publish(RESULTS, result, result["table"])
     return 0
