@@ -8,16 +8,16 @@ backward, optimizer) through `edgetl.train.loop`; ``linear-probe`` is measured a
 one backbone pass to cache features, then epochs over the cached features (head only). The epoch
 time is for ``--images`` training images; ratios are against ``full`` measured in the same run.
 
-Detector (``--task detect``): edgetl's ``yolo-lite0-n`` trained from scratch on the shapes sample
-(``edgetl data sample shapes``) at 256 px, batch 16, for ``--epochs`` epochs with validation every epoch,
-each run in its own process with ``--threads`` CPU threads; beside it, in the same run, the same
-training before the allocator and memory-layout changes, the same model with ``edgetl train detect``'s
-default recipe (the ImageNet backbone, its stem and stride-2/4 blocks frozen: no gradients and no saved
-activations there), and Ultralytics YOLOv8n (from ``yolov8n.yaml``, no weights, the same YOLO folders,
-size, batch, epochs and threads) when ``ultralytics`` is installed. Ultralytics trains every layer when it
-fine-tunes too, so its row is also its fine-tuning speed. Images/s is the images each run trained on (edgetl
-drops a last partial batch every epoch, Ultralytics does not) over the whole run's wall time; user and system
-CPU, minor page faults and peak RSS come from the kernel's accounting of the child.
+Detector (``--task detect``): edgetl's ``yolo-lite0-n`` trained from scratch on the shapes sample (``edgetl data
+sample shapes``) at 256 px, batch 16, for ``--epochs`` epochs with validation every epoch, each run in its own
+process with ``--threads`` CPU threads; beside it, in the same run, the same training before the allocator,
+memory-layout and activation-memory changes, the same model with ``edgetl train detect``'s default recipe (the
+ImageNet backbone, its stem and stride-2/4 blocks frozen: no gradients and no saved activations there), and
+Ultralytics YOLOv8n (from ``yolov8n.yaml``, no weights, the same YOLO folders, size, batch, epochs and threads)
+when ``ultralytics`` is installed. Ultralytics trains every layer when it fine-tunes too, so its row is also its
+fine-tuning speed. Images/s is the images each run trained on (edgetl drops a last partial batch every epoch,
+Ultralytics does not) over the whole run's wall time; user and system CPU, minor page faults and peak RSS come
+from the kernel's accounting of the child.
 Targets: images/s at least Ultralytics', system CPU under 10 % of user CPU.
 
 Model step (``--task step``): where the detector gap comes from. Each model's bare training step (forward,
@@ -26,7 +26,9 @@ its own process with ``--threads`` threads, in the memory layout its trainer use
 image (PyTorch's flop counter), the megabytes its layers' forward outputs take per image (written in the forward
 pass and read back in the backward: what a memory-bound step streams), and the share of the step that the
 depthwise convolutions' weight gradients take (the step again with those weights frozen). Compared with the
-whole-run ratio of ``--task detect``, it shows how much of that gap the networks' own arithmetic explains.
+whole-run ratio of ``--task detect``, it shows how much of that gap the networks' own arithmetic explains. The
+same step with PyTorch's own ReLU6, which keeps a copy of each activation's input, measures what edgetl's
+output-saving ReLU6 (`edgetl.train.activations`) changes.
 
 Scaling (``--task scale``): the same detector training in 1 and 2 data-parallel CPU processes
 (torchrun, Gloo) with the same global batch, ``--threads`` threads each; on a machine with a CUDA GPU
@@ -168,7 +170,7 @@ def _run_device(device_name: str, samples: list, spec, args) -> list[dict]:
 DETECT_VARIANTS = ("edgetl", "edgetl-before", "edgetl-default", "ultralytics")
 DETECT_LABELS = {
     "edgetl": "edgetl yolo-lite0-n",
-    "edgetl-before": "edgetl yolo-lite0-n, before (glibc default allocator, NCHW)",
+    "edgetl-before": "edgetl yolo-lite0-n, before (glibc default allocator, NCHW, PyTorch's ReLU6)",
     "edgetl-default": "edgetl yolo-lite0-n, its default recipe (ImageNet backbone, partial)",
     "ultralytics": "Ultralytics YOLOv8n",
 }
@@ -207,7 +209,10 @@ def _detect_child(args: argparse.Namespace) -> int:
 
         before = args.child == "edgetl-before"
         if before:
+            import edgetl.train.activations as activations
+
             engine.keep_freed_memory = lambda: False
+            activations.lean_relu6 = lambda model: 0
         weights, strategy = DETECT_START[args.child]
         cfg = DetectTrainConfig(data=str(data), weights=weights, strategy=strategy, epochs=args.epochs,
                                 img_size=args.det_size,
@@ -366,8 +371,9 @@ def _print_detect(section: dict[str, Any]) -> bool:
 
 # ---- model step: the networks' own forward + backward, profiled -----------------------------------------------
 
-STEP_VARIANTS = ("step-edgetl", "step-edgetl-default", "step-ultralytics")
+STEP_VARIANTS = ("step-edgetl", "step-edgetl-pytorch-relu6", "step-edgetl-default", "step-ultralytics")
 STEP_LABELS = {"step-edgetl": "edgetl yolo-lite0-n (channels-last)",
+               "step-edgetl-pytorch-relu6": "edgetl yolo-lite0-n with PyTorch's own ReLU6 (before)",
                "step-edgetl-default": "edgetl yolo-lite0-n, default recipe (stem and stride-2/4 blocks frozen)",
                "step-ultralytics": "Ultralytics YOLOv8n"}
 STEP_STEPS = 4
@@ -393,11 +399,14 @@ def _step_child(args: argparse.Namespace) -> int:
         run = model
     else:
         from edgetl.detect.model import build_detector
+        from edgetl.train.activations import lean_relu6
 
         weights, strategy = DETECT_START["edgetl-default" if args.child == "step-edgetl-default" else "edgetl"]
         model = build_detector("yolo-lite0-n", num_classes=5, weights=weights)
         if strategy != "scratch":
             model.set_backbone_trainable(strategy)
+        if args.child != "step-edgetl-pytorch-relu6":
+            lean_relu6(model)  # what edgetl's trainer does
         layout = torch.channels_last
         model.to(memory_format=layout)
         run = model.forward_train
@@ -496,6 +505,10 @@ def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[
             print(f"    {rows[-1]}", file=sys.stderr)
     ok = {r["variant"]: r for r in rows if "error" not in r}
     verdict: dict[str, Any] = {}
+    if "step-edgetl" in ok and "step-edgetl-pytorch-relu6" in ok:
+        ours, before = ok["step-edgetl"], ok["step-edgetl-pytorch-relu6"]
+        for key in ("step_seconds", "saved_for_backward_mb_per_image", "peak_rss_mb"):
+            verdict[f"lean_relu6_{key}_vs_pytorch_relu6"] = _ratio(ours, before, key)
     if "step-edgetl" in ok and "step-ultralytics" in ok:
         ours, theirs = ok["step-edgetl"], ok["step-ultralytics"]
         verdict["step_time_vs_ultralytics"] = _ratio(ours, theirs, "step_seconds")
@@ -536,6 +549,10 @@ def _print_step(section: dict[str, Any]) -> None:
         if "whole_run_cpu_time_vs_ultralytics" in verdict:
             line += f"; the whole training run takes {verdict['whole_run_cpu_time_vs_ultralytics']}x its CPU time"
         print(line)
+    if "lean_relu6_step_seconds_vs_pytorch_relu6" in verdict:
+        print(f"edgetl's output-saving ReLU6 against PyTorch's: {verdict['lean_relu6_step_seconds_vs_pytorch_relu6']}x "
+              f"the step time, {verdict['lean_relu6_saved_for_backward_mb_per_image_vs_pytorch_relu6']}x what the "
+              f"step keeps for the backward pass, {verdict['lean_relu6_peak_rss_mb_vs_pytorch_relu6']}x the peak RSS")
     if "default_recipe_step_time_vs_ultralytics" in verdict:
         print(f"with the default recipe's frozen stem and stride-2/4 blocks: "
               f"{verdict['default_recipe_step_time_vs_ultralytics']}x Ultralytics' step time, "

@@ -164,9 +164,7 @@ class _Run(TrainingRun):
         self.plan = apply_strategy(
             self.model, cfg.strategy, lr=lr, unfreeze=cfg.unfreeze, backbone_lr_scale=cfg.backbone_lr_scale
         )
-        self.model.to(self.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.place_model(self.model)
         self.optimizer = build_optimizer(self.plan.param_groups, cfg.optimizer, cfg.weight_decay)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None

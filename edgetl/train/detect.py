@@ -213,9 +213,7 @@ class _Run(TrainingRun):
         self.check_dataset(_dataset_digest(self.data))
         seed_everything(cfg.seed)
         weights = "none" if cfg.strategy == "scratch" else cfg.weights
-        self.model = build_detector(cfg.model, num_classes=len(self.data.classes), weights=weights).to(self.device)
-        if self.channels_last:  # NHWC: the depthwise backbone trains faster in it, on CPU and GPU
-            self.model.to(memory_format=torch.channels_last)
+        self.model = self.place_model(build_detector(cfg.model, num_classes=len(self.data.classes), weights=weights))
         self.spec = detector_preprocess_spec(cfg.model, cfg.img_size)
         self.lr = self.scaled_lr(cfg.lr or (2e-3 if cfg.optimizer == "adamw" else 1e-2))
         groups = [{"params": list(module.parameters()), "lr": self.lr * scale, "name": name}

@@ -196,6 +196,18 @@ class TrainingRun:
         self.train_images = 0
         self.train_seconds = 0.0
 
+    def place_model(self, model: Any) -> Any:
+        """Make ``model`` ready to train, the same way for every task: on the run's device, in NHWC when
+        ``channels_last`` (the depthwise networks train faster in it, on CPU and GPU), and with its ReLU6
+        activations keeping only their outputs for the backward pass (`edgetl.train.activations`)."""
+        from edgetl.train.activations import lean_relu6
+
+        lean_relu6(model)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
     # -- task ----------------------------------------------------------------------------------
     def train_and_evaluate(self, epoch: int) -> EpochOutcome:  # pragma: no cover - abstract
         """Train one epoch (advancing ``self.step``) and evaluate when due."""
