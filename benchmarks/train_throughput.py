@@ -22,7 +22,8 @@ Targets: images/s at least Ultralytics', system CPU under 10 % of user CPU.
 
 Model step (``--task step``): where the detector gap comes from. Each model's bare training step (forward,
 a loss that touches every output, backward; no data, loss or optimizer) on the same random batch, each in
-its own process with ``--threads`` threads, in the memory layout its trainer uses; its forward GFLOPs per
+its own process with ``--threads`` threads (three processes per model, round robin, the median kept), in the
+memory layout its trainer uses; its forward GFLOPs per
 image (PyTorch's flop counter), the megabytes its layers' forward outputs take per image (written in the forward
 pass and read back in the backward: what a memory-bound step streams), and the share of the step that the
 depthwise convolutions' weight gradients take (the step again with those weights frozen). Compared with the
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -377,6 +379,7 @@ STEP_LABELS = {"step-edgetl": "edgetl yolo-lite0-n (channels-last)",
                "step-edgetl-default": "edgetl yolo-lite0-n, default recipe (stem and stride-2/4 blocks frozen)",
                "step-ultralytics": "Ultralytics YOLOv8n"}
 STEP_STEPS = 4
+STEP_REPEATS = 3
 
 
 def _step_child(args: argparse.Namespace) -> int:
@@ -483,26 +486,43 @@ def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[
 
     variants = [v for v in STEP_VARIANTS
                 if v != "step-ultralytics" or importlib.util.find_spec("ultralytics") is not None]
-    rows = []
+    runs: dict[str, list[tuple[dict[str, Any], Any]]] = {v: [] for v in variants}
+    errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in variants:
-            print(f"  model step: {variant}...", file=sys.stderr)
-            cmd = [sys.executable, __file__, "--child", variant, "--threads", str(args.threads),
-                   "--det-size", str(args.det_size), "--det-batch", str(args.det_batch)]
-            child, status, usage = _child_json(cmd, Path(tmp), args.threads)
-            if child is None:
-                rows.append({"variant": variant, "error": f"exit status {status}"})
-                continue
-            rows.append({"variant": variant, "label": STEP_LABELS[variant],
-                         "parameters_m": round(child["parameters"] / 1e6, 2),
-                         "step_seconds": round(child["step_seconds"], 3),
-                         "images_per_second": round(args.det_batch / child["step_seconds"], 1),
-                         "forward_gflops_per_image": round(child["forward_gflops_per_image"], 3),
-                         "activation_mb_per_image": round(child["activation_mb_per_image"], 1),
-                         "saved_for_backward_mb_per_image": round(child["saved_for_backward_mb_per_image"], 1),
-                         "peak_rss_mb": round(usage.ru_maxrss / 1024), "depthwise_convs": child["depthwise_convs"],
-                         "depthwise_weight_gradient_share": child["depthwise_weight_gradient_share"]})
-            print(f"    {rows[-1]}", file=sys.stderr)
+        # Round robin, STEP_REPEATS times: one process's step time moves by up to 10 % from the next one's on a
+        # shared machine, so each row takes the median of its processes, and drift hits every variant alike.
+        for repeat in range(STEP_REPEATS):
+            for variant in variants:
+                if variant in errors:
+                    continue
+                print(f"  model step: {variant} ({repeat + 1}/{STEP_REPEATS})...", file=sys.stderr)
+                cmd = [sys.executable, __file__, "--child", variant, "--threads", str(args.threads),
+                       "--det-size", str(args.det_size), "--det-batch", str(args.det_batch)]
+                child, status, usage = _child_json(cmd, Path(tmp), args.threads)
+                if child is None:
+                    errors[variant] = f"exit status {status}"
+                else:
+                    runs[variant].append((child, usage))
+    rows = []
+    for variant in variants:
+        if variant in errors:
+            rows.append({"variant": variant, "error": errors[variant]})
+            continue
+        child = runs[variant][0][0]
+        times = [c["step_seconds"] for c, _ in runs[variant]]
+        step_seconds = statistics.median(times)
+        rows.append({"variant": variant, "label": STEP_LABELS[variant],
+                     "parameters_m": round(child["parameters"] / 1e6, 2),
+                     "step_seconds": round(step_seconds, 3), "step_seconds_runs": [round(t, 3) for t in times],
+                     "images_per_second": round(args.det_batch / step_seconds, 1),
+                     "forward_gflops_per_image": round(child["forward_gflops_per_image"], 3),
+                     "activation_mb_per_image": round(child["activation_mb_per_image"], 1),
+                     "saved_for_backward_mb_per_image": round(child["saved_for_backward_mb_per_image"], 1),
+                     "peak_rss_mb": round(statistics.median(u.ru_maxrss for _, u in runs[variant]) / 1024),
+                     "depthwise_convs": child["depthwise_convs"],
+                     "depthwise_weight_gradient_share": None if child["depthwise_weight_gradient_share"] is None
+                     else round(statistics.median(c["depthwise_weight_gradient_share"] for c, _ in runs[variant]), 3)})
+        print(f"    {rows[-1]}", file=sys.stderr)
     ok = {r["variant"]: r for r in rows if "error" not in r}
     verdict: dict[str, Any] = {}
     if "step-edgetl" in ok and "step-edgetl-pytorch-relu6" in ok:
@@ -524,7 +544,7 @@ def _step_rows(args: argparse.Namespace, detect: dict[str, Any] | None) -> dict[
         if whole:
             verdict["whole_run_cpu_time_vs_ultralytics"] = round(1 / whole, 2)
     return {"img_size": args.det_size, "batch": args.det_batch, "threads": args.threads, "steps": STEP_STEPS,
-            "rows": rows, "verdict": verdict}
+            "processes_per_variant": STEP_REPEATS, "rows": rows, "verdict": verdict}
 
 
 
@@ -532,7 +552,8 @@ def _print_step(section: dict[str, Any]) -> None:
     from edgetl.cli.common import format_table
 
     print(f"\nModel step only (forward + backward, random batch of {section['batch']} at {section['img_size']} px, "
-          f"{section['threads']} thread(s), mean of {section['steps']} steps)")
+          f"{section['threads']} thread(s), mean of {section['steps']} steps, median of "
+          f"{section.get('processes_per_variant', 1)} processes per model)")
     print(format_table(
         ["model", "params M", "fwd GFLOPs/image", "activations MB/image", "saved for backward MB/image", "step s",
          "images/s", "peak RSS MB", "depthwise convs", "their weight gradients"],
