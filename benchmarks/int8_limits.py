@@ -47,6 +47,7 @@ Writes benchmarks/results/int8_limits.json.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -276,11 +277,9 @@ def error_spread(default: Any, reference_graph: Any, batch: np.ndarray, referenc
 
     base, ranked = variance_shares(default, list_units(default, reference_graph), reference_graph, batch, reference)
     target = None if needed_rmse is None else 1 - needed_rmse ** 2 / base
-    running, needed_points = 0.0, None
-    for count, point in enumerate(ranked, 1):
-        running += point["variance_share"]
-        if target is not None and needed_points is None and running >= target:
-            needed_points = count
+    running = itertools.accumulate(p["variance_share"] for p in ranked)
+    needed_points = None if target is None else next(
+        (count for count, total in enumerate(running, 1) if total >= target), None)
     return {"logit_rmse": round(base ** 0.5, 4), "points": len(ranked),
             "largest_share": ranked[0]["variance_share"],
             "ten_largest_sum": round(sum(p["variance_share"] for p in ranked[:10]), 3),
