@@ -50,9 +50,10 @@ class LeanReLU6(nn.Module):
         self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The custom function only where autograd records this op on a computed (non-leaf) tensor: tracing and
-        # scripting see the plain op, and a leaf that requires grad cannot be overwritten in place.
-        if x.grad_fn is None or not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        # The custom function only where autograd records this op on a computed (non-leaf) tensor: tracing sees
+        # the plain op, and a leaf that requires grad cannot be overwritten in place. (Not scriptable: the training
+        # commands never script, and export traces the registry's own model.)
+        if x.grad_fn is None or not torch.is_grad_enabled() or torch.jit.is_tracing():
             return nn.functional.hardtanh(x, _LOW, _HIGH, self.inplace)
         return _OutputSavingReLU6.apply(x, self.inplace)
 
