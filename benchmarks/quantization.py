@@ -93,33 +93,44 @@ VARIANTS = {  # name: quantize_bundle keyword arguments
 
 def photo_crops(work: Path) -> tuple[Path, Path]:
     """Calibration crops from the odd-numbered photos, evaluation crops from the even-numbered ones."""
-    import skimage.data as sd
-    from PIL import Image
-
     calib, evaluation = work / "calib", work / "eval"
     if calib.is_dir() and evaluation.is_dir():
         return calib, evaluation
     rng = np.random.default_rng(0)
-    names = [n for n in PHOTOS if hasattr(sd, n)]
-    for out, group, total in ((evaluation, names[0::2], 400), (calib, names[1::2], 300)):
-        out.mkdir(parents=True, exist_ok=True)
-        per = -(-total // len(group))
-        for name in group:
-            try:
-                a = getattr(sd, name)()
-            except Exception:  # some photos need a download helper: skip them
-                continue
-            if a.dtype != np.uint8:
-                a = (a.astype(np.float64) / max(1, a.max()) * 255).astype(np.uint8)
-            a = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
-            h, w = a.shape[:2]
-            for k in range(per):
-                s = rng.uniform(0.35, 1.0)
-                ch, cw = int(h * s * rng.uniform(0.8, 1.0)), int(w * s * rng.uniform(0.8, 1.0))
-                y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-                crop = a[y0:y0 + ch, x0:x0 + cw]
-                Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if k % 2 else crop)).save(out / f"{name}-{k}.png")
+    draw_crops(evaluation, EVALUATION_PHOTOS, 400, rng)
+    draw_crops(calib, CALIBRATION_PHOTOS, 300, rng)
     return calib, evaluation
+
+
+#: The photos whose crops are evaluated, and those whose crops calibrate: no photo is in both.
+EVALUATION_PHOTOS, CALIBRATION_PHOTOS = PHOTOS[0::2], PHOTOS[1::2]
+
+
+def draw_crops(out: Path, photos: tuple[str, ...], total: int, rng: np.random.Generator) -> Path:
+    """``total`` random crops (35-100 % of each side, every other one mirrored), spread evenly over ``photos``,
+    as ``out/<photo>-<k>.png``."""
+    import skimage.data as sd
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in photos if hasattr(sd, n)]
+    per = -(-total // len(names))
+    for name in names:
+        try:
+            a = getattr(sd, name)()
+        except Exception:  # some photos need a download helper: skip them
+            continue
+        if a.dtype != np.uint8:
+            a = (a.astype(np.float64) / max(1, a.max()) * 255).astype(np.uint8)
+        a = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
+        h, w = a.shape[:2]
+        for k in range(per):
+            s = rng.uniform(0.35, 1.0)
+            ch, cw = int(h * s * rng.uniform(0.8, 1.0)), int(w * s * rng.uniform(0.8, 1.0))
+            y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            crop = a[y0:y0 + ch, x0:x0 + cw]
+            Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if k % 2 else crop)).save(out / f"{name}-{k}.png")
+    return out
 
 
 def fp32_bundle(work: Path, calib: Path, name: str = DEFAULT_MODEL, weights: str = "pretrained") -> Path:
