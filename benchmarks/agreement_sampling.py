@@ -1,5 +1,5 @@
-"""How precise is a 400-crop agreement figure? The default INT8 bundles of `benchmarks/quantization.py`, scored
-on further draws of evaluation crops.
+"""How precise is a 400-crop agreement figure, and which of `benchmarks/quantization.py`'s differences between
+variants survive more crops? The same bundles, scored on further draws of evaluation crops.
 
 `benchmarks/quantization.py` scores every variant on one draw of 400 random crops of the evaluation photos. Each
 further draw here uses the same crop generator on the same photos (none of them seen in calibration) with its own
@@ -13,7 +13,12 @@ CPU-format bundle (exact numerics and this machine's kernels) and FP16 (the nois
 - the agreement per photo (TensorRT format) beside FP32's median top-1/top-2 logit margin there, to show where
   the flips sit.
 
-    python benchmarks/agreement_sampling.py [--work /tmp/edgetl-qbench] [--draws 5]
+Then each one-step variant of `quantization.py` named in ``--variants`` (its bundle and settings, reused from the
+shared working directory when they match), pooled over every crop: its agreement (exact; CPU formats also on this
+machine's kernels) and logit RMSE, and its agreement minus its format's default's, paired crop by crop, with a 95 %
+interval from the same bootstrap over photos: an interval that holds 0 is a difference these photos cannot show.
+
+    python benchmarks/agreement_sampling.py [--work /tmp/edgetl-qbench] [--draws 5] [--variants a,b,...]
 
 Writes benchmarks/results/agreement_sampling.json.
 """
@@ -34,6 +39,11 @@ CROPS_PER_DRAW = 400
 BOOTSTRAP_RESAMPLES = 2000
 #: Draw k > 0 is seeded with DRAW_SEED + k (draw 0 is quantization.py's own set, seed 0).
 DRAW_SEED = 1000
+#: quantization.py's variants scored by default: each differs from its format's default in one setting.
+VARIANTS = ("trt-noseq", "trt-nearest", "trt-minmax", "trt-nobc", "cpu-noseq", "cpu-nearest", "cpu-minmax",
+            "cpu-nobc", "cpu-mse", "cpu-percentile", "cpu-mse-ranges")
+#: The format default each variant is compared with, by name prefix.
+DEFAULTS = {"trt": "trt", "cpu": "cpu"}
 
 
 def draws(work: Path, first: Path, count: int) -> list[Path]:
@@ -57,17 +67,17 @@ def photo_of(path: Path) -> str:
     return path.stem.rsplit("-", 1)[0]
 
 
-def bootstrap_interval(agree: np.ndarray, photos: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+def bootstrap_interval(values: np.ndarray, photos: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
                        seed: int = 0) -> list[float]:
-    """The 2.5th and 97.5th percentiles of the pooled agreement when whole photos (all their crops) are
-    resampled with replacement."""
+    """The 2.5th and 97.5th percentiles of the mean of ``values`` (one per crop: 1/0 for agreement, or a paired
+    difference of two models' agreement) when whole photos (all their crops) are resampled with replacement."""
     names = np.unique(photos)
-    hits = np.array([agree[photos == n].sum() for n in names], dtype=np.float64)
+    sums = np.array([values[photos == n].sum() for n in names], dtype=np.float64)
     sizes = np.array([(photos == n).sum() for n in names], dtype=np.float64)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(names), size=(resamples, len(names)))
-    rates = hits[picks].sum(1) / sizes[picks].sum(1)
-    return [round(float(q), 4) for q in np.percentile(rates, [2.5, 97.5])]
+    means = sums[picks].sum(1) / sizes[picks].sum(1)
+    return [round(float(q), 4) for q in np.percentile(means, [2.5, 97.5])]
 
 
 def scored(logits: np.ndarray, reference: np.ndarray, draw: np.ndarray, photos: np.ndarray) -> dict[str, Any]:
@@ -78,19 +88,59 @@ def scored(logits: np.ndarray, reference: np.ndarray, draw: np.ndarray, photos: 
                 for k in np.unique(draw)]
     rates = [d["agreement"] for d in per_draw]
     return {"per_draw": per_draw, "pooled_agreement": float(agree.mean()),
-            "pooled_interval_95": bootstrap_interval(agree, photos),
+            "pooled_interval_95": bootstrap_interval(agree.astype(np.float64), photos),
             "draw_range": [min(rates), max(rates)], "draw_spread_points": round(100 * (max(rates) - min(rates)), 2),
             "pooled_logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4)}
 
 
+def agreement_of(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """1.0 where ``logits`` pick FP32's top-1 class, else 0.0 (one per crop)."""
+    return (logits.argmax(1) == reference.argmax(1)).astype(np.float64)
+
+
+def variant_rows(names: list[str], work: Path, exported: Path, calib: Path, batch: np.ndarray,
+                 reference: np.ndarray, photos: np.ndarray, defaults: dict[tuple[str, str], np.ndarray]) -> dict:
+    """Each named quantization.py variant pooled over every crop, and its agreement minus its format default's
+    (``defaults[(format, numerics)]``, per crop), paired, with the photo bootstrap's interval."""
+    from quantization import VARIANTS as SETTINGS
+    from quantization import outputs, reused_int8
+
+    rows: dict[str, Any] = {}
+    for name in names:
+        fmt = DEFAULTS[name.split("-")[0]]
+        print(f"  {name}", file=sys.stderr)
+        path = reused_int8(work / name, exported, calib, **SETTINGS[name])
+        row: dict[str, Any] = {"settings": SETTINGS[name]}
+        for numerics in ("exact", "device") if fmt == "cpu" else ("exact",):
+            logits = outputs(path, batch, numerics)
+            difference = agreement_of(logits, reference) - defaults[(fmt, numerics)]
+            row[numerics] = {
+                "pooled_agreement": float(agreement_of(logits, reference).mean()),
+                "pooled_logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4),
+                "vs_default_points": round(100 * float(difference.mean()), 2),
+                "vs_default_interval_95_points": [round(100 * v, 2) for v in bootstrap_interval(difference, photos)]}
+        rows[name] = row
+    return rows
+
+
 def main() -> int:
+    from quantization import VARIANTS as SETTINGS
     from quantization import crops, outputs, publish, quantize_bundle_fp16, reused_int8, work_args, workspace
 
     from edgetl.data.imagesets import find_images
 
-    args = work_args(__doc__.splitlines()[0],
-                     lambda p: p.add_argument("--draws", type=int, default=5, help="draws of 400 crops, the first "
-                                              "being quantization.py's own"))
+    def options(parser: Any) -> None:
+        parser.add_argument("--draws", type=int, default=5, help="draws of 400 crops, the first being "
+                            "quantization.py's own")
+        parser.add_argument("--variants", default=",".join(VARIANTS),
+                            help="quantization.py variants to compare with their format's default ('' for none)")
+
+    args = work_args(__doc__.splitlines()[0], options)
+    names = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in names if v not in SETTINGS or v.split("-")[0] not in DEFAULTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from "
+                         f"{', '.join(v for v in SETTINGS if v.split('-')[0] in DEFAULTS)}")
     work = Path(args.work)
     t0 = time.perf_counter()
     calib, evaluation, exported = workspace(work)
@@ -98,16 +148,19 @@ def main() -> int:
     batches, draw, photos = [], [], []
     for k, folder in enumerate(folders):
         batches.append(crops(exported, folder, CROPS_PER_DRAW))
-        names = [photo_of(p) for p in find_images(folder, split="all").paths][:len(batches[-1])]
-        draw += [k] * len(names)
-        photos += names
+        crop_photos = [photo_of(p) for p in find_images(folder, split="all").paths][:len(batches[-1])]
+        draw += [k] * len(crop_photos)
+        photos += crop_photos
     batch, draw_ids, photo_ids = np.concatenate(batches), np.array(draw), np.array(photos)
     print(f"{len(folders)} draws, {len(batch)} crops of {len(np.unique(photo_ids))} photos", file=sys.stderr)
 
-    models = {  # name: (path, numerics)
-        "TensorRT format (default), exact": (reused_int8(work / "trt", exported, calib, target="tensorrt"), "exact"),
-        "CPU format (default), exact": (reused_int8(work / "cpu", exported, calib, target="cpu"), "exact"),
-        "CPU format (default), this machine's kernels": (work / "cpu" / "model.int8.onnx", "device"),
+    models = {  # name: (path, numerics, (format, numerics) when it is a format's default)
+        "TensorRT format (default), exact": (reused_int8(work / "trt", exported, calib, target="tensorrt"), "exact",
+                                             ("trt", "exact")),
+        "CPU format (default), exact": (reused_int8(work / "cpu", exported, calib, target="cpu"), "exact",
+                                        ("cpu", "exact")),
+        "CPU format (default), this machine's kernels": (work / "cpu" / "model.int8.onnx", "device",
+                                                         ("cpu", "device")),
     }
     fp16_bundle = work / "fp16"
     if not (fp16_bundle / "model.fp16.onnx").is_file():
@@ -116,31 +169,41 @@ def main() -> int:
         shutil.rmtree(fp16_bundle, ignore_errors=True)
         shutil.copytree(exported, fp16_bundle)
         quantize_bundle_fp16(fp16_bundle)
-    models["FP16 (noise floor)"] = (fp16_bundle / "model.fp16.onnx", "exact")
+    models["FP16 (noise floor)"] = (fp16_bundle / "model.fp16.onnx", "exact", None)
 
     reference = outputs(exported / "model.onnx", batch, "exact")
     top_two = np.sort(reference, axis=1)[:, -2:]
     margin = top_two[:, 1] - top_two[:, 0]
     rows: dict[str, Any] = {}
-    for name, (path, numerics) in models.items():
+    defaults: dict[tuple[str, str], np.ndarray] = {}
+    for name, (path, numerics, default_of) in models.items():
         print(f"  {name}", file=sys.stderr)
         logits = outputs(path, batch, numerics)
         rows[name] = scored(logits, reference, draw_ids, photo_ids)
+        if default_of is not None:
+            defaults[default_of] = agreement_of(logits, reference)
         if name.startswith("TensorRT"):
-            agree = logits.argmax(1) == reference.argmax(1)
+            agree = defaults[default_of]
             rows[name]["per_photo"] = {n: {"crops": int((photo_ids == n).sum()),
                                            "agreement": round(float(agree[photo_ids == n].mean()), 4),
                                            "fp32_median_margin": round(float(np.median(margin[photo_ids == n])), 3)}
                                        for n in np.unique(photo_ids)}
+    variants = variant_rows(names, work, exported, calib, batch, reference, photo_ids, defaults)
 
     result = {"benchmark": "agreement_sampling", "command": "python benchmarks/agreement_sampling.py",
               "model": "efficientnet_lite0 (ImageNet)", "draws": len(folders), "crops_per_draw": CROPS_PER_DRAW,
               "crops": int(len(batch)), "photos": sorted(set(photos)),
               "interval": f"95 %, bootstrap over photos ({BOOTSTRAP_RESAMPLES} resamples)", "rows": rows,
-              "seconds": round(time.perf_counter() - t0, 1)}
-    draws_header = " | ".join(f"draw {k}" for k in range(len(folders)))
-    lines = [f"| model | {draws_header} | spread | pooled ({len(batch)} crops) | 95 % interval | pooled logit RMSE |",
-             "|---|" + "---|" * (len(folders) + 4)]
+              "variants": variants, "seconds": round(time.perf_counter() - t0, 1)}
+    result["table"] = "\n".join(draw_table(rows, len(folders), len(batch)) + variant_table(variants, len(batch)))
+    publish(RESULTS, result, result["table"])
+    return 0
+
+
+def draw_table(rows: dict[str, Any], draws_made: int, crops_made: int) -> list[str]:
+    header = " | ".join(f"draw {k}" for k in range(draws_made))
+    lines = [f"| model | {header} | spread | pooled ({crops_made} crops) | 95 % interval | pooled logit RMSE |",
+             "|---|" + "---|" * (draws_made + 4)]
     for name, r in rows.items():
         cells = " | ".join(f"{100 * d['agreement']:.2f} %" for d in r["per_draw"])
         low, high = r["pooled_interval_95"]
@@ -150,9 +213,22 @@ def main() -> int:
     by_agreement = sorted(per_photo.items(), key=lambda kv: kv[1]["agreement"])
     lines.append("TensorRT format, agreement per photo (FP32's median top-1/top-2 margin): " + ", ".join(
         f"{n} {100 * v['agreement']:.1f} % ({v['fp32_median_margin']})" for n, v in by_agreement))
-    result["table"] = "\n".join(lines)
-    publish(RESULTS, result, result["table"])
-    return 0
+    return lines
+
+
+def variant_table(variants: dict[str, Any], crops_made: int) -> list[str]:
+    if not variants:
+        return []
+    lines = ["", f"| variant ({crops_made} crops) | numerics | agreement | vs its format's default, points "
+             "(95 % interval) | logit RMSE |", "|---|---|---|---|---|"]
+    for name, row in variants.items():
+        for numerics in ("exact", "device"):
+            if numerics in row:
+                r = row[numerics]
+                low, high = r["vs_default_interval_95_points"]
+                lines.append(f"| {name} | {numerics} | {100 * r['pooled_agreement']:.2f} % | "
+                             f"{r['vs_default_points']:+.2f} ({low:+.2f} to {high:+.2f}) | {r['pooled_logit_rmse']} |")
+    return lines
 
 
 if __name__ == "__main__":
