@@ -1,4 +1,6 @@
-"""How precise is a 400-crop agreement figure, and which of `benchmarks/quantization.py`'s differences between
+"""The INT8 agreement of quantization.py's bundles on further draws of evaluation crops: how precise it is.
+
+How precise is a 400-crop agreement figure, and which of `benchmarks/quantization.py`'s differences between
 variants survive more crops? The same bundles, scored on further draws of evaluation crops.
 
 `benchmarks/quantization.py` scores every variant on one draw of 400 random crops of the evaluation photos. Each
@@ -137,10 +139,10 @@ def main() -> int:
 
     args = work_args(__doc__.splitlines()[0], options)
     names = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in names if v not in SETTINGS or v.split("-")[0] not in DEFAULTS]
+    comparable = [v for v in SETTINGS if v.split("-")[0] in DEFAULTS and v not in DEFAULTS.values()]
+    unknown = [v for v in names if v not in comparable]
     if unknown:
-        raise SystemExit(f"--variants: unknown {unknown}; choose from "
-                         f"{', '.join(v for v in SETTINGS if v.split('-')[0] in DEFAULTS)}")
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {', '.join(comparable)}")
     work = Path(args.work)
     t0 = time.perf_counter()
     calib, evaluation, exported = workspace(work)
