@@ -44,8 +44,8 @@ DRAW_SEED = 1000
 #: quantization.py's variants scored by default: each differs from its format's default in one setting.
 VARIANTS = ("trt-noseq", "trt-nearest", "trt-minmax", "trt-nobc", "cpu-noseq", "cpu-nearest", "cpu-minmax",
             "cpu-nobc", "cpu-mse", "cpu-percentile", "cpu-mse-ranges")
-#: The format default each variant is compared with, by name prefix.
-DEFAULTS = {"trt": "trt", "cpu": "cpu"}
+#: The formats, by variant-name prefix; each one's default is quantization.py's variant of that name.
+FORMATS = ("trt", "cpu")
 
 
 def draws(work: Path, first: Path, count: int) -> list[Path]:
@@ -84,15 +84,16 @@ def bootstrap_interval(values: np.ndarray, photos: np.ndarray, resamples: int = 
 
 def scored(logits: np.ndarray, reference: np.ndarray, draw: np.ndarray, photos: np.ndarray) -> dict[str, Any]:
     """Per-draw and pooled agreement and logit RMSE of ``logits`` against ``reference`` (one row per crop)."""
-    agree = logits.argmax(1) == reference.argmax(1)
+    from quantization import _rmse
+
+    agree = agreement_of(logits, reference)
     per_draw = [{"agreement": float(agree[draw == k].mean()),
-                 "logit_rmse": round(float(np.sqrt(np.mean((logits[draw == k] - reference[draw == k]) ** 2))), 4)}
-                for k in np.unique(draw)]
+                 "logit_rmse": _rmse(logits[draw == k], reference[draw == k])} for k in np.unique(draw)]
     rates = [d["agreement"] for d in per_draw]
     return {"per_draw": per_draw, "pooled_agreement": float(agree.mean()),
-            "pooled_interval_95": bootstrap_interval(agree.astype(np.float64), photos),
+            "pooled_interval_95": bootstrap_interval(agree, photos),
             "draw_range": [min(rates), max(rates)], "draw_spread_points": round(100 * (max(rates) - min(rates)), 2),
-            "pooled_logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4)}
+            "pooled_logit_rmse": _rmse(logits, reference)}
 
 
 def agreement_of(logits: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -105,20 +106,21 @@ def variant_rows(names: list[str], work: Path, exported: Path, calib: Path, batc
     """Each named quantization.py variant pooled over every crop, and its agreement minus its format default's
     (``defaults[(format, numerics)]``, per crop), paired, with the photo bootstrap's interval."""
     from quantization import VARIANTS as SETTINGS
-    from quantization import outputs, reused_int8
+    from quantization import _rmse, outputs, reused_int8
 
     rows: dict[str, Any] = {}
     for name in names:
-        fmt = DEFAULTS[name.split("-")[0]]
+        fmt = name.split("-")[0]
         print(f"  {name}", file=sys.stderr)
         path = reused_int8(work / name, exported, calib, **SETTINGS[name])
         row: dict[str, Any] = {"settings": SETTINGS[name]}
         for numerics in ("exact", "device") if fmt == "cpu" else ("exact",):
             logits = outputs(path, batch, numerics)
-            difference = agreement_of(logits, reference) - defaults[(fmt, numerics)]
+            agree = agreement_of(logits, reference)
+            difference = agree - defaults[(fmt, numerics)]
             row[numerics] = {
-                "pooled_agreement": float(agreement_of(logits, reference).mean()),
-                "pooled_logit_rmse": round(float(np.sqrt(np.mean((logits - reference) ** 2))), 4),
+                "pooled_agreement": float(agree.mean()),
+                "pooled_logit_rmse": _rmse(logits, reference),
                 "vs_default_points": round(100 * float(difference.mean()), 2),
                 "vs_default_interval_95_points": [round(100 * v, 2) for v in bootstrap_interval(difference, photos)]}
         rows[name] = row
@@ -139,7 +141,7 @@ def main() -> int:
 
     args = work_args(__doc__.splitlines()[0], options)
     names = [v for v in args.variants.split(",") if v]
-    comparable = [v for v in SETTINGS if v.split("-")[0] in DEFAULTS and v not in DEFAULTS.values()]
+    comparable = [v for v in SETTINGS if v.split("-")[0] in FORMATS and v not in FORMATS]
     unknown = [v for v in names if v not in comparable]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {', '.join(comparable)}")
@@ -157,9 +159,9 @@ def main() -> int:
     print(f"{len(folders)} draws, {len(batch)} crops of {len(np.unique(photo_ids))} photos", file=sys.stderr)
 
     models = {  # name: (path, numerics, (format, numerics) when it is a format's default)
-        "TensorRT format (default), exact": (reused_int8(work / "trt", exported, calib, target="tensorrt"), "exact",
+        "TensorRT format (default), exact": (reused_int8(work / "trt", exported, calib, **SETTINGS["trt"]), "exact",
                                              ("trt", "exact")),
-        "CPU format (default), exact": (reused_int8(work / "cpu", exported, calib, target="cpu"), "exact",
+        "CPU format (default), exact": (reused_int8(work / "cpu", exported, calib, **SETTINGS["cpu"]), "exact",
                                         ("cpu", "exact")),
         "CPU format (default), this machine's kernels": (work / "cpu" / "model.int8.onnx", "device",
                                                          ("cpu", "device")),
