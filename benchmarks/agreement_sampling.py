@@ -48,6 +48,11 @@ VARIANTS = ("trt-noseq", "trt-nearest", "trt-minmax", "trt-nobc", "cpu-noseq", "
 FORMATS = ("trt", "cpu")
 
 
+def format_of(variant: str) -> str:
+    """The format a quantization.py variant belongs to: its name's prefix (`FORMATS`)."""
+    return variant.split("-")[0]
+
+
 def draws(work: Path, first: Path, count: int) -> list[Path]:
     """``first`` (quantization.py's evaluation crops) and ``count - 1`` further draws of as many crops of the
     same photos, each made once in ``work``."""
@@ -110,7 +115,7 @@ def variant_rows(names: list[str], work: Path, exported: Path, calib: Path, batc
 
     rows: dict[str, Any] = {}
     for name in names:
-        fmt = name.split("-")[0]
+        fmt = format_of(name)
         print(f"  {name}", file=sys.stderr)
         path = reused_int8(work / name, exported, calib, **SETTINGS[name])
         row: dict[str, Any] = {"settings": SETTINGS[name]}
@@ -141,7 +146,7 @@ def main() -> int:
 
     args = work_args(__doc__.splitlines()[0], options)
     names = [v for v in args.variants.split(",") if v]
-    comparable = [v for v in SETTINGS if v.split("-")[0] in FORMATS and v not in FORMATS]
+    comparable = [v for v in SETTINGS if format_of(v) in FORMATS and v not in FORMATS]
     unknown = [v for v in names if v not in comparable]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {', '.join(comparable)}")
