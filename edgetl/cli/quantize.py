@@ -8,7 +8,15 @@ from edgetl.cli.common import config_option, emit_json, handle_errors, json_opti
 from edgetl.cli.options import precision_option
 from edgetl.quantize.calibration import METHODS
 from edgetl.quantize.int8 import WEIGHT_ROUNDINGS, WEIGHT_SCALES
+from edgetl.quantize.qat import TASK_DEFAULTS
 from edgetl.tables import format_table
+
+
+def _qat_default(key: str, every: str = "") -> str:
+    """A QAT setting's default per task, for --help (`TASK_DEFAULTS` is the one place it is decided)."""
+    shown = {task: every if values[key] is None and every else f"{values[key]:g}"
+             for task, values in (("classifiers", TASK_DEFAULTS["classify"]), ("detectors", TASK_DEFAULTS["detect"]))}
+    return ", ".join(f"{task} {value}" for task, value in shown.items())
 
 
 @click.command()
@@ -64,15 +72,16 @@ from edgetl.tables import format_table
                    "against the FP32 model; written only if not worse than PTQ. Budget mode (--max-drop) escalates "
                    "on its own when a training dataset is at hand: PTQ, then PTQ with at most 3 points in float, "
                    "then QAT, stopping at the first within the budget; --no-qat keeps it to PTQ.")
-@click.option("--qat-epochs", type=int, default=None, help="QAT epochs (default: classifiers 10, detectors 2).")
+@click.option("--qat-epochs", type=int, default=None, help=f"QAT epochs (default: {_qat_default('epochs')}).")
 @click.option("--qat-lr", type=float, default=None,
-              help="QAT learning rate, Adam (default: classifiers 1e-4, detectors 1e-5).")
+              help="QAT learning rate, Adam, in quantization steps: 1e-2 moves a weight by about a hundredth of its "
+                   f"int8 step per step (default: {_qat_default('lr')}).")
 @click.option("--qat-images", type=int, default=None,
-              help="Most training images QAT uses, class-balanced and seeded (default: classifiers 768, "
-                   "detectors 512; 0: all).")
+              help="Most training images QAT uses, class-balanced and seeded (default: "
+                   f"{_qat_default('images')}; 0: all).")
 @click.option("--qat-layers", type=int, default=None,
-              help="Train only the last N weighted layers (the graph before them runs once and is cached); "
-                   "default: classifiers 2, detectors all.")
+              help="Train only the last N weighted layers (the graph before them runs once and is cached: the fast "
+                   f"mode); default: {_qat_default('layers', every='all')}.")
 @click.option("--data", "data", type=click.Path(), default=None,
               help="QAT: the images to fine-tune on: the labelled dataset or, for a classifier, a folder of "
                    "unlabelled images (every fifth then chooses the epoch). Default: the dataset recorded at export.")

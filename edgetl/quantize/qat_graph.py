@@ -14,6 +14,15 @@ rounding, not from rounding the FP32 weight to nearest, and its biases are corre
 of training is the PTQ model itself. Biases are int32 in the graph (scale = input scale x weight scale) and are
 rounded the same way in training.
 
+Every trainable tensor is stored in units of its quantization step: a weight as ``w / step`` with its channel's
+PTQ step (so the parameter starts at the int8 codes themselves), a bias in units of 256 of its int32 codes, a
+weight kept in float in units of ``max|w| / 127``. Adam moves each parameter by about the learning rate per step,
+whatever its size, and after BatchNorm folding the per-channel steps of one layer span orders of magnitude: in
+absolute units a learning rate that changes any code of the wide channels churns the narrow ones (on the demo's
+classifier with 7-bit weights, lr 1e-4 raised the training loss from 0.011 to 0.089 mid-run) and one that keeps
+them still changes almost no code (lr 1e-5 ended at PTQ's agreement). In code units the learning rate is a
+fraction of a code per step for every channel alike (`benchmarks/qat.py`).
+
 `QdqModule.to_onnx` writes the trained parameters back into a copy of the graph: int8 weights, their scales,
 int32 biases. Activation scales stay those of the calibration (the convention of NVIDIA's TensorRT Model
 Optimizer, whose QAT trains weights against fixed activation ranges), so the graph keeps exactly the Q/DQ
@@ -63,6 +72,21 @@ class _Weight:
     bias: str | None = None  # int32 initializer
     bias_scale: str | None = None
     input_scale: np.ndarray | None = None  # per output channel (all equal): bias scale / weight scale
+
+
+#: A bias parameter's unit, in int32 bias codes. One bias code (input scale x weight step) moves an output as much
+#: as one weight code does on an input of one activation code, so in single codes the biases would hardly move;
+#: 256 of them match one weight code on an input of 256 activation codes, about the full range of an 8-bit one.
+BIAS_UNIT_CODES = 256.0
+#: Smallest ``max|w|`` a float-kept tensor's unit is computed from (an all-zero bias still trains).
+FLOAT_UNIT_FLOOR = 1e-3
+
+
+def _along(values: Any, ndim: int, axis: int) -> Any:
+    """Per-channel ``values`` shaped to broadcast along ``axis`` of an ``ndim``-dimensional tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.reshape(shape)
 
 
 def unsupported_ops(model: Any) -> list[str]:
@@ -133,15 +157,17 @@ def _build_module_class() -> type:
             self.input_names = [i.name for i in quantized.graph.input]
             self.output_names = [o.name for o in quantized.graph.output]
             inits = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer}
-            self.params = torch.nn.ParameterDict()
+            self.params = torch.nn.ParameterDict()  # each in units of its quantization step (module docstring)
+            self.units: dict[str, torch.Tensor] = {}
             self.weights: dict[str, _Weight] = {}  # DQ output name -> weight record
             self.bias_of: dict[str, _Weight] = {}  # bias DQ output name -> its layer's record
             producer = {out: n for n in quantized.graph.node for out in n.output}
             for i, layer in enumerate(quantized_layers(quantized, reference)):
                 dq = producer[layer.node.input[1]]
                 key = f"w{i}"
-                start_weight = dequantize_weight(inits[layer.weight], inits[layer.scale].astype(np.float32), layer.axis)
-                self.params[key] = torch.nn.Parameter(torch.from_numpy(start_weight.astype(np.float32)))
+                step = inits[layer.scale].astype(np.float32)
+                start_weight = dequantize_weight(inits[layer.weight], step, layer.axis)
+                self._add_param(key, start_weight, _along(np.where(step > 0, step, 1.0), start_weight.ndim, layer.axis))
                 record = _Weight(layer.node.name, key, layer.weight, layer.scale, layer.zero_point, layer.axis,
                                  layer.qmax)
                 if layer.bias is not None:
@@ -150,7 +176,7 @@ def _build_module_class() -> type:
                     scale_w = inits[layer.scale].astype(np.float64)
                     # Start from the graph's own bias (bias correction included): step 0 is the PTQ model.
                     start = (inits[layer.bias].astype(np.float64) * scale_b).astype(np.float32)
-                    self.params[f"b{i}"] = torch.nn.Parameter(torch.from_numpy(start))
+                    self._add_param(f"b{i}", start, BIAS_UNIT_CODES * np.where(scale_b > 0, scale_b, 1.0))
                     record.bias_param, record.bias, record.bias_scale = f"b{i}", layer.bias, layer.bias_scale
                     record.input_scale = np.where(scale_w > 0, scale_b / np.maximum(scale_w, 1e-30), 0.0)
                     self.bias_of[bias_dq.output[0]] = record
@@ -164,7 +190,8 @@ def _build_module_class() -> type:
                 for name in node.input[1:3]:
                     if name in inits and name not in taken and inits[name].dtype == np.float32:
                         key = f"f{len(self.float_params)}"
-                        self.params[key] = torch.nn.Parameter(torch.from_numpy(inits[name].copy()))
+                        self._add_param(key, inits[name], np.float32(max(float(np.abs(inits[name]).max()),
+                                                                          FLOAT_UNIT_FLOOR) / 127.0))
                         self.float_params[name] = key
             self.constants = {name: torch.from_numpy(np.array(value)) for name, value in inits.items()
                               if name not in self.float_params}
@@ -186,22 +213,33 @@ def _build_module_class() -> type:
                     raise BadInputError(f"{node.name}: dequantizes with another scale than its QuantizeLinear",
                                             hint="QAT starts from the INT8 graph `edgetl quantize` writes")
 
+        # ---- parameters -------------------------------------------------------------------------------------
+        def _add_param(self, key: str, start: np.ndarray, unit: Any) -> None:
+            """A trainable tensor starting at ``start``, stored as ``start / unit`` (the module docstring says why)."""
+            unit = np.asarray(unit, dtype=np.float32)
+            self.units[key] = torch.from_numpy(unit.copy())
+            self.params[key] = torch.nn.Parameter(torch.from_numpy((start / unit).astype(np.float32)))
+
+        def value_of(self, key: str) -> torch.Tensor:
+            """A parameter's value in the graph's own units: what every quantizer and the export read."""
+            return self.params[key] * self.units[key]
+
         # ---- quantizers -------------------------------------------------------------------------------------
         def weight_scale(self, record: _Weight) -> torch.Tensor:
             """The exporter's per-channel scale, recomputed from the current weight: ``max|w| / qmax``."""
-            w = self.params[record.param].detach()
+            w = self.value_of(record.param).detach()
             dims = [d for d in range(w.ndim) if d != record.axis]
             amax = w.abs().amax(dim=dims) if dims else w.abs()
             return torch.clamp(amax, min=1e-8) / record.qmax
 
         def fake_weight(self, record: _Weight) -> torch.Tensor:
-            w = self.params[record.param]
+            w = self.value_of(record.param)
             scale = self.weight_scale(record)
             zero = torch.zeros(scale.shape, dtype=torch.int32)
             return torch.fake_quantize_per_channel_affine(w, scale, zero, record.axis, -record.qmax, record.qmax)
 
         def fake_bias(self, record: _Weight) -> torch.Tensor:
-            b = self.params[record.bias_param]
+            b = self.value_of(record.bias_param)
             scale = self.weight_scale(record) * torch.from_numpy(record.input_scale.astype(np.float32))
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
             rounded = torch.clamp(torch.round(b.detach() / scale), -(2**31), 2**31 - 1) * scale
@@ -288,7 +326,7 @@ def _build_module_class() -> type:
             if name in env:
                 return env[name]
             if name in self.float_params:
-                return self.params[self.float_params[name]]
+                return self.value_of(self.float_params[name])
             return self.constants[name]
 
         def run_node(self, node: Any, env: dict[str, Any]) -> list[Any]:
@@ -346,20 +384,19 @@ def _build_module_class() -> type:
             with torch.no_grad():
                 for record in self.weights.values():
                     scale = self.weight_scale(record)
-                    shape = [1] * self.params[record.param].ndim
-                    shape[record.axis] = -1
                     # Integers from the fake-quantized values themselves: the export is what training saw.
-                    q = torch.round(self.fake_weight(record) / scale.reshape(shape))
+                    q = torch.round(self.fake_weight(record) / _along(scale, self.params[record.param].ndim,
+                                                                        record.axis))
                     put(record.quantized, q.numpy().astype(np.int8))
                     put(record.scale, scale.numpy().astype(np.float32))
                     if record.bias_param is not None:
                         bias_scale = (scale.numpy().astype(np.float64) * record.input_scale).astype(np.float32)
                         safe = np.where(bias_scale > 0, bias_scale, 1.0)
-                        b = self.params[record.bias_param].numpy().astype(np.float64)
+                        b = self.value_of(record.bias_param).numpy().astype(np.float64)
                         put(record.bias_scale, bias_scale)
                         put(record.bias, np.clip(np.round(b / safe), -(2**31), 2**31 - 1).astype(np.int32))
                 for name, key in self.float_params.items():
-                    put(name, self.params[key].detach().numpy().astype(np.float32))
+                    put(name, self.value_of(key).numpy().astype(np.float32))
             return out
 
     _SIMPLE: dict[str, Any] = {

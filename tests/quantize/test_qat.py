@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -75,7 +76,7 @@ def _train_and_export(tmp_path: Path, batch: np.ndarray, activation_type: str) -
 
     src, dst = _ptq(tmp_path, batch, activation_type)
     module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.3)  # in codes: some weights move by a step or more
     for _ in range(5):
         optimizer.zero_grad()
         module(torch.from_numpy(batch))["logits"].square().mean().backward()
@@ -92,6 +93,10 @@ def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> 
     batch = np.random.default_rng(1).normal(0, 1, (16, 3, 9, 9)).astype(np.float32)
     _, dst, exported = _train_and_export(tmp_path, batch, "int8")
     assert np.abs(_exact(exported, batch) - _exact(dst, batch)).max() > 1e-3  # training changed the model
+    codes = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer
+             if i.data_type == TensorProto.INT8}
+    trained = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(exported)).graph.initializer}
+    assert any((trained[name] != value).any() for name, value in codes.items() if value.ndim > 1)  # and its codes
 
     # The TensorRT format's conventions: int8 weights per output channel with zero point 0, int32 biases,
     # symmetric int8 per-tensor activations, every layer quantized.
@@ -478,3 +483,47 @@ def test_training_starts_from_the_ptq_graphs_own_codes(tmp_path: Path) -> None:
         np.testing.assert_array_equal(exported[name], codes)
     for init in quantized.graph.initializer:
         np.testing.assert_array_equal(exported[init.name], numpy_helper.to_array(init))
+
+
+def test_a_learning_rate_moves_every_channel_by_the_same_fraction_of_its_step(tmp_path: Path) -> None:
+    """Parameters are stored in units of their channel's quantization step: they start at the int8 codes, and one
+    Adam step of lr 0.25 moves each weight by at most a quarter of its own step, whatever the channel's scale (in
+    absolute units the same step would be many codes in a narrow channel and a sliver of one in a wide one)."""
+    import torch
+
+    from edgetl.quantize.qat_graph import QdqModule
+    from edgetl.quantize.weights import quantized_layers
+
+    batch = np.random.default_rng(3).normal(0, 1, (8, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    quantized, reference = onnx.load(str(dst)), onnx.load(str(src))
+    module = QdqModule.create(quantized, reference)
+    inits = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    records = {r.quantized: r for r in module.weights.values()}
+    steps = {}
+    for layer in quantized_layers(quantized, reference):
+        record = records[layer.weight]
+        np.testing.assert_allclose(module.params[record.param].detach().numpy(), inits[layer.weight], atol=1e-4)
+        steps[record.param] = inits[layer.scale]
+    assert max(s.max() / s.min() for s in steps.values()) > 1.5  # channels of one layer do differ in step
+
+    before = {key: module.params[key].detach().clone() for key in steps}
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.25)
+    module(torch.from_numpy(batch))["logits"].square().mean().backward()
+    optimizer.step()
+    for key in steps:
+        moved = (module.params[key].detach() - before[key]).abs()
+        channels = moved.reshape(moved.shape[0], -1).amax(dim=1).numpy()
+        assert channels.max() <= 0.25 + 1e-4 and channels[channels > 0].min() > 0.2
+
+
+def test_warm_up_then_cosine_decay() -> None:
+    from edgetl.quantize.qat import WARMUP_STEPS, warmup_cosine
+
+    factor = warmup_cosine(1000)
+    ramp = [factor(step) for step in range(WARMUP_STEPS)]
+    assert ramp[0] == pytest.approx(1 / WARMUP_STEPS) and ramp[-1] == pytest.approx(1.0)
+    assert all(a < b for a, b in itertools.pairwise(ramp))
+    assert factor(999) < 1e-4
+    short = warmup_cosine(10)  # a short run warms up over a fifth of it, not over all of it
+    assert short(1) == pytest.approx(1.0) and short(9) < 0.05
