@@ -26,8 +26,8 @@ named: ``mse-unbounded`` for the TensorRT format, ``minmax`` for the CPU format)
   *-entropy / *-percentile: other methods;
   *-mse-ranges: activation ranges of least expected squared error (``--method mse``)
   *-qat      : then quantization-aware fine-tuning of every layer on the (unlabelled) calibration crops, by
-               distillation from FP32 (``--qat --data CALIB --qat-layers 1000 --qat-epochs 3 --qat-lr 1e-5
-               --qat-images 0``): every fifth crop chooses the epoch, none of the evaluated photos is seen
+               distillation from FP32 (``--qat --data CALIB --qat-images 0``: the defaults, every crop, batch
+               16): every fifth crop chooses the epoch, none of the evaluated photos is seen
 
 Reference: ONNX Runtime's own static quantizer (``quantize_static``, QDQ, per-channel symmetric int8 weights,
 minmax ranges) on the same FP32 graph and the same 300 calibration crops, with int8 symmetric activations (the
@@ -236,7 +236,7 @@ def qat_variants(base: Path, calib: Path, work: Path) -> tuple[dict, dict]:
     from edgetl.quantize.qat import QatSettings
     from edgetl.quantize.qat_api import qat_bundle
 
-    settings = QatSettings(epochs=3, lr=1e-5, batch_size=16, images=None, layers=None)
+    settings = QatSettings.for_task("classify", batch_size=16, images=0)
     paths, info = {}, {}
     for name, target in QAT_VARIANTS.items():
         bundle = work / name
