@@ -12,11 +12,11 @@ from edgetl.quantize.qat import TASK_DEFAULTS
 from edgetl.tables import format_table
 
 
-def _qat_default(key: str, every: str = "") -> str:
-    """A QAT setting's default per task, for --help (`TASK_DEFAULTS` is the one place it is decided)."""
-    shown = {task: every if values[key] is None and every else f"{values[key]:g}"
-             for task, values in (("classifiers", TASK_DEFAULTS["classify"]), ("detectors", TASK_DEFAULTS["detect"]))}
-    return ", ".join(f"{task} {value}" for task, value in shown.items())
+def _qat_default(key: str) -> str:
+    """A QAT setting's default per task, for --help (`TASK_DEFAULTS` is the one place it is decided; ``None`` is
+    "all": every layer, every image)."""
+    tasks = (("classifiers", TASK_DEFAULTS["classify"]), ("detectors", TASK_DEFAULTS["detect"]))
+    return ", ".join(f"{task} {'all' if values[key] is None else format(values[key], 'g')}" for task, values in tasks)
 
 
 @click.command()
@@ -81,7 +81,7 @@ def _qat_default(key: str, every: str = "") -> str:
                    f"{_qat_default('images')}; 0: all).")
 @click.option("--qat-layers", type=int, default=None,
               help="Train only the last N weighted layers (the graph before them runs once and is cached: the fast "
-                   f"mode); default: {_qat_default('layers', every='all')}.")
+                   f"mode); default: {_qat_default('layers')}.")
 @click.option("--data", "data", type=click.Path(), default=None,
               help="QAT: the images to fine-tune on: the labelled dataset or, for a classifier, a folder of "
                    "unlabelled images (every fifth then chooses the epoch). Default: the dataset recorded at export.")

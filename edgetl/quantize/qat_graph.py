@@ -167,7 +167,7 @@ def _build_module_class() -> type:
                 key = f"w{i}"
                 step = inits[layer.scale].astype(np.float32)
                 start_weight = dequantize_weight(inits[layer.weight], step, layer.axis)
-                self._add_param(key, start_weight, _along(np.where(step > 0, step, 1.0), start_weight.ndim, layer.axis))
+                self._add_param(key, start_weight, _along(step, start_weight.ndim, layer.axis))
                 record = _Weight(layer.node.name, key, layer.weight, layer.scale, layer.zero_point, layer.axis,
                                  layer.qmax)
                 if layer.bias is not None:
@@ -176,7 +176,7 @@ def _build_module_class() -> type:
                     scale_w = inits[layer.scale].astype(np.float64)
                     # Start from the graph's own bias (bias correction included): step 0 is the PTQ model.
                     start = (inits[layer.bias].astype(np.float64) * scale_b).astype(np.float32)
-                    self._add_param(f"b{i}", start, BIAS_UNIT_CODES * np.where(scale_b > 0, scale_b, 1.0))
+                    self._add_param(f"b{i}", start, BIAS_UNIT_CODES * scale_b)
                     record.bias_param, record.bias, record.bias_scale = f"b{i}", layer.bias, layer.bias_scale
                     record.input_scale = np.where(scale_w > 0, scale_b / np.maximum(scale_w, 1e-30), 0.0)
                     self.bias_of[bias_dq.output[0]] = record
@@ -215,8 +215,10 @@ def _build_module_class() -> type:
 
         # ---- parameters -------------------------------------------------------------------------------------
         def _add_param(self, key: str, start: np.ndarray, unit: Any) -> None:
-            """A trainable tensor starting at ``start``, stored as ``start / unit`` (the module docstring says why)."""
+            """A trainable tensor starting at ``start``, stored as ``start / unit`` (the module docstring says why); a
+            zero unit (an all-zero channel's step) counts as 1."""
             unit = np.asarray(unit, dtype=np.float32)
+            unit = np.where(unit > 0, unit, np.float32(1.0))
             self.units[key] = torch.from_numpy(unit.copy())
             self.params[key] = torch.nn.Parameter(torch.from_numpy((start / unit).astype(np.float32)))
 
