@@ -110,30 +110,89 @@ class QdqModule:
         return _build_module_class()(quantized, reference)
 
 
+def _code(x: float, inverse: np.float32) -> float:
+    """An input's code as torch computes it: the float32 product with the reciprocal, rounded half to even."""
+    return float(np.round(np.float32(np.float32(x) * inverse)))
+
+
+@functools.cache
+def input_interval(scale: float, low: int, high: int) -> tuple[float, float]:
+    """The float32 inputs ``x`` whose code ``round(x * (1 / scale))`` lies in ``[low, high]``: ``[first, last]``.
+
+    The code is monotone in ``x``, so the codes in range are one interval of inputs: clamping the input to it
+    gives the clamped code, and the input lying inside it is the straight-through gradient's mask
+    (``torch.fake_quantize_per_tensor_affine``'s). Found by stepping float32 neighbours from the half-code
+    estimate, a few steps away."""
+    inverse = np.float32(np.float32(1.0) / np.float32(scale))
+
+    def edge(target: float, below: bool) -> float:
+        x = np.float32((target - 0.5 if below else target + 0.5) / float(inverse))
+        up, down = np.float32(np.inf), np.float32(-np.inf)
+        if below:  # smallest x with code(x) >= target
+            while _code(x, inverse) >= target:
+                x = np.nextafter(x, down)
+            while _code(x, inverse) < target:
+                x = np.nextafter(x, up)
+        else:  # largest x with code(x) <= target
+            while _code(x, inverse) <= target:
+                x = np.nextafter(x, up)
+            while _code(x, inverse) > target:
+                x = np.nextafter(x, down)
+        return float(x)
+
+    return edge(low, below=True), edge(high, below=False)
+
+
+def clipped_interval(scale: float, low: int, high: int,
+                     clip: tuple[float | None, float | None]) -> tuple[float, float] | None:
+    """`input_interval` for ``torch.clamp(x, *clip)`` followed by the quantizer, when one interval reproduces both
+    bit for bit (``None`` when not: the Clip then runs on its own).
+
+    ``torch.clamp``'s gradient passes strictly inside its bounds, the quantizer's at its edges too, so the mask is
+    ``max(first, next(min)) <= x <= min(last, previous(max))``; clamping to that interval must give every input
+    beyond a clip bound the code the bound itself gets."""
+    inverse = np.float32(np.float32(1.0) / np.float32(scale))
+    first, last = input_interval(scale, low, high)
+    lo, hi = clip
+    lower = first if lo is None else max(first, float(np.nextafter(np.float32(lo), np.float32(np.inf))))
+    upper = last if hi is None else min(last, float(np.nextafter(np.float32(hi), np.float32(-np.inf))))
+    if lower > upper:
+        return None
+    for bound, edge in ((lo, lower), (hi, upper)):
+        if bound is not None and min(max(_code(bound, inverse), low), high) != _code(edge, inverse):
+            return None
+    return lower, upper
+
+
 @functools.lru_cache(maxsize=1)
 def fake_quant() -> Any:
-    """The autograd function QAT quantizes activations with: ``fake_quant().apply(x, scale, zero_point, qmin, qmax)``
-    (built on first use: torch is imported lazily)."""
+    """The autograd function QAT quantizes activations with: ``fake_quant().apply(x, scale, first, last)``, the
+    input interval from `input_interval` or `clipped_interval` (built on first use: torch is imported lazily)."""
 
     class _FakeQuant(torch.autograd.Function):
-        """``torch.fake_quantize_per_tensor_affine``, the same values and the same straight-through gradient, from
-        vectorised elementwise ops. PyTorch's CPU kernel for it took a third of a detector's QAT step, and the
-        backward's ``where`` another tenth; on one thread and an 8 x 96 x 64 x 64 tensor it takes 10.1 ms forward
-        and 16.4 ms with the backward, against 3.8 and 6.0 ms here."""
+        """``torch.fake_quantize_per_tensor_affine`` (after ``torch.clamp`` with `clipped_interval`), the same values
+        and the same straight-through gradient, bit for bit, in five passes over the tensor: clamp the input to
+        its interval, compare, scale, round, scale back.
+
+        PyTorch's CPU kernel took a third of a detector's QAT step, the backward's ``where`` another tenth; a
+        ReLU6 as its own ``torch.clamp`` a quarter of a classifier's backward pass (`benchmarks/qat.py` times the
+        QAT it is part of)."""
 
         @staticmethod
-        def forward(ctx: Any, x: Any, scale: float, zero_point: int, qmin: int, qmax: int) -> Any:
+        def forward(ctx: Any, x: Any, scale: float, first: float, last: float) -> Any:
+            out = x.clamp(first, last)
+            # The mask as float: comparing into a float tensor and multiplying by it take half the time of a bool
+            # mask's (the elementwise kernels vectorise float32 only), at three more bytes per element.
+            inside = torch.empty_like(x)
+            torch.eq(out, x, out=inside)
+            ctx.save_for_backward(inside)
             # PyTorch's kernel multiplies by the float32 reciprocal and rounds half to even, as torch.round does.
-            inverse = float(np.float32(1.0) / np.float32(scale))
-            q = torch.round(x * inverse)
-            low, high = qmin - zero_point, qmax - zero_point
-            ctx.save_for_backward((q >= low) & (q <= high))
-            return q.clamp_(low, high).mul_(scale)
+            return out.mul_(float(np.float32(1.0) / np.float32(scale))).round_().mul_(scale)
 
         @staticmethod
-        def backward(ctx: Any, grad: Any) -> tuple[Any, None, None, None, None]:
+        def backward(ctx: Any, grad: Any) -> tuple[Any, None, None, None]:
             (inside,) = ctx.saved_tensors
-            return grad * inside, None, None, None, None
+            return grad * inside, None, None, None
 
     return _FakeQuant
 
@@ -207,6 +266,23 @@ def _build_module_class() -> type:
             for node in quantized.graph.node:
                 if node.op_type == "QuantizeLinear":
                     self.activation_qdq[node.output[0]] = _per_tensor(inits, node)
+            self.clip_interval: dict[str, tuple[float, float]] = {}  # Q output -> `clipped_interval` of its Clip
+            self.folded_clips: set[str] = set()  # Clip outputs the QuantizeLinear reading them clamps instead
+            readers: dict[str, list[Any]] = {}
+            for node in quantized.graph.node:
+                for name in node.input:
+                    readers.setdefault(name, []).append(node)
+            for node in quantized.graph.node:
+                clip, out = _constant_clip(node, inits), node.output[0]
+                users = readers.get(out, [])
+                if (clip is None or out in self.output_names or len(users) != 1
+                        or users[0].op_type != "QuantizeLinear" or users[0].output[0] not in self.activation_qdq):
+                    continue
+                scale, zp, qmin, qmax = self.activation_qdq[users[0].output[0]]
+                interval = clipped_interval(scale, qmin - zp, qmax - zp, clip)
+                if interval is not None:
+                    self.clip_interval[users[0].output[0]] = interval
+                    self.folded_clips.add(out)
             for node in quantized.graph.node:
                 if (node.op_type == "DequantizeLinear" and node.input[0] in self.activation_qdq
                         and _per_tensor(inits, node)[:2] != self.activation_qdq[node.input[0]][:2]):
@@ -271,7 +347,7 @@ def _build_module_class() -> type:
                 for name in node.input:
                     last[name] = i
             for i, node in enumerate(nodes):
-                for name, value in zip(node.output, self.run_node(node, env)):
+                for name, value in zip(node.output, self.run_node(node, env, keep)):
                     env[name] = value
                 for name in node.input:
                     if last.get(name) == i and name not in keep:
@@ -331,8 +407,12 @@ def _build_module_class() -> type:
                 return self.value_of(self.float_params[name])
             return self.constants[name]
 
-        def run_node(self, node: Any, env: dict[str, Any]) -> list[Any]:
+        def run_node(self, node: Any, env: dict[str, Any], keep: set[str] | frozenset[str] = frozenset()) -> list[Any]:
+            """One node's outputs. A Clip whose only reader is a QuantizeLinear (`folded_clips`) passes its input on,
+            unless its own value is wanted (``keep``): the quantizer clamps to both ranges at once (`fake_quant`)."""
             op, a = node.op_type, _attrs(node)
+            if op == "Clip" and node.output[0] in self.folded_clips and node.output[0] not in keep:
+                return [self.value(node.input[0], env)]
             if op == "DequantizeLinear":
                 out = node.output[0]
                 if out in self.weights:
@@ -348,7 +428,8 @@ def _build_module_class() -> type:
             x = [self.value(n, env) if n else None for n in node.input]
             if op == "QuantizeLinear":
                 scale, zp, qmin, qmax = self.activation_qdq[node.output[0]]
-                return [fake_quant().apply(x[0], scale, zp, qmin, qmax)]
+                first, last = self.clip_interval.get(node.output[0]) or input_interval(scale, qmin - zp, qmax - zp)
+                return [fake_quant().apply(x[0], scale, first, last)]
             if op == "Conv":
                 if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
                     raise BadInputError(f"{node.name}: automatic Conv padding is not supported by QAT",
@@ -493,6 +574,21 @@ def _build_module_class() -> type:
         raise BadInputError(f"{node.name}: op {op} is not supported by QAT")
 
     return _QdqGraph
+
+
+def _constant_clip(node: Any, inits: dict[str, np.ndarray]) -> tuple[float | None, float | None] | None:
+    """A Clip node's ``(min, max)`` when both are constants (inputs or, before opset 11, attributes), else ``None``."""
+    if node.op_type != "Clip":
+        return None
+    attrs = _attrs(node)
+    bounds: list[float | None] = [attrs.get("min"), attrs.get("max")]
+    for k, name in enumerate(node.input[1:3]):
+        if not name:
+            continue
+        if name not in inits:
+            return None
+        bounds[k] = float(inits[name])
+    return (None if bounds[0] is None else float(bounds[0]), None if bounds[1] is None else float(bounds[1]))
 
 
 def _per_tensor(inits: dict[str, np.ndarray], node: Any) -> tuple[float, int, int, int]:

@@ -113,26 +113,81 @@ def test_exported_qdq_graph_reproduces_the_fake_quant_module(tmp_path: Path) -> 
         assert inits[q.input[1]].size == 1 and inits[q.input[2]].dtype == np.int8 and inits[q.input[2]] == 0
 
 
+def _ties(scale: float, shape: tuple[int, ...], bounds: list[float]) -> np.ndarray:
+    """Normal values with exact half steps (rounding ties) and the given bounds among them."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 4, shape).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[:40] = np.arange(-20, 20, dtype=np.float32) * np.float32(scale / 2)
+    flat[40:40 + len(bounds)] = bounds
+    return x
+
+
+def _same_values_and_gradients(ours_fn, theirs_fn, x: np.ndarray) -> None:
+    import torch
+
+    grad = torch.from_numpy(np.random.default_rng(4).normal(0, 1, x.shape).astype(np.float32))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        ours, theirs = (torch.from_numpy(x).clone(memory_format=layout).requires_grad_() for _ in range(2))
+        out, ref = ours_fn(ours), theirs_fn(theirs)
+        out.backward(grad)
+        ref.backward(grad)
+        assert torch.equal(out, ref) and torch.equal(ours.grad, theirs.grad)
+        assert 0 < int((ours.grad == 0).sum()) < x.size  # some values clipped, most not
+
+
 @pytest.mark.parametrize(("scale", "zero_point", "qmin", "qmax"), [(0.05, 0, -128, 127), (0.0371, 131, 0, 255)])
 def test_activation_fake_quant_is_torchs_own(scale: float, zero_point: int, qmin: int, qmax: int) -> None:
     """QAT's activation quantizer gives torch.fake_quantize_per_tensor_affine's values and gradient, bit for bit,
     ties and both clipped ends included, in either memory layout."""
     import torch
 
-    from edgetl.quantize.qat_graph import fake_quant
+    from edgetl.quantize.qat_graph import fake_quant, input_interval
 
-    rng = np.random.default_rng(3)
-    x = torch.from_numpy(rng.normal(0, 4, (2, 5, 6, 7)).astype(np.float32))
-    x.view(-1)[:40] = torch.arange(-20, 20, dtype=torch.float32) * (scale / 2)  # exact half steps: ties
-    grad = torch.from_numpy(rng.normal(0, 1, x.shape).astype(np.float32))
-    for layout in (torch.contiguous_format, torch.channels_last):
-        ours, theirs = (x.clone(memory_format=layout).requires_grad_() for _ in range(2))
-        out = fake_quant().apply(ours, scale, zero_point, qmin, qmax)
-        ref = torch.fake_quantize_per_tensor_affine(theirs, scale, zero_point, qmin, qmax)
-        out.backward(grad)
-        ref.backward(grad)
-        assert torch.equal(out, ref) and torch.equal(ours.grad, theirs.grad)
-        assert 0 < int((ours.grad == 0).sum()) < x.numel()  # some values clipped, most not
+    first, last = input_interval(scale, qmin - zero_point, qmax - zero_point)
+    x = _ties(scale, (2, 5, 6, 7), [first, last, float(np.nextafter(np.float32(first), np.float32(-1e9)))])
+    _same_values_and_gradients(lambda t: fake_quant().apply(t, scale, first, last),
+                               lambda t: torch.fake_quantize_per_tensor_affine(t, scale, zero_point, qmin, qmax), x)
+
+
+@pytest.mark.parametrize(("scale", "clip"), [(6.0 / 127, (0.0, 6.0)), (0.02, (0.0, 6.0)), (0.05, (-1.0, None)),
+                                             (0.1, (None, 0.25))])
+def test_a_clip_folded_into_the_quantizer_is_clamp_then_quantize(scale: float,
+                                                                 clip: tuple[float | None, float | None]) -> None:
+    """A ReLU6 folded into the quantizer that reads it: torch.clamp then fake quantization, values and gradient
+    bit for bit, inputs exactly on the clip bounds (where torch.clamp passes no gradient) included."""
+    import torch
+
+    from edgetl.quantize.qat_graph import clipped_interval, fake_quant
+
+    interval = clipped_interval(scale, -128, 127, clip)
+    assert interval is not None
+    x = _ties(scale, (2, 5, 6, 7), [b for b in clip if b is not None])
+    _same_values_and_gradients(
+        lambda t: fake_quant().apply(t, scale, *interval),
+        lambda t: torch.fake_quantize_per_tensor_affine(torch.clamp(t, *clip), scale, 0, -128, 127), x)
+
+
+def test_the_qdq_module_folds_relu6_into_its_quantizer(tmp_path: Path) -> None:
+    """The tiny graph's ReLU6 feeds its quantizer only: folded, and the outputs and gradients stay those of the
+    Clip run on its own."""
+    import torch
+
+    from edgetl.quantize.qat_graph import QdqModule
+
+    batch = np.random.default_rng(5).normal(0, 1, (8, 3, 9, 9)).astype(np.float32)
+    src, dst = _ptq(tmp_path, batch)
+    results = []
+    for fold in (True, False):
+        module = QdqModule.create(onnx.load(str(dst)), onnx.load(str(src)))
+        assert len(module.folded_clips) == 1
+        if not fold:
+            module.folded_clips, module.clip_interval = set(), {}
+        out = module(torch.from_numpy(batch))["logits"]
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in module.params.values()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
 
 def test_cpu_format_export_reproduces_the_fake_quant_module(tmp_path: Path) -> None:
