@@ -62,16 +62,13 @@ def use_torch_ops(module: Any) -> None:
     from edgetl.quantize import qat_graph
 
     module.folded_clips, module.clip_interval = set(), {}
-    inverse_of = {}
 
     class TorchFakeQuant:
         @staticmethod
         def apply(x: Any, scale: float, first: float, last: float) -> Any:
-            if scale not in inverse_of:
-                inverse = np.float32(np.float32(1.0) / np.float32(scale))
-                inverse_of[scale] = (int(np.round(np.float32(first) * inverse)),
-                                     int(np.round(np.float32(last) * inverse)))
-            low, high = inverse_of[scale]
+            """The code range back from the input interval ``[first, last]``."""
+            inverse = qat_graph.reciprocal(scale)
+            low, high = (int(np.round(np.float32(edge) * inverse)) for edge in (first, last))
             return torch.fake_quantize_per_tensor_affine(x, scale, 0, low, high)
 
     qat_graph.fake_quant = lambda: TorchFakeQuant

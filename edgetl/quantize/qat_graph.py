@@ -110,6 +110,11 @@ class QdqModule:
         return _build_module_class()(quantized, reference)
 
 
+def reciprocal(scale: float) -> np.float32:
+    """The float32 reciprocal of a quantization scale: torch's per-tensor quantizer multiplies by it."""
+    return np.float32(np.float32(1.0) / np.float32(scale))
+
+
 def _code(x: float, inverse: np.float32) -> float:
     """An input's code as torch computes it: the float32 product with the reciprocal, rounded half to even."""
     return float(np.round(np.float32(np.float32(x) * inverse)))
@@ -123,7 +128,7 @@ def input_interval(scale: float, low: int, high: int) -> tuple[float, float]:
     gives the clamped code, and the input lying inside it is the straight-through gradient's mask
     (``torch.fake_quantize_per_tensor_affine``'s). Found by stepping float32 neighbours from the half-code
     estimate, a few steps away."""
-    inverse = np.float32(np.float32(1.0) / np.float32(scale))
+    inverse = reciprocal(scale)
 
     def edge(target: float, below: bool) -> float:
         x = np.float32((target - 0.5 if below else target + 0.5) / float(inverse))
@@ -151,7 +156,7 @@ def clipped_interval(scale: float, low: int, high: int,
     ``torch.clamp``'s gradient passes strictly inside its bounds, the quantizer's at its edges too, so the mask is
     ``max(first, next(min)) <= x <= min(last, previous(max))``; clamping to that interval must give every input
     beyond a clip bound the code the bound itself gets."""
-    inverse = np.float32(np.float32(1.0) / np.float32(scale))
+    inverse = reciprocal(scale)
     first, last = input_interval(scale, low, high)
     lo, hi = clip
     lower = first if lo is None else max(first, float(np.nextafter(np.float32(lo), np.float32(np.inf))))
@@ -187,7 +192,7 @@ def fake_quant() -> Any:
             torch.eq(out, x, out=inside)
             ctx.save_for_backward(inside)
             # PyTorch's kernel multiplies by the float32 reciprocal and rounds half to even, as torch.round does.
-            return out.mul_(float(np.float32(1.0) / np.float32(scale))).round_().mul_(scale)
+            return out.mul_(float(reciprocal(scale))).round_().mul_(scale)
 
         @staticmethod
         def backward(ctx: Any, grad: Any) -> tuple[Any, None, None, None]:
@@ -200,6 +205,7 @@ def fake_quant() -> Any:
 def _build_module_class() -> type:
     F = torch.nn.functional
 
+    from edgetl.quantize.qdq_edit import GraphIndex
     from edgetl.quantize.weights import dequantize_weight, quantized_layers
 
     class _QdqGraph(torch.nn.Module):
@@ -220,7 +226,8 @@ def _build_module_class() -> type:
             self.units: dict[str, torch.Tensor] = {}
             self.weights: dict[str, _Weight] = {}  # DQ output name -> weight record
             self.bias_of: dict[str, _Weight] = {}  # bias DQ output name -> its layer's record
-            producer = {out: n for n in quantized.graph.node for out in n.output}
+            index = GraphIndex(quantized)
+            producer = index.producer
             for i, layer in enumerate(quantized_layers(quantized, reference)):
                 dq = producer[layer.node.input[1]]
                 key = f"w{i}"
@@ -268,13 +275,9 @@ def _build_module_class() -> type:
                     self.activation_qdq[node.output[0]] = _per_tensor(inits, node)
             self.clip_interval: dict[str, tuple[float, float]] = {}  # Q output -> `clipped_interval` of its Clip
             self.folded_clips: set[str] = set()  # Clip outputs the QuantizeLinear reading them clamps instead
-            readers: dict[str, list[Any]] = {}
-            for node in quantized.graph.node:
-                for name in node.input:
-                    readers.setdefault(name, []).append(node)
             for node in quantized.graph.node:
                 clip, out = _constant_clip(node, inits), node.output[0]
-                users = readers.get(out, [])
+                users = index.consumers.get(out, [])
                 if (clip is None or out in self.output_names or len(users) != 1
                         or users[0].op_type != "QuantizeLinear" or users[0].output[0] not in self.activation_qdq):
                     continue
