@@ -27,15 +27,18 @@ import copy
 import io
 import json
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgetl.data.prefetch import prefetched
 from edgetl.fileio import write_bytes
 from edgetl.lazy import lazy_import
 from edgetl.quantize.rounding import PatchMoments, input_patches
+from edgetl.runtime.cpu import usable_cpus
 
 onnx = lazy_import("onnx", "train", purpose="INT8 calibration")
 ort = lazy_import("onnxruntime", "train", purpose="INT8 calibration")
@@ -49,6 +52,10 @@ SIGNED_STEPS = QUANTIZED_LEVELS - 1
 #: Candidate thresholds of the entropy search are every STRIDE-th bin: 121 candidates instead of 1921,
 #: with a threshold resolution of 0.8 % of the observed range.
 ENTROPY_STRIDE = 16
+#: Elements a histogram update handles at a time (1 MB of float32): large enough that numpy's per-call cost
+#: vanishes, small enough to stay in the last-level cache (Lite0's calibration fold: 0.29 s a batch on two threads
+#: against 0.33-0.35 s with whole-tensor passes, counts equal).
+HIST_BLOCK = 1 << 18
 _FLOAT_TYPES = (1, 10)  # onnx.TensorProto.FLOAT, FLOAT16
 #: Ops whose output no activation bounds: ``mse-unbounded`` calibrates these with ``mse``, the rest with ``minmax``.
 UNBOUNDED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub"})
@@ -74,8 +81,10 @@ class TensorStats:
     zeros: int = 0
 
     def update(self, values: np.ndarray) -> None:
-        # Most of calibration's time is spent here, on every element of every tensor of every batch: one float32
-        # copy (|x|) is scaled and clipped in place, and |x|'s maximum comes from the signed extremes.
+        # Most of calibration's time is spent here, on every element of every tensor of every batch. The extremes
+        # come first (they may widen the range); then |x| is scaled, clipped, truncated and counted one block at a
+        # time, in two small buffers: each element is read from memory once more, and the temporaries stay the size
+        # of a block (whole-tensor copies of |x| and its bin indices took 115 MB per thread on Lite0, and longer).
         flat = values.reshape(-1).astype(np.float32, copy=False)
         if flat.size == 0:
             return
@@ -87,11 +96,18 @@ class TensorStats:
         while amax > self.edge:  # double the range: bin pairs merge, nothing counted is lost
             self.hist = np.concatenate([self.hist.reshape(-1, 2).sum(axis=1), np.zeros(BINS // 2, np.int64)])
             self.edge *= 2.0
-        scaled = np.abs(flat)
-        self.zeros += int(scaled.size - np.count_nonzero(scaled))
-        np.multiply(scaled, np.float32(BINS / self.edge), out=scaled)
-        np.minimum(scaled, np.float32(BINS - 1), out=scaled)  # |x| >= 0: clipping before truncation is the same
-        self.hist += np.bincount(scaled.astype(np.intp), minlength=BINS)
+        scale, top = np.float32(BINS / self.edge), np.float32(BINS - 1)
+        size = min(HIST_BLOCK, flat.size)
+        scaled, bins = np.empty(size, np.float32), np.empty(size, np.intp)
+        for start in range(0, flat.size, size):
+            part = flat[start:start + size]
+            block, index = scaled[:part.size], bins[:part.size]
+            np.abs(part, out=block)
+            self.zeros += int(block.size - np.count_nonzero(block))
+            np.multiply(block, scale, out=block)
+            np.minimum(block, top, out=block)  # |x| >= 0: clipping before truncation is the same
+            np.copyto(index, block, casting="unsafe")  # truncation toward zero: the bin
+            self.hist += np.bincount(index, minlength=BINS)
 
     def threshold(self, method: str, percentile: float, levels: int = SIGNED_STEPS) -> float:
         """The |x| clipping threshold of ``method`` (``minmax``: the largest magnitude); ``levels`` is the number
@@ -215,7 +231,8 @@ class CalibrationStatistics:
 
     def save(self, path: Path) -> None:
         """Statistics as one ``.npz`` (histograms and means): ranges for any method come back without the
-        images."""
+        images. Stored uncompressed: float moments and means deflate by 14 % (Lite0: 58 MB to 50 MB) in 2.2 s,
+        which is 5 % of the calibration they cache."""
         arrays: dict[str, np.ndarray] = {}
         names = list(self.tensors)
         for i, name in enumerate(names):
@@ -231,7 +248,7 @@ class CalibrationStatistics:
                 arrays[f"p{i}"], arrays[f"c{i}"], arrays[f"n{i}"] = moments.to_arrays()
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        np.savez(buffer, **arrays)
         write_bytes(path, buffer.getvalue())
 
     @classmethod
@@ -315,24 +332,38 @@ def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tenso
     nodes = {n.name: n for n in model.graph.node}
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
     moments = {layer: PatchMoments() for layer in patch_layers if layer in layer_inputs}
+
+    def fold_moments(layer: str, values: np.ndarray, phase: int) -> bool:
+        node = nodes[layer]
+        patches = input_patches(node, shapes[node.input[1]], values, phase=phase)
+        if patches is None:
+            return False  # a layout the rounding does not cover: rounded to nearest
+        moments[layer].update(patches)
+        return True
+
     images = 0
-    for batches_seen, batch in enumerate(batches):
-        outputs = dict(zip(names, session.run(names, {input_name: batch})))
-        outputs[input_name] = batch
-        for name in tensors:
-            stats[name].update(outputs[name])
-        for layer, tensor in layer_inputs.items():
-            total = outputs[tensor].astype(np.float64).sum(axis=0)
-            sums[layer] = total if layer not in sums else sums[layer] + total
-        for layer in list(moments):
-            node = nodes[layer]
-            patches = input_patches(node, shapes[node.input[1]], outputs[layer_inputs[layer]], phase=batches_seen)
-            if patches is None:
-                del moments[layer]  # a layout the rounding does not cover: rounded to nearest
-            else:
-                moments[layer].update(patches)
-        images += len(batch)
-        del outputs
+    # numpy releases the GIL in the ufuncs, histogram counts and matrix products that make up the fold, and every
+    # statistic is its own object: one thread per CPU.
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
+        for batches_seen, batch in enumerate(prefetched(batches)):  # the next batch decodes meanwhile
+            outputs = dict(zip(names, session.run(names, {input_name: batch})))
+            outputs[input_name] = batch
+            # Each statistic folds its own batches in order, so the threads change nothing but the time. The
+            # patch moments are the largest jobs and go first.
+            covered = {layer: pool.submit(fold_moments, layer, outputs[layer_inputs[layer]], batches_seen)
+                       for layer in moments}
+            totals = {layer: pool.submit(np.sum, outputs[tensor], axis=0, dtype=np.float64)
+                      for layer, tensor in layer_inputs.items()}
+            folded = [pool.submit(stats[name].update, outputs[name]) for name in tensors]
+            for job in folded:
+                job.result()
+            for layer, job in totals.items():
+                sums[layer] = job.result() if layer not in sums else sums[layer] + job.result()
+            for layer, job in covered.items():
+                if not job.result():
+                    del moments[layer]
+            images += len(batch)
+            del outputs
     if images == 0:
         raise ValueError("no calibration batches")
     means = {layer: (total / images).astype(np.float32) for layer, total in sums.items()}

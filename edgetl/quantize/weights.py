@@ -15,6 +15,7 @@ rule of the format (input scale x weight scale, per output channel) that TensorR
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 from edgetl.lazy import lazy_import
 from edgetl.quantize.int8 import LAYER_OPS
 from edgetl.quantize.rounding import PatchMoments, conv_geometry, gptq_codes
+from edgetl.runtime.cpu import usable_cpus
 
 numpy_helper = lazy_import("onnx.numpy_helper", "train", purpose="INT8 weight rounding")
 
@@ -185,6 +187,26 @@ def is_depthwise(node: Any, weight: np.ndarray) -> bool:
     return node.op_type == "Conv" and conv_geometry(node)["group"] > 1 and weight.shape[1] == 1
 
 
+@dataclass
+class _Rounding:
+    """One layer's weights to round: its scales (old: the quantizer's), code limit, and input-patch moments (None:
+    round to nearest)."""
+
+    layer: Any
+    scales: np.ndarray
+    old_scales: np.ndarray
+    qmax: int
+    moment: PatchMoments | None
+
+    def codes(self) -> np.ndarray:
+        layer = self.layer
+        if self.moment is None:
+            return quantize_weight(layer.float_weight, self.scales, layer.axis, self.qmax)
+        group = conv_geometry(layer.node)["group"] if layer.node.op_type == "Conv" else 1
+        return gptq_codes(layer.float_weight, layer.axis, self.scales, self.qmax, self.moment.second_moment(),
+                          group=group)
+
+
 def refine_weights(quantized: Any, reference: Any, *, mse: bool, input_means: dict[str, np.ndarray] | None,
                    reduce_range: bool = False, moments: dict[str, PatchMoments] | None = None) -> WeightEditReport:
     """Rewrite the int8 weights (MSE scales, GPTQ rounding) and int32 biases (bias correction) of ``quantized``
@@ -207,6 +229,7 @@ def refine_weights(quantized: Any, reference: Any, *, mse: bool, input_means: di
 
     report = WeightEditReport(uncorrected=[])
     shifts = []
+    plans = []
     for layer in quantized_layers(quantized, reference):
         scales = numpy_helper.to_array(inits[layer.scale]).astype(np.float32)
         old_scales = scales.copy()
@@ -220,13 +243,15 @@ def refine_weights(quantized: Any, reference: Any, *, mse: bool, input_means: di
         elif qmax != layer.qmax:
             scales = scales * (layer.qmax / qmax)
         put(layer.scale, scales)
-        moment = (moments or {}).get(layer.node.name)
-        if moment is not None and scales.ndim == 1:
-            group = conv_geometry(layer.node)["group"] if layer.node.op_type == "Conv" else 1
-            q = gptq_codes(layer.float_weight, layer.axis, scales, qmax, moment.second_moment(), group=group)
-            report.gptq_layers += 1
-        else:
-            q = quantize_weight(layer.float_weight, scales, layer.axis, qmax)
+        moment = (moments or {}).get(layer.node.name) if scales.ndim == 1 else None
+        report.gptq_layers += moment is not None
+        plans.append(_Rounding(layer, scales, old_scales, qmax, moment))
+
+    # Layers round independently; GPTQ's column updates are numpy work that releases the GIL: one thread per CPU.
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
+        rounded = list(pool.map(_Rounding.codes, plans))
+    for plan, q in zip(plans, rounded, strict=True):
+        layer, scales, old_scales = plan.layer, plan.scales, plan.old_scales
         put(layer.weight, q)
         if layer.bias is None or layer.float_bias is None:
             continue

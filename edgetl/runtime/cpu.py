@@ -11,6 +11,7 @@ so the runtime sets it where the kernels would saturate instead of shipping mode
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -48,3 +49,11 @@ def describe() -> dict[str, object]:
     flags = cpu_flags()
     return {"machine": platform.machine(), "int8_dot_product": sorted(flags & EXACT_INT8_FLAGS),
             "int8_kernels_saturate": int8_kernels_saturate(flags=flags)}
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, a container's cpuset included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx_nets import saved_net, small_model
 
+from edgetl.quantize import statistics
 from edgetl.quantize.int8 import Int8Settings, quantize_file
 from edgetl.quantize.qdq_edit import ACTIVATION, float_outputs, list_units, restore
 from edgetl.quantize.statistics import BINS, CalibrationStatistics, TensorStats, entropy_threshold, measure
@@ -82,6 +83,38 @@ def test_histogram_counts_every_magnitude_in_its_bin() -> None:
     half = TensorStats()
     half.update(values.astype(np.float16))
     assert half.hist.sum() == values.size and half.zeros == 500
+
+
+def test_histogram_blocks_count_what_one_pass_counts(monkeypatch) -> None:
+    """A tensor larger than a block is counted block by block: the same bins, zeros and range as one block."""
+    rng = np.random.default_rng(5)
+    values = np.maximum(rng.normal(0, 2, (3, 7, 11, 13)), 0).astype(np.float32)  # 3003 values, half exact zeros
+    whole = TensorStats()
+    whole.update(values)
+    monkeypatch.setattr(statistics, "HIST_BLOCK", 64)  # 47 blocks, the last one short
+    blocked = TensorStats()
+    blocked.update(values)
+    assert np.array_equal(blocked.hist, whole.hist) and blocked.zeros == whole.zeros == int((values == 0).sum())
+    assert (blocked.lo, blocked.hi, blocked.edge) == (whole.lo, whole.hi, whole.edge)
+
+
+def test_statistics_do_not_depend_on_the_number_of_threads(net, monkeypatch) -> None:
+    """Each statistic folds its batches in order on whichever thread: one CPU or four give the same bits."""
+    model, _, x = net
+    by_threads = {}
+    for threads in (1, 4):
+        monkeypatch.setattr(statistics, "usable_cpus", lambda threads=threads: threads)
+        by_threads[threads] = measure(model, [x[:24], x[24:48], x[48:]], input_name="input")
+    one, four = by_threads[1], by_threads[4]
+    for name, stat in one.tensors.items():
+        other = four.tensors[name]
+        assert np.array_equal(stat.hist, other.hist) and (stat.lo, stat.hi, stat.zeros) == (other.lo, other.hi,
+                                                                                           other.zeros)
+    for layer, mean in one.input_means.items():
+        assert np.array_equal(mean, four.input_means[layer])
+    for layer, moments in one.patch_moments.items():
+        assert np.array_equal(moments.m2, four.patch_moments[layer].m2) and moments.count == four.patch_moments[
+            layer].count
 
 
 def test_entropy_clips_a_heavy_tail_and_ignores_exact_zeros() -> None:

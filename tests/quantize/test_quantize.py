@@ -164,9 +164,9 @@ def test_bias_correction_recorded_with_enough_images(bundle_copy: Path, digits_d
     result = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=40)
     weights = result.info["weights"]
     assert weights["bias_correction_applied"] and weights["bias_corrected_layers"] == 50
-    # 40 images, 32 of them in whole chunks of 16: every biased layer's mean output corrected in the quantized graph.
+    # 40 images, five whole chunks of 8: every biased layer's mean output corrected in the quantized graph.
     sequential = result.info["sequential_correction_result"]
-    assert sequential["layers"] == 50 and sequential["images"] == 32 and not sequential["skipped"]
+    assert sequential["layers"] == 50 and sequential["images"] == 40 and not sequential["skipped"]
     assert result.info["weight_rounding"] == "gptq" and weights["gptq_rounded_layers"] == 50
     assert result.info["calibration"]["cache"].endswith(".npz")
     nearest = quantize_bundle(bundle_copy, "int8", calib_data=digits_dir, calib_size=40, weight_rounding="nearest")

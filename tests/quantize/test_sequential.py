@@ -11,9 +11,10 @@ import pytest
 from onnx import helper, numpy_helper
 from onnx_nets import saved_net, small_model
 
+from edgetl.quantize import sequential
 from edgetl.quantize.int8 import Int8Settings, quantize_file
 from edgetl.quantize.qdq_edit import float_outputs
-from edgetl.quantize.sequential import correct_biases, layer_means
+from edgetl.quantize.sequential import correct_biases, layer_means, output_means
 from edgetl.quantize.statistics import measure
 from edgetl.runtime.backends.onnxruntime import ort, session_options
 
@@ -85,6 +86,29 @@ def test_pieces_compute_what_the_whole_graph_computes(quantized) -> None:
     for name, output in zip(LAYERS, whole, strict=True):
         axes = tuple(a for a in range(output.ndim) if a != 1)
         np.testing.assert_allclose(means[name], output.mean(axis=axes), rtol=1e-5, atol=1e-6)
+
+
+def test_one_run_of_the_whole_graph_gives_the_pieces_means(quantized) -> None:
+    """The FP32 reference's means come from one run of the whole graph: the pieces' numbers, to float64 rounding,
+    for the float graph and the quantized one alike."""
+    model, q, x = quantized
+    for graph in (model, q):
+        pieces = layer_means(graph, _nodes(graph), x, chunk=16)
+        whole = output_means(graph, _nodes(graph), x, chunk=8)
+        for name in LAYERS:
+            np.testing.assert_allclose(whole[name], pieces[name], rtol=1e-12, atol=1e-12)
+
+
+def test_chunks_on_several_cpus_compute_what_one_cpu_computes(quantized, monkeypatch) -> None:
+    """Chunks run in parallel, one per CPU, and are kept in order: the same means bit for bit, and the same
+    corrected biases."""
+    _, q, x = quantized
+    results = {}
+    for cpus in (1, 3):
+        monkeypatch.setattr(sequential, "usable_cpus", lambda cpus=cpus: cpus)
+        results[cpus] = layer_means(q, _nodes(q), x, chunk=8)
+    for name in LAYERS:
+        assert np.array_equal(results[1][name], results[3][name])
 
 
 def test_every_layers_mean_output_matches_fp32_after_correction(quantized) -> None:
