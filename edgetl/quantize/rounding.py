@@ -134,6 +134,12 @@ class PatchMoments:
         return moments
 
 
+#: Columns per lazy batch of `gptq_codes` (the paper's 128). Lite0's 50 layers took 10-18 s one column at a time
+#: (6.3 s of it the 1000 x 1280 classifier) and take 2.2 s in blocks, with every one of the 4.6 M codes the same
+#: (the grouped sums could tip a tie the other way; none did).
+GPTQ_BLOCK = 128
+
+
 def gptq_codes(weight: np.ndarray, axis: int, scales: np.ndarray, qmax: int, second_moment: np.ndarray,
                group: int = 1, damping: float = DAMPING) -> np.ndarray:
     """Integer codes (int8, ``weight``'s shape) for ``weight`` with per-channel ``scales`` along ``axis`` and
@@ -155,10 +161,18 @@ def gptq_codes(weight: np.ndarray, axis: int, scales: np.ndarray, qmax: int, sec
     h = second_moment + np.eye(d) * (ridge[:, None] + np.where(live, 0.0, 1.0))[:, :, None]
     u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # upper triangular: H^-1 = U^T U
     q = np.zeros_like(w)
-    for i in range(d):
-        codes = np.clip(np.round(w[:, :, i] / safe), -qmax, qmax)
-        q[:, :, i] = codes
-        err = (w[:, :, i] - codes * safe) / u[:, i, i][:, None]
-        w[:, :, i + 1:] -= err[:, :, None] * u[:, None, i, i + 1:]
+    # GPTQ's lazy batch updates: the error of each column is spread at once only over the columns of its block;
+    # the block's errors reach the columns after it in one matrix product (the same sums, grouped otherwise).
+    for first in range(0, d, GPTQ_BLOCK):
+        last = min(first + GPTQ_BLOCK, d)
+        block, errors = w[:, :, first:last], np.empty((group, w.shape[1], last - first))
+        for k in range(last - first):
+            i = first + k
+            codes = np.clip(np.round(block[:, :, k] / safe), -qmax, qmax)
+            q[:, :, i] = codes
+            errors[:, :, k] = err = (block[:, :, k] - codes * safe) / u[:, i, i][:, None]
+            block[:, :, k + 1:] -= err[:, :, None] * u[:, None, i, i + 1:last]
+        if last < d:
+            w[:, :, last:] -= errors @ u[:, first:last, last:]
     q = np.where(steps[:, :, None] > 0, q, 0.0)
     return np.moveaxis(q.reshape(shape), 0, axis).astype(np.int8)

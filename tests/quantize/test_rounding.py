@@ -109,3 +109,30 @@ def test_gptq_keeps_per_axis_layout_and_zero_scales() -> None:
     codes = gptq_codes(w, 1, scales, 127, np.eye(12)[None])
     assert codes.shape == w.shape and not codes[:, 2].any()
     np.testing.assert_array_equal(codes[:, [0, 1, 3]], np.round(w[:, [0, 1, 3]] / scales[[0, 1, 3]]))
+
+
+def _column_by_column(w: np.ndarray, scales: np.ndarray, qmax: int, h: np.ndarray) -> np.ndarray:
+    """GPTQ in its plain form, one column's error spread over every later column at once."""
+    w = w.astype(np.float64).copy()
+    d = w.shape[1]
+    diag = np.diag(h)
+    u = np.linalg.cholesky(np.linalg.inv(h + np.eye(d) * rounding.DAMPING * diag.mean())).T
+    q = np.zeros_like(w)
+    for i in range(d):
+        q[:, i] = np.clip(np.round(w[:, i] / scales), -qmax, qmax)
+        err = (w[:, i] - q[:, i] * scales) / u[i, i]
+        w[:, i + 1:] -= err[:, None] * u[i, i + 1:]
+    return q
+
+
+@pytest.mark.parametrize("block", [1, 7, 128])
+def test_lazy_batches_round_as_column_by_column(monkeypatch, block: int) -> None:
+    """Blocks of columns (the last one short) give the plain algorithm's codes."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (3000, 40)) @ rng.normal(0, 1, (40, 40)) + 0.3
+    h = x.T @ x / len(x)
+    w = rng.normal(0, 1, (9, 40)).astype(np.float32)
+    scales = (np.abs(w).max(axis=1) / 7).astype(np.float64)
+    monkeypatch.setattr(rounding, "GPTQ_BLOCK", block)
+    codes = gptq_codes(w, 0, scales, 7, h[None])
+    np.testing.assert_array_equal(codes, _column_by_column(w, scales, 7, h))
