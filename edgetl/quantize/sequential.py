@@ -48,6 +48,10 @@ BY_TASK = {"classify": True, "detect": False}
 #: outputs are what the correction holds beside the kept tensors: on Lite0 with two CPUs, 8 keeps the peak RSS of a
 #: first quantize under 2 GB (16 took it to 2.03 GB).
 CHUNK = 8
+#: Bytes of the FP32 reference's layer outputs that may be alive at once in `output_means`: each chunk holds every
+#: layer's output until it is reduced (Lite0 at 224 px: 8 images, 216 MB), so a many-core machine runs fewer
+#: chunks at once than it has CPUs rather than holding them all.
+REFERENCE_BYTES_IN_FLIGHT = 1 << 30
 #: The ops whose bias is corrected.
 BIASED_OPS = ("Conv", "Gemm")
 
@@ -156,17 +160,26 @@ def output_means(model: Any, layers: list[Any], batch: np.ndarray, *, chunk: int
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
 
-    def channel_sums(start: int) -> list[tuple[np.ndarray, int]]:  # reduced where it ran: only sums wait to be kept
-        outputs = session.run(names, {input_name: batch[start:start + chunk]})
+    def reduce(outputs: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
         return [(out.sum(axis=tuple(a for a in range(out.ndim) if a != 1), dtype=np.float64), out.size // out.shape[1])
                 for out in outputs]
+
+    def channel_sums(start: int) -> list[tuple[np.ndarray, int]]:  # reduced where it ran: only sums wait to be kept
+        return reduce(session.run(names, {input_name: batch[start:start + chunk]}))
 
     def keep(_: int, totals: list[tuple[np.ndarray, int]]) -> None:
         for name, (total, count) in zip(names, totals, strict=True):
             sums[name] = total if name not in sums else sums[name] + total
             counts[name] = counts.get(name, 0) + count
 
-    _chunks_in_parallel(range(0, images, chunk), channel_sums, keep)
+    # Every layer's output of a chunk is alive until it is reduced: the first chunk runs alone and says how many
+    # chunks fit in `REFERENCE_BYTES_IN_FLIGHT` at once.
+    first = session.run(names, {input_name: batch[:chunk]})
+    chunk_bytes = sum(out.nbytes for out in first)
+    keep(0, reduce(first))
+    del first
+    workers = max(1, min(usable_cpus(), REFERENCE_BYTES_IN_FLIGHT // max(chunk_bytes, 1)))
+    _chunks_in_parallel(range(chunk, images, chunk), channel_sums, keep, workers=workers)
     return {n.name: sums[n.output[0]] / counts[n.output[0]] for n in layers}
 
 
@@ -294,13 +307,16 @@ def _run(model: Any, index: _GraphIndex, piece: _Piece, values: dict[str, np.nda
     return results
 
 
-def _chunks_in_parallel(starts: range, run: Callable[[int], list[np.ndarray]],
-                        keep: Callable[[int, list[np.ndarray]], None]) -> None:
-    """``run(start)`` for every chunk, one chunk per CPU at a time, and ``keep(start, outputs)`` on this thread in
-    chunk order. With graph optimizations off, one session scales poorly over threads (Lite0's quantized graph: 8.2 s
-    on one thread, 7.3 s on two); chunks are independent, so each CPU runs its own chunk on a session's single
-    thread, with the same kernels and so the same numbers. At most one chunk's outputs per CPU wait to be kept."""
-    workers = min(usable_cpus(), len(starts))
+def _chunks_in_parallel(starts: range, run: Callable[[int], Any], keep: Callable[[int, Any], None], *,
+                        workers: int | None = None) -> None:
+    """``run(start)`` for every chunk, ``workers`` (default: one per CPU) chunks at a time, and ``keep(start,
+    result)`` on this thread in chunk order. With graph optimizations off, one session scales poorly over threads
+    (Lite0's quantized graph: 8.2 s on one thread, 7.3 s on two); chunks are independent, so each worker runs its
+    own chunk on a session's single thread, with the same kernels and so the same numbers. At most one chunk's
+    result per worker waits to be kept."""
+    if not starts:
+        return
+    workers = min(workers or usable_cpus(), len(starts))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         running: deque[tuple[int, Future]] = deque()
         for start in starts:

@@ -88,13 +88,17 @@ def test_pieces_compute_what_the_whole_graph_computes(quantized) -> None:
         np.testing.assert_allclose(means[name], output.mean(axis=axes), rtol=1e-5, atol=1e-6)
 
 
-def test_one_run_of_the_whole_graph_gives_the_pieces_means(quantized) -> None:
+@pytest.mark.parametrize("bytes_in_flight,images", [(1 << 30, 64), (1, 64), (1 << 30, 8)])
+def test_one_run_of_the_whole_graph_gives_the_pieces_means(quantized, monkeypatch, bytes_in_flight: int,
+                                                           images: int) -> None:
     """The FP32 reference's means come from one run of the whole graph: the pieces' numbers, to float64 rounding,
-    for the float graph and the quantized one alike."""
+    for the float graph and the quantized one alike; with room for one chunk at a time, and with one chunk only."""
     model, q, x = quantized
+    monkeypatch.setattr(sequential, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(sequential, "REFERENCE_BYTES_IN_FLIGHT", bytes_in_flight)
     for graph in (model, q):
-        pieces = layer_means(graph, _nodes(graph), x, chunk=16)
-        whole = output_means(graph, _nodes(graph), x, chunk=8)
+        pieces = layer_means(graph, _nodes(graph), x[:images], chunk=8)
+        whole = output_means(graph, _nodes(graph), x[:images], chunk=8)
         for name in LAYERS:
             np.testing.assert_allclose(whole[name], pieces[name], rtol=1e-12, atol=1e-12)
 
