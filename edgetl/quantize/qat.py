@@ -33,6 +33,7 @@ from edgetl.lazy import lazy_import
 from edgetl.metrics.gate import Gate
 from edgetl.quantize.budget import describe_bound, within
 from edgetl.quantize.qat_graph import WEIGHTED_OPS
+from edgetl.quantize.qdq_edit import add_outputs
 
 torch = lazy_import("torch", "train", purpose="quantization-aware fine-tuning")
 onnx = lazy_import("onnx", "train", purpose="quantization-aware fine-tuning")
@@ -366,10 +367,7 @@ def graph_values(model_path: Path, batch: np.ndarray, names: list[str], *, numer
         from edgetl.quantize.exact_form import integer_pads
 
         model = integer_pads(model)[0]
-    present = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in present:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    add_outputs(model, names)
     session = ort.InferenceSession(model.SerializeToString(), session_options(numerics),
                                    providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name

@@ -17,6 +17,7 @@ same op as in the FP32 graph. ONNX Runtime folds a ReLU/Clip into the range of t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,14 @@ class Unit:
 
     def to_dict(self) -> dict[str, str]:
         return {"kind": self.kind, "name": self.name}
+
+
+def add_outputs(model: Any, names: Iterable[str]) -> None:
+    """Make ``names`` outputs of ``model`` (in place; those it already outputs are left as they are), so that one
+    ONNX Runtime run returns the intermediate tensors calibration, QAT's targets and the bias correction read."""
+    present = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name)
+                              for name in dict.fromkeys(names) if name not in present)
 
 
 class GraphIndex:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.lazy import lazy_import
-from edgetl.quantize.qdq_edit import GraphIndex
+from edgetl.quantize.qdq_edit import GraphIndex, add_outputs
 from edgetl.runtime.cpu import usable_cpus
 
 onnx = lazy_import("onnx", "train", purpose="INT8 bias correction")
@@ -151,8 +151,7 @@ def output_means(model: Any, layers: list[Any], batch: np.ndarray, *, chunk: int
     names = list(dict.fromkeys(n.output[0] for n in layers))
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
-    present = {o.name for o in augmented.graph.output}
-    augmented.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in present)
+    add_outputs(augmented, names)
     session = ort.InferenceSession(augmented.SerializeToString(), session_options("exact", threads=1),
                                    providers=["CPUExecutionProvider"])
     del augmented
@@ -161,8 +160,7 @@ def output_means(model: Any, layers: list[Any], batch: np.ndarray, *, chunk: int
     counts: dict[str, int] = {}
 
     def reduce(outputs: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-        return [(out.sum(axis=tuple(a for a in range(out.ndim) if a != 1), dtype=np.float64), out.size // out.shape[1])
-                for out in outputs]
+        return [(out.sum(axis=_channel_axes(out), dtype=np.float64), out.size // out.shape[1]) for out in outputs]
 
     def channel_sums(start: int) -> list[tuple[np.ndarray, int]]:  # reduced where it ran: only sums wait to be kept
         return reduce(session.run(names, {input_name: batch[start:start + chunk]}))
@@ -329,10 +327,14 @@ def _chunks_in_parallel(starts: range, run: Callable[[int], Any], keep: Callable
             keep(done, job.result())
 
 
+def _channel_axes(output: np.ndarray) -> tuple[int, ...]:
+    """Every axis but the channel axis (1): what a per-channel mean reduces over."""
+    return tuple(a for a in range(output.ndim) if a != 1)
+
+
 def _channel_means(output: np.ndarray) -> np.ndarray:
     """Mean over every axis but the channel axis (1), accumulated in float64 without a float64 copy."""
-    axes = tuple(a for a in range(output.ndim) if a != 1)
-    return output.mean(axis=axes, dtype=np.float64)
+    return output.mean(axis=_channel_axes(output), dtype=np.float64)
 
 
 class _BiasEditor:

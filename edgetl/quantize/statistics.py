@@ -37,6 +37,7 @@ import numpy as np
 from edgetl.data.prefetch import prefetched
 from edgetl.fileio import write_bytes
 from edgetl.lazy import lazy_import
+from edgetl.quantize.qdq_edit import add_outputs
 from edgetl.quantize.rounding import PatchMoments, input_patches
 from edgetl.runtime.cpu import usable_cpus
 
@@ -315,11 +316,7 @@ def collect(model: Any, batches: Iterable[np.ndarray], *, input_name: str, tenso
     """
 
     augmented = copy.deepcopy(model)
-    present = {o.name for o in augmented.graph.output}
-    wanted = list(dict.fromkeys([*tensors, *layer_inputs.values()]))
-    for name in wanted:
-        if name not in present and name != input_name:
-            augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    add_outputs(augmented, [name for name in [*tensors, *layer_inputs.values()] if name != input_name])
     options = ort.SessionOptions()
     options.log_severity_level = 3
     # The statistics are numpy work between runs, where idle ONNX Runtime threads would spin beside it (one-off:
