@@ -141,3 +141,83 @@ def test_collate_sets_batch_index(shapes_dir: Path) -> None:
     empty = DetectionTorchDataset([DetSample(data.train[0].path, np.zeros((0, 4)), np.zeros(0))], SPEC, train=False)
     images, targets = collate_detections([empty[0]])
     assert targets.shape == (0, 6)
+
+
+def _mid_range_photo() -> torch.Tensor:
+    """A smooth, colourful 48x64 image kept within [40, 215], so no jitter step below clips."""
+    ys, xs = np.mgrid[0:48, 0:64].astype(np.float32)
+    rgb = np.stack([128 + 80 * np.sin(xs / 9), 128 + 80 * np.cos(ys / 7), 128 + 80 * np.sin((xs + ys) / 11)])
+    return torch.from_numpy(np.round(rgb).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("name", "factor"), [("brightness", 1.2), ("contrast", 0.75), ("saturation", 1.3),
+                                              ("hue", 0.015), ("hue", -0.015)])
+def test_each_colour_step_matches_torchvision(name: str, factor: float) -> None:
+    """Alone and unclipped, each step of the one-pass map is torchvision's own within its per-step rounding; the hue,
+    a turn about the grey axis where torchvision moves along HSV's hexagon, moves the pixels alike (direction and
+    size), not equally."""
+    from torchvision.transforms.v2 import functional as F
+
+    from edgetl.detect.augment import ColourJitter
+
+    pixels = _mid_range_photo()
+    strengths = {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
+    strengths[name] = abs(factor - 1) if name != "hue" else abs(factor)
+    jitter = ColourJitter(**strengths)
+    jitter.draw = lambda: [(name, factor)]  # type: ignore[method-assign]
+    ours = jitter(pixels).int()
+    theirs = getattr(F, f"adjust_{name}")(pixels, factor).int()
+    difference = (ours - theirs).abs().float()
+    if name == "hue":  # HSV keeps each pixel's max and min, the turn its mean and chroma: moves alike, not equal
+        ours_move, their_move = (ours - pixels.int()).flatten().float(), (theirs - pixels.int()).flatten().float()
+        assert torch.nn.functional.cosine_similarity(ours_move, their_move, dim=0) > 0.7
+        assert 0.6 < float(ours_move.norm() / their_move.norm()) < 1.4
+    else:  # torchvision truncates each step to uint8; the one-pass map rounds once
+        assert difference.max() <= 1 and difference.mean() < 1.0
+
+
+def test_colour_jitter_hue_turns_red_towards_green_and_keeps_grey() -> None:
+    from edgetl.detect.augment import colour_step
+
+    turn, _ = colour_step("hue", 1 / 3)
+    torch.testing.assert_close(turn @ torch.tensor([255.0, 0, 0], dtype=torch.float64),
+                               torch.tensor([0.0, 255, 0], dtype=torch.float64))
+    grey = torch.full((3,), 90.0, dtype=torch.float64)
+    torch.testing.assert_close(turn @ grey, grey)
+
+
+def test_colour_jitter_draws_like_torchvision() -> None:
+    """Factors within torchvision's ranges, every order of the four steps seen, nothing drawn when off."""
+    from edgetl.detect.augment import ColourJitter
+
+    torch.manual_seed(0)
+    jitter = ColourJitter(brightness=0.3, contrast=0.3, saturation=0.4, hue=0.015)
+    orders = set()
+    for _ in range(400):
+        steps = jitter.draw()
+        orders.add(tuple(name for name, _ in steps))
+        factors = dict(steps)
+        assert 0.7 <= factors["brightness"] <= 1.3 and 0.7 <= factors["contrast"] <= 1.3
+        assert 0.6 <= factors["saturation"] <= 1.4 and -0.015 <= factors["hue"] <= 0.015
+    assert len(orders) == 24
+    off = ColourJitter(brightness=0.2)
+    assert [name for name, _ in off.draw()] == ["brightness"] and not ColourJitter().active
+    image = _mid_range_photo()
+    assert TrainAugment(SPEC, AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0)).colour is None
+    out = ColourJitter(contrast=0.5)(image)
+    assert out.dtype == torch.uint8 and out.shape == image.shape
+
+
+def test_colour_jitter_clips_and_refuses_bad_input() -> None:
+    from edgetl.detect.augment import ColourJitter
+    from edgetl.errors import BadInputError
+
+    bright = ColourJitter(brightness=0.5)
+    bright.draw = lambda: [("brightness", 1.5)]  # type: ignore[method-assign]
+    assert int(bright(torch.full((3, 4, 4), 200, dtype=torch.uint8)).min()) == 255
+    with pytest.raises(BadInputError, match="RGB"):
+        bright(torch.zeros((1, 4, 4), dtype=torch.uint8))
+    with pytest.raises(BadInputError, match="hue"):
+        ColourJitter(hue=0.7)
+    with pytest.raises(BadInputError, match="saturation"):
+        ColourJitter(saturation=-1)
