@@ -12,15 +12,12 @@ Detector (``--task detect``): edgetl's ``yolo-lite0-n`` trained from scratch on 
 sample shapes``) at 256 px, batch 16, for ``--epochs`` epochs with validation every epoch, each run in its own
 process with ``--threads`` CPU threads; beside it, in the same run, the same training before the allocator,
 memory-layout and activation-memory changes, the same model with ``edgetl train detect``'s default recipe (the
-ImageNet backbone, its stem and stride-2/4 blocks frozen: no gradients and no saved activations there), that
-recipe again with torchvision's ``ColorJitter`` in place of edgetl's one-pass colour map
-(``edgetl-default-tv-jitter``; the ``edgetl-before`` row uses it too), and Ultralytics YOLOv8n (from
-``yolov8n.yaml``, no weights, the same YOLO folders, size, batch, epochs and threads) when ``ultralytics`` is
-installed. Ultralytics trains every layer when it fine-tunes too, so its row is also its
+ImageNet backbone, its stem and stride-2/4 blocks frozen: no gradients and no saved activations there), and
+Ultralytics YOLOv8n (from ``yolov8n.yaml``, no weights, the same YOLO folders, size, batch, epochs and threads)
+when ``ultralytics`` is installed. Ultralytics trains every layer when it fine-tunes too, so its row is also its
 fine-tuning speed. Images/s is the images each run trained on (edgetl drops a last partial batch every epoch,
 Ultralytics does not) over the whole run's wall time; user and system CPU, minor page faults and peak RSS come
-from the kernel's accounting of the child. The section also times the augmentation of one training image
-(``augment``: `edgetl.detect.augment.TrainAugment` on the sample's images, with either colour jitter).
+from the kernel's accounting of the child.
 Targets: images/s at least Ultralytics', system CPU under 10 % of user CPU.
 
 Model step (``--task step``): where the detector gap comes from. Each model's bare training step (forward,
@@ -172,68 +169,18 @@ def _run_device(device_name: str, samples: list, spec, args) -> list[dict]:
 
 # ---- detector: edgetl against Ultralytics YOLOv8n, same data, size, batch and threads -----------------------
 
-DETECT_VARIANTS = ("edgetl", "edgetl-before", "edgetl-default", "edgetl-default-tv-jitter", "ultralytics")
+DETECT_VARIANTS = ("edgetl", "edgetl-before", "edgetl-default", "ultralytics")
 DETECT_LABELS = {
     "edgetl": "edgetl yolo-lite0-n",
     "edgetl-before": "edgetl yolo-lite0-n, before (glibc default allocator, NCHW, PyTorch's ReLU6)",
     "edgetl-default": "edgetl yolo-lite0-n, its default recipe (ImageNet backbone, partial)",
-    "edgetl-default-tv-jitter": "edgetl yolo-lite0-n, default recipe with torchvision's ColorJitter (before)",
     "ultralytics": "Ultralytics YOLOv8n",
 }
 # How each run starts (weights, which layers train): from scratch (random weights, every layer trains, as
 # Ultralytics' row does) or ``edgetl train detect``'s default, the ImageNet backbone with its stem and stride-2/4
 # blocks frozen (``partial``). The edgetl children train with these; the rows report them.
 DETECT_START = {"edgetl": ("none", "scratch"), "edgetl-before": ("none", "scratch"),
-                "edgetl-default": ("pretrained", "partial"), "edgetl-default-tv-jitter": ("pretrained", "partial"),
-                "ultralytics": ("none", "all")}
-
-
-class TorchvisionJitter:
-    """torchvision's ``v2.ColorJitter`` in `edgetl.detect.augment.ColourJitter`'s place: the colour augmentation
-    the detector trained with before the one-pass colour map (the ``*-tv-jitter`` row, and ``edgetl-before``)."""
-
-    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
-                 hue: float = 0.0) -> None:
-        from torchvision.transforms import v2
-
-        self.active = max(brightness, contrast, saturation, hue) > 0
-        self.jitter = v2.ColorJitter(brightness=brightness or None, contrast=contrast or None,
-                                     saturation=saturation or None, hue=hue or None)
-
-    def __call__(self, pixels: Any) -> Any:
-        return self.jitter(pixels)
-
-
-def augment_cost(threads: int, images: int = 100) -> dict[str, Any]:
-    """Milliseconds per training image of the detector's augmentation (`TrainAugment`, default strengths, after
-    the letterbox) on the shapes sample at 256 px, with edgetl's colour map and with torchvision's ColorJitter,
-    alternating, median of 5 passes each."""
-    import torch
-
-    import edgetl.detect.augment as augment
-    from edgetl.data.detection import read_detection_dataset
-    from edgetl.data.shapes import write_shapes
-    from edgetl.preprocess import PreprocessSpec, load_image
-
-    torch.set_num_threads(threads)
-    spec = PreprocessSpec(size=(256, 256), resize="letterbox")
-    with tempfile.TemporaryDirectory() as tmp:
-        write_shapes(Path(tmp) / "shapes")
-        data = read_detection_dataset(Path(tmp) / "shapes" / "data.yaml")
-        items = [(augment.letterbox(load_image(s.path), s.boxes, spec)[:2], s.labels) for s in data.train[:images]]
-    ours, theirs = augment.TrainAugment(spec), augment.TrainAugment(spec)
-    theirs.colour = TorchvisionJitter(*ours.colour.strengths)
-    times: dict[str, list[float]] = {"edgetl": [], "torchvision": []}
-    torch.manual_seed(0)
-    for _ in range(5):
-        for name, augmenter in (("edgetl", ours), ("torchvision", theirs)):
-            started = time.perf_counter()
-            for (pixels, boxes), labels in items:
-                augmenter(pixels, boxes, labels)
-            times[name].append((time.perf_counter() - started) / len(items) * 1e3)
-    result = {f"{name}_ms_per_image": round(statistics.median(values), 2) for name, values in times.items()}
-    result["speedup"] = round(result["torchvision_ms_per_image"] / result["edgetl_ms_per_image"], 2)
-    return {"images": len(items), "threads": threads, **result}
+                "edgetl-default": ("pretrained", "partial"), "ultralytics": ("none", "all")}
 
 
 def _detect_child(args: argparse.Namespace) -> int:
@@ -268,10 +215,6 @@ def _detect_child(args: argparse.Namespace) -> int:
 
             engine.keep_freed_memory = lambda: False
             activations.lean_relu6 = lambda model: 0
-        if before or args.child.endswith("-tv-jitter"):
-            import edgetl.detect.augment as augment
-
-            augment.ColourJitter = TorchvisionJitter
         weights, strategy = DETECT_START[args.child]
         cfg = DetectTrainConfig(data=str(data), weights=weights, strategy=strategy, epochs=args.epochs,
                                 img_size=args.det_size,
@@ -390,14 +333,11 @@ def _detect_rows(args: argparse.Namespace) -> dict[str, Any]:
                 verdict[f"default_recipe_{key}_vs_ultralytics"] = _ratio(default, theirs, key)
         if "edgetl-before" in ok_rows:
             verdict["speedup_vs_before"] = _ratio(ours, ok_rows["edgetl-before"], "images_per_second")
-    if "edgetl-default" in ok_rows and "edgetl-default-tv-jitter" in ok_rows:
-        verdict["default_recipe_speedup_vs_torchvision_jitter"] = _ratio(
-            ok_rows["edgetl-default"], ok_rows["edgetl-default-tv-jitter"], "images_per_second")
     return {"data": "edgetl shapes sample", "train_images": args.train_images, "img_size": args.det_size,
             "batch": args.det_batch, "epochs": args.epochs, "threads": args.threads,
             "host": {"cpu_count": os.cpu_count(), "load_average_1m_before": load_before,
                      "load_average_1m_after": round(os.getloadavg()[0], 2)},
-            "augment": augment_cost(args.threads), "rows": rows, "verdict": verdict}
+            "rows": rows, "verdict": verdict}
 
 
 def _print_detect(section: dict[str, Any]) -> bool:
@@ -428,13 +368,6 @@ def _print_detect(section: dict[str, Any]) -> bool:
               f"images/s (per CPU second: {verdict['default_recipe_cpu_images_per_second_vs_ultralytics']}x)")
     if "speedup_vs_before" in verdict:
         print(f"edgetl now vs before: {verdict['speedup_vs_before']}x images/s")
-    if "default_recipe_speedup_vs_torchvision_jitter" in verdict:
-        print(f"default recipe, one-pass colour map vs torchvision's ColorJitter: "
-              f"{verdict['default_recipe_speedup_vs_torchvision_jitter']}x images/s")
-    cost = section.get("augment")
-    if cost:
-        print(f"augmentation per image ({cost['threads']} thread(s)): {cost['edgetl_ms_per_image']} ms, "
-              f"{cost['torchvision_ms_per_image']} ms with torchvision's ColorJitter ({cost['speedup']}x)")
     return ok
 
 
