@@ -204,8 +204,14 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, va
 
     _, history, best_epoch, interrupted = train_qat(module, train_inputs, targets, evaluate, settings,
                                                     classify=classify, progress=progress, start=cut, gate=gate)
-    path = export_module(module)
     ptq_metrics = scorer(run(ptq_path, sample.batch) if ptq_outputs is None else ptq_outputs, sample)
+    if best_epoch == 0:
+        # No epoch beat the start, which is the PTQ model itself (step 0 reproduces it): nothing new to export, and
+        # writing PTQ's weights back under the name QAT would claim a training that changed nothing.
+        outcome = QatOutcome("ptq", _plain(ptq_metrics), _plain(ptq_metrics), history, 0, interrupted,
+                             time.perf_counter() - t0, len(decoded.batch), gate)
+        return outcome, None
+    path = export_module(module)
     qat_metrics = scorer(run(path, sample.batch), sample)
     kept = "ptq" if worse(qat_metrics, ptq_metrics, gate) else "qat"
     seconds = time.perf_counter() - t0
@@ -225,7 +231,8 @@ def _write(bundle: Any, ptq: QuantizeResult, outcome: QatOutcome, path: Path | N
     qat_info = {**settings.to_dict(), **outcome.to_dict()}
     out = bundle.root / FILES["int8"]
     if path is None:
-        why = why_worse(outcome.qat, outcome.ptq, outcome.gate)
+        why = ("no epoch scored better than the PTQ start" if outcome.best_epoch == 0
+               else why_worse(outcome.qat, outcome.ptq, outcome.gate))
         note = f"QAT did not beat PTQ on the validation images ({why}); the PTQ model is kept in {out}"
         info = {**ptq.info, "qat_attempt": qat_info}
         _record(bundle, "int8", info)

@@ -392,6 +392,30 @@ def test_qat_that_ends_worse_keeps_ptq(bundle_copy: Path, digits_dir: Path, monk
 
 
 @pytest.mark.slow
+def test_qat_whose_best_epoch_is_the_start_keeps_ptq(bundle_copy: Path, digits_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch 0 is the PTQ model itself: when no epoch beats it, nothing is exported or written under QAT's name."""
+    from edgetl.quantize import qat
+    from edgetl.quantize.qat_api import qat_bundle
+
+    original, exported = qat.train_qat, []
+
+    def no_gain(*args, **kwargs):
+        best, history, _, interrupted = original(*args, **kwargs)
+        return best, history, 0, interrupted
+
+    monkeypatch.setattr(qat, "train_qat", no_gain)
+    monkeypatch.setattr(qat, "export_module", lambda *a, **k: exported.append(a))
+    result = qat_bundle(bundle_copy, data=digits_dir, settings=qat.QatSettings(epochs=1, images=20),
+                        calib_size=32, val_size=10)
+    record = result.info["qat_attempt"]
+    assert exported == [] and record["kept"] == "ptq" and record["best_epoch"] == 0
+    assert record["qat"] == record["ptq"] and [h["epoch"] for h in record["history"]] == [0, 1]
+    assert any("no epoch scored better than the PTQ start" in w and "PTQ model is kept" in w for w in result.warnings)
+    assert "scheme" not in open_bundle(bundle_copy).find(kind="onnx", precision="int8")[0].info
+
+
+@pytest.mark.slow
 def test_escalation_stops_at_the_first_step_within_budget(bundle_copy: Path, digits_dir: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from edgetl.errors import GateFailedError
