@@ -205,22 +205,16 @@ def _fine_tune(bundle: Any, source: Any, settings: QatSettings, src: Path, *, va
     _, history, best_epoch, interrupted = train_qat(module, train_inputs, targets, evaluate, settings,
                                                     classify=classify, progress=progress, start=cut, gate=gate)
     ptq_metrics = scorer(run(ptq_path, sample.batch) if ptq_outputs is None else ptq_outputs, sample)
-    if best_epoch == 0:
-        # No epoch beat the start, which is the PTQ model itself (step 0 reproduces it): nothing new to export, and
-        # writing PTQ's weights back under the name QAT would claim a training that changed nothing.
-        outcome = QatOutcome("ptq", _plain(ptq_metrics), _plain(ptq_metrics), history, 0, interrupted,
-                             time.perf_counter() - t0, len(decoded.batch), gate)
-        return outcome, None
-    path = export_module(module)
-    qat_metrics = scorer(run(path, sample.batch), sample)
-    kept = "ptq" if worse(qat_metrics, ptq_metrics, gate) else "qat"
-    seconds = time.perf_counter() - t0
-    outcome = QatOutcome(kept, _plain(ptq_metrics), _plain(qat_metrics), history, best_epoch, interrupted, seconds,
-                         len(decoded.batch), gate)
-    if kept == "ptq":
+    # Epoch 0 is the PTQ model itself (step 0 reproduces it): when no epoch beat it there is nothing new to export,
+    # and writing PTQ's weights back under the name QAT would claim a training that changed nothing.
+    path = export_module(module) if best_epoch > 0 else None
+    qat_metrics = ptq_metrics if path is None else scorer(run(path, sample.batch), sample)
+    kept = "qat" if path is not None and not worse(qat_metrics, ptq_metrics, gate) else "ptq"
+    outcome = QatOutcome(kept, _plain(ptq_metrics), _plain(qat_metrics), history, best_epoch, interrupted,
+                         time.perf_counter() - t0, len(decoded.batch), gate)
+    if kept == "ptq" and path is not None:
         shutil.rmtree(path.parent, ignore_errors=True)
-        return outcome, None
-    return outcome, path
+    return outcome, path if kept == "qat" else None
 
 
 def _write(bundle: Any, ptq: QuantizeResult, outcome: QatOutcome, path: Path | None,
