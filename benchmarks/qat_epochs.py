@@ -11,11 +11,13 @@ the gate on purpose (`benchmarks/qat.py`'s ``qat-7bit``: 7-bit weights rounded t
   each on a fresh copy of the demo's bundle with its calibration statistics cached (the PTQ start costs the same
   in every row), in its own child process: QAT's own seconds after PTQ (`QatOutcome.seconds`), the model kept,
   the validation gate (300 images, exact numerics), and the flips on the held-out Fashion-MNIST test images.
+  An entry ``N@L`` adds ``--qat-layers L``: the cheaper epoch of training only the last L weighted layers (the
+  graph before them runs once per image), to price what skipping the early layers' backward gives up.
 
 Needs `benchmarks/qat.py`'s working directory (its demo bundle, its ``qat-7bit`` bundle's calibration cache and
 its test images): run that first.
 
-    python benchmarks/qat_epochs.py [--work /tmp/edgetl-qatbench] [--epochs 1,2,3,5]
+    python benchmarks/qat_epochs.py [--work /tmp/edgetl-qatbench] [--epochs 1,2,3,5,2@40,5@40]
 
 Writes benchmarks/results/qat_epochs.json.
 """
@@ -47,19 +49,25 @@ def fine_tuning_seconds(work: Path, data: Path, out: Path) -> dict[str, Any]:
             "peak_rss_mb": run["peak_rss_mb"]}
 
 
-def qat_row(start: Path, work: Path, epochs: int, test: Path, cache: dict[Any, Any]) -> dict[str, Any]:
-    """QAT with ``epochs`` epochs from the 7-bit start: its cost, the model kept, validation and test scores."""
-    bundle = Path(shutil.copytree(start, work / f"qat-7bit-{epochs}ep"))
-    run = child([*_edgetl(), "quantize", str(bundle), *SEVEN_BIT, "--qat-epochs", str(epochs), "--json"],
-                work / f"qat-7bit-{epochs}ep.log")
+def qat_row(start: Path, work: Path, epochs: int, test: Path, cache: dict[Any, Any],
+            layers: int | None = None) -> dict[str, Any]:
+    """QAT with ``epochs`` epochs from the 7-bit start (every layer, or the last ``layers``): its cost, the model
+    kept, validation and test scores."""
+    name = f"qat-7bit-{epochs}ep" + ("" if layers is None else f"-last{layers}")
+    bundle = Path(shutil.copytree(start, work / name))
+    only = [] if layers is None else ["--qat-layers", str(layers)]
+    run = child([*_edgetl(), "quantize", str(bundle), *SEVEN_BIT, "--qat-epochs", str(epochs), *only, "--json"],
+                work / f"{name}.log")
     if run["exit_code"] != 0:
-        return {"epochs": epochs, "exit_code": run["exit_code"], "error": run["document"].get("error")}
+        return {"epochs": epochs, "layers": layers, "exit_code": run["exit_code"],
+                "error": run["document"].get("error")}
     info = run["document"].get("info", {})
     record = info.get("qat") or info.get("qat_attempt") or {}
     validation = score(bundle, "model.int8.onnx", "exact", cache=cache)
     held_out = score(bundle, "model.int8.onnx", "exact", source=test, cache=cache)
     return {
-        "epochs": epochs, "exit_code": 0, "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"],
+        "epochs": epochs, "layers": layers or "all", "exit_code": 0, "wall_s": run["wall_s"],
+        "peak_rss_mb": run["peak_rss_mb"], "epoch_s": [h["seconds"] for h in record.get("history", [])[1:]],
         "qat_s": record.get("seconds"), "kept": record.get("kept"), "best_epoch": record.get("best_epoch"),
         "validation": {**validation, "gate_passed": validation["drop_points"] <= MAX_DROP
                        and validation["agreement"] >= MIN_AGREEMENT},
@@ -71,7 +79,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgetl-qatbench",
                         help="benchmarks/qat.py's working directory")
-    parser.add_argument("--epochs", default="1,2,3,5", help="QAT epoch counts, comma-separated")
+    parser.add_argument("--epochs", default="1,2,3,5,2@40,5@40",
+                        help="QAT epoch counts, comma-separated; N@L trains only the last L weighted layers")
     args = parser.parse_args()
     start, test = args.work / "qat-7bit", args.work / "fashion-test"
     demo = args.work / "demo" / "bundle"
@@ -92,9 +101,10 @@ def main() -> int:
     shutil.copytree(start / "calibration", base / "calibration", dirs_exist_ok=True)
     cache: dict[Any, Any] = {}
     rows = []
-    for epochs in (int(e) for e in args.epochs.split(",") if e):
-        print(f"QAT, {epochs} epoch(s)...", file=sys.stderr)
-        rows.append(qat_row(base, out, epochs, test, cache))
+    for spec in (e for e in args.epochs.split(",") if e):
+        epochs, _, layers = spec.partition("@")
+        print(f"QAT, {spec}...", file=sys.stderr)
+        rows.append(qat_row(base, out, int(epochs), test, cache, int(layers) if layers else None))
         print(f"  {json.dumps(rows[-1])}", file=sys.stderr)
     train_s = fine_tuning.get("train_s")
     for row in rows:
