@@ -54,19 +54,20 @@ def qat_row(start: Path, work: Path, epochs: int, test: Path, cache: dict[Any, A
     """QAT with ``epochs`` epochs from the 7-bit start (every layer, or the last ``layers``): its cost, the model
     kept, validation and test scores."""
     name = f"qat-7bit-{epochs}ep" + ("" if layers is None else f"-last{layers}")
+    trained = layers or "all"
     bundle = Path(shutil.copytree(start, work / name))
     only = [] if layers is None else ["--qat-layers", str(layers)]
     run = child([*_edgetl(), "quantize", str(bundle), *SEVEN_BIT, "--qat-epochs", str(epochs), *only, "--json"],
                 work / f"{name}.log")
     if run["exit_code"] != 0:
-        return {"epochs": epochs, "layers": layers, "exit_code": run["exit_code"],
+        return {"epochs": epochs, "layers": trained, "exit_code": run["exit_code"],
                 "error": run["document"].get("error")}
     info = run["document"].get("info", {})
     record = info.get("qat") or info.get("qat_attempt") or {}
     validation = score(bundle, "model.int8.onnx", "exact", cache=cache)
     held_out = score(bundle, "model.int8.onnx", "exact", source=test, cache=cache)
     return {
-        "epochs": epochs, "layers": layers or "all", "exit_code": 0, "wall_s": run["wall_s"],
+        "epochs": epochs, "layers": trained, "exit_code": 0, "wall_s": run["wall_s"],
         "peak_rss_mb": run["peak_rss_mb"], "epoch_s": [h["seconds"] for h in record.get("history", [])[1:]],
         "qat_s": record.get("seconds"), "kept": record.get("kept"), "best_epoch": record.get("best_epoch"),
         "validation": {**validation, "gate_passed": validation["drop_points"] <= MAX_DROP
